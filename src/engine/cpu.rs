@@ -1,0 +1,550 @@
+//! The CPU engine: the reference implementation of DESIGN's model, parallel
+//! over trials with rayon. Every random draw comes from its Philox address,
+//! so results do not depend on the thread count.
+
+use super::Engine;
+use crate::error::Result;
+use crate::model::Adc;
+use crate::plan::{chunk_words, digit_masks, NoisePath, Plan};
+use crate::rng::{stream, Address};
+use crate::stats::{accumulate_trial, Batch, TrialMoments, BINS};
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// The multi-threaded CPU engine.
+#[derive(Debug, Default)]
+pub struct CpuEngine {
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl CpuEngine {
+    /// An engine on rayon's global pool (all cores).
+    pub fn new() -> Self {
+        CpuEngine { pool: None }
+    }
+
+    /// An engine with exactly `threads` worker threads.
+    pub fn with_threads(threads: usize) -> Self {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool");
+        CpuEngine { pool: Some(pool) }
+    }
+
+    fn threads(&self) -> usize {
+        self.pool
+            .as_ref()
+            .map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
+    }
+}
+
+impl Engine for CpuEngine {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn device(&self) -> String {
+        format!("cpu ({} threads)", self.threads())
+    }
+
+    fn run(&mut self, plan: &Plan, trials: Range<u32>, raw: bool) -> Result<Batch> {
+        let shared = Shared::new(plan);
+        let work = || run_trials(plan, &shared, trials.clone(), raw);
+        Ok(match &self.pool {
+            Some(pool) => pool.install(work),
+            None => work(),
+        })
+    }
+}
+
+/// Trial-invariant buffers derived from the plan.
+struct Shared {
+    cws: Vec<Vec<(usize, u64)>>,
+    pos: Vec<u64>,
+    neg: Vec<u64>,
+    /// Nominal cell weights `[k][j][n]` for the per-cell paths: the digit, or `leak` for a zero digit.
+    base: Vec<f32>,
+    /// Whether any group of (chunk, plane) is converted `[c][j]`.
+    plane_live: Vec<bool>,
+    /// Without faults, the analytic paths' per-conversion mean and standard
+    /// deviation `[b][c][i][j][n]` are the same in every trial.
+    moments: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+/// Largest conversion count whose moments are cached (2 x 4 bytes each).
+const MOMENT_CACHE_LIMIT: usize = 1 << 26;
+
+impl Shared {
+    fn new(plan: &Plan) -> Shared {
+        let (pos, neg) = digit_masks(&plan.digits, plan.j, plan.k, plan.n);
+        let base = match plan.path {
+            NoisePath::PerCellStatic | NoisePath::PerCellDynamic => {
+                base_weights(plan, &plan.digits)
+            }
+            _ => Vec::new(),
+        };
+        let mut plane_live = vec![false; plan.chunks * plan.j];
+        for c in 0..plan.chunks {
+            for j in 0..plan.j {
+                plane_live[c * plan.j + j] =
+                    (0..plan.n).any(|n| plan.converted[plan.group(c, j, n)]);
+            }
+        }
+        let cws = chunk_words(plan.k, plan.p);
+        let conversions = plan.b * plan.chunks * plan.xbits * plan.j * plan.n;
+        let analytic = matches!(plan.path, NoisePath::Analytic | NoisePath::Aggregated);
+        let moments = (analytic && !plan.has_faults() && conversions <= MOMENT_CACHE_LIMIT)
+            .then(|| conversion_moments(plan, &cws, &pos, &neg));
+        Shared {
+            cws,
+            pos,
+            neg,
+            base,
+            plane_live,
+            moments,
+        }
+    }
+}
+
+/// Mean and standard deviation of every conversion's analog sum, `[b][c][i][j][n]`:
+/// the integer sum plus leak, and the summed variance of dynamic cell noise
+/// (aggregated) and read noise.
+fn conversion_moments(
+    plan: &Plan,
+    cws: &[Vec<(usize, u64)>],
+    pos: &[u64],
+    neg: &[u64],
+) -> (Vec<f32>, Vec<f32>) {
+    let (n, j, words, xbits) = (plan.n, plan.j, plan.words, plan.xbits);
+    let sig2 = if plan.path == NoisePath::Aggregated {
+        plan.noise.cell_sigma * plan.noise.cell_sigma
+    } else {
+        0.0
+    };
+    let read2 = plan.noise.read_sigma * plan.noise.read_sigma;
+    let leak = plan.noise.leak;
+    let total = plan.b * plan.chunks * xbits * j * n;
+    let (mut mean, mut sd) = (vec![0f32; total], vec![0f32; total]);
+    for b in 0..plan.b {
+        for c in 0..plan.chunks {
+            let cw = &cws[c];
+            for i in 0..xbits {
+                let xm = &plan.xmask[(b * xbits + i) * words..(b * xbits + i + 1) * words];
+                let ones: u32 = cw.iter().map(|&(w, m)| (xm[w] & m).count_ones()).sum();
+                for jj in 0..j {
+                    let row = (((b * plan.chunks + c) * xbits + i) * j + jj) * n;
+                    for nn in 0..n {
+                        let m = (jj * n + nn) * words;
+                        let (mut np, mut nm) = (0u32, 0u32);
+                        for &(w, mask) in cw {
+                            let x = xm[w] & mask;
+                            np += (x & pos[m + w]).count_ones();
+                            nm += (x & neg[m + w]).count_ones();
+                        }
+                        let zeros = (ones - np - nm) as f32;
+                        mean[row + nn] = np as f32 - nm as f32 + leak * zeros;
+                        sd[row + nn] =
+                            (sig2 * ((np + nm) as f32 + leak * leak * zeros) + read2).sqrt();
+                    }
+                }
+            }
+        }
+    }
+    (mean, sd)
+}
+
+/// Cell weights `[k][j][n]` from digits `[j][k][n]`.
+fn base_weights(plan: &Plan, digits: &[i8]) -> Vec<f32> {
+    let (k, j, n) = (plan.k, plan.j, plan.n);
+    let leak = plan.noise.leak;
+    let mut base = vec![0f32; k * j * n];
+    for jj in 0..j {
+        for kk in 0..k {
+            let src = &digits[(jj * k + kk) * n..(jj * k + kk + 1) * n];
+            let dst = &mut base[(kk * j + jj) * n..(kk * j + jj + 1) * n];
+            for (b, &d) in dst.iter_mut().zip(src) {
+                *b = if d == 0 { leak } else { d as f32 };
+            }
+        }
+    }
+    base
+}
+
+/// Per-thread buffers.
+#[derive(Default)]
+struct Scratch {
+    y: Vec<f64>,
+    z: Vec<f32>,
+    acc: Vec<f32>,
+    g: Vec<f32>,
+    digits: Vec<i8>,
+}
+
+struct Partial {
+    trials: Vec<(u32, TrialMoments)>,
+    hist: Vec<u64>,
+    raw: Vec<(u32, Vec<f32>)>,
+}
+
+impl Partial {
+    fn new() -> Self {
+        Partial {
+            trials: Vec::new(),
+            hist: vec![0; BINS],
+            raw: Vec::new(),
+        }
+    }
+    fn merge(mut self, other: Partial) -> Partial {
+        self.trials.extend(other.trials);
+        for (a, b) in self.hist.iter_mut().zip(&other.hist) {
+            *a += b;
+        }
+        self.raw.extend(other.raw);
+        self
+    }
+}
+
+fn run_trials(plan: &Plan, shared: &Shared, trials: Range<u32>, raw: bool) -> Batch {
+    let first = trials.start;
+    let part = trials
+        .into_par_iter()
+        .fold(
+            || (Partial::new(), Scratch::default()),
+            |(mut part, mut s), t| {
+                simulate_trial(plan, shared, t, &mut s);
+                let mut r = raw.then(Vec::new);
+                let m = accumulate_trial(&s.y, &plan.exact, &mut part.hist, r.as_mut());
+                part.trials.push((t, m));
+                if let Some(r) = r {
+                    part.raw.push((t, r));
+                }
+                (part, s)
+            },
+        )
+        .map(|(p, _)| p)
+        .reduce(Partial::new, Partial::merge);
+    let mut trials = part.trials;
+    trials.sort_by_key(|(t, _)| *t);
+    let raw = raw.then(|| {
+        let mut r = part.raw;
+        r.sort_by_key(|(t, _)| *t);
+        r.into_iter().flat_map(|(_, v)| v).collect()
+    });
+    Batch {
+        first_trial: first,
+        trials: trials.into_iter().map(|(_, m)| m).collect(),
+        hist: part.hist,
+        raw,
+    }
+}
+
+/// Draws this trial's stuck-at faults into `out` (`[j][k][n]`).
+fn faulted_digits(plan: &Plan, trial: u32, out: &mut Vec<i8>) {
+    let (k, n, nb) = (plan.k, plan.n, plan.nb());
+    let addr = Address {
+        seed: plan.seed,
+        trial,
+        stream: stream::FAULT,
+    };
+    let (p0, p01) = (plan.noise.p_sa0, plan.noise.p_sa0 + plan.noise.p_sa1);
+    out.clear();
+    out.extend_from_slice(&plan.digits);
+    for jj in 0..plan.j {
+        for kk in 0..k {
+            let row = (jj * k + kk) * n;
+            for blk in 0..nb {
+                let w = addr.block(((jj * k + kk) * nb + blk) as u64);
+                for (lane, &word) in w.iter().enumerate() {
+                    let nn = blk * 4 + lane;
+                    if nn >= n {
+                        break;
+                    }
+                    let u = Address::uniform(word);
+                    if u < p0 {
+                        out[row + nn] = 0;
+                    } else if u < p01 {
+                        out[row + nn] = plan.sa1_digit[kk * n + nn];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fills `z` with `n` Gaussians of the row of blocks starting at `first`.
+#[inline]
+fn gaussian_row(addr: &Address, first: u64, nb: usize, z: &mut Vec<f32>) {
+    z.resize(nb * 4, 0.0);
+    addr.fill_gaussian(first, &mut z[..nb * 4]);
+}
+
+/// Simulates one trial; leaves `y = sum 2^i s_j value` in `s.y`, `[b][n]`.
+fn simulate_trial(plan: &Plan, shared: &Shared, trial: u32, s: &mut Scratch) {
+    s.y.clear();
+    s.y.resize(plan.b * plan.n, 0.0);
+    let faults = plan.has_faults();
+    if faults {
+        faulted_digits(plan, trial, &mut s.digits);
+    }
+    match plan.path {
+        NoisePath::Analytic | NoisePath::Aggregated => {
+            if let Some((mean, sd)) = &shared.moments {
+                cached_trial(plan, mean, sd, trial, s);
+            } else if faults {
+                let (pos, neg) = digit_masks(&s.digits, plan.j, plan.k, plan.n);
+                analytic_trial(plan, shared, &pos, &neg, trial, s);
+            } else {
+                analytic_trial(plan, shared, &shared.pos, &shared.neg, trial, s);
+            }
+        }
+        NoisePath::PerCellStatic | NoisePath::PerCellDynamic => {
+            let base = if faults {
+                base_weights(plan, &s.digits)
+            } else {
+                Vec::new()
+            };
+            let base = if faults { &base } else { &shared.base };
+            per_cell_trial(plan, shared, base, trial, s);
+        }
+    }
+}
+
+/// The analytic paths with trial-invariant moments: one draw per conversion.
+fn cached_trial(plan: &Plan, mean: &[f32], sd: &[f32], trial: u32, s: &mut Scratch) {
+    let (n, j, nb, xbits) = (plan.n, plan.j, plan.nb(), plan.xbits);
+    let draws = plan.path == NoisePath::Aggregated || plan.noise.read_sigma > 0.0;
+    let addr = Address {
+        seed: plan.seed,
+        trial,
+        stream: if plan.path == NoisePath::Aggregated {
+            stream::AGGREGATED
+        } else {
+            stream::READ
+        },
+    };
+    s.acc.resize(n, 0.0);
+    for b in 0..plan.b {
+        for c in 0..plan.chunks {
+            for i in 0..xbits {
+                if !plan.row_active[(b * plan.chunks + c) * xbits + i] {
+                    continue;
+                }
+                for jj in 0..j {
+                    let conv = (((b * plan.chunks + c) * xbits + i) * j + jj) * n;
+                    let g0 = plan.group(c, jj, 0);
+                    let (lo, hi, live) = (
+                        &plan.lo[g0..g0 + n],
+                        &plan.hi[g0..g0 + n],
+                        &plan.converted[g0..g0 + n],
+                    );
+                    let (m, d) = (&mean[conv..conv + n], &sd[conv..conv + n]);
+                    if draws {
+                        gaussian_row(&addr, (conv / n * nb) as u64, nb, &mut s.z);
+                    } else {
+                        s.z.clear();
+                        s.z.resize(n, 0.0);
+                    }
+                    let z = &s.z[..n];
+                    let acc = &mut s.acc[..n];
+                    match plan.adc.bits {
+                        None => {
+                            for nn in 0..n {
+                                acc[nn] = m[nn] + d[nn] * z[nn];
+                            }
+                        }
+                        Some(bits) => {
+                            let top = Adc::top(bits);
+                            for nn in 0..n {
+                                let step = Adc::step(lo[nn], hi[nn], top);
+                                acc[nn] = Adc::quantize(m[nn] + d[nn] * z[nn], lo[nn], step, top);
+                            }
+                        }
+                    }
+                    let scale = (1u64 << i) as f64 * plan.scales[jj] as f64;
+                    let y = &mut s.y[b * n..(b + 1) * n];
+                    for nn in 0..n {
+                        if live[nn] {
+                            y[nn] += scale * s.acc[nn] as f64;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Conversions from integer sums: no cell draws, or one aggregated draw per conversion.
+fn analytic_trial(
+    plan: &Plan,
+    shared: &Shared,
+    pos: &[u64],
+    neg: &[u64],
+    trial: u32,
+    s: &mut Scratch,
+) {
+    let (n, j, words, nb, xbits) = (plan.n, plan.j, plan.words, plan.nb(), plan.xbits);
+    let sig2 = if plan.path == NoisePath::Aggregated {
+        plan.noise.cell_sigma * plan.noise.cell_sigma
+    } else {
+        0.0
+    };
+    let read2 = plan.noise.read_sigma * plan.noise.read_sigma;
+    let leak = plan.noise.leak;
+    let draws = sig2 > 0.0 || read2 > 0.0;
+    let addr = Address {
+        seed: plan.seed,
+        trial,
+        stream: if sig2 > 0.0 {
+            stream::AGGREGATED
+        } else {
+            stream::READ
+        },
+    };
+    for b in 0..plan.b {
+        for c in 0..plan.chunks {
+            let cw = &shared.cws[c];
+            for i in 0..xbits {
+                if !plan.row_active[(b * plan.chunks + c) * xbits + i] {
+                    continue;
+                }
+                let xm = &plan.xmask[(b * xbits + i) * words..(b * xbits + i + 1) * words];
+                let ones: u32 = cw.iter().map(|&(w, m)| (xm[w] & m).count_ones()).sum();
+                let weight = (1u64 << i) as f64;
+                for jj in 0..j {
+                    if draws {
+                        let first = ((((b * plan.chunks + c) * xbits + i) * j + jj) * nb) as u64;
+                        gaussian_row(&addr, first, nb, &mut s.z);
+                    }
+                    let scale = weight * plan.scales[jj] as f64;
+                    for nn in 0..n {
+                        let g = plan.group(c, jj, nn);
+                        if !plan.converted[g] {
+                            continue;
+                        }
+                        let m = (jj * n + nn) * words;
+                        let (mut np, mut nm) = (0u32, 0u32);
+                        for &(w, mask) in cw {
+                            let x = xm[w] & mask;
+                            np += (x & pos[m + w]).count_ones();
+                            nm += (x & neg[m + w]).count_ones();
+                        }
+                        let nonzero = (np + nm) as f32;
+                        let zeros = (ones - np - nm) as f32;
+                        let mut a = np as f32 - nm as f32 + leak * zeros;
+                        if draws {
+                            let var = sig2 * (nonzero + leak * leak * zeros) + read2;
+                            a += var.sqrt() * s.z[nn];
+                        }
+                        let v = plan.adc.convert(a, plan.lo[g], plan.hi[g]);
+                        s.y[b * n + nn] += scale * v as f64;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Per-cell sampling: static cells drawn once per trial, or dynamic cells per read.
+fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mut Scratch) {
+    let (k, n, j, words, nb, xbits) = (plan.k, plan.n, plan.j, plan.words, plan.nb(), plan.xbits);
+    let jn = j * n;
+    let sigma = plan.noise.cell_sigma;
+    let read = plan.noise.read_sigma;
+    let static_noise = plan.path == NoisePath::PerCellStatic;
+    let cell_addr = Address {
+        seed: plan.seed,
+        trial,
+        stream: if static_noise {
+            stream::CELL_STATIC
+        } else {
+            stream::CELL_DYNAMIC
+        },
+    };
+    let read_addr = Address {
+        seed: plan.seed,
+        trial,
+        stream: stream::READ,
+    };
+
+    if static_noise {
+        // G[k][j][n] = base * (1 + sigma z), z addressed by (plane, row, column).
+        s.g.resize(k * jn, 0.0);
+        for kk in 0..k {
+            for jj in 0..j {
+                gaussian_row(&cell_addr, ((jj * k + kk) * nb) as u64, nb, &mut s.z);
+                let row = (kk * j + jj) * n;
+                for ((g, &bw), &z) in s.g[row..row + n]
+                    .iter_mut()
+                    .zip(&base[row..row + n])
+                    .zip(&s.z)
+                {
+                    *g = bw + bw * sigma * z;
+                }
+            }
+        }
+    }
+    s.acc.resize(jn, 0.0);
+    let mut zr: Vec<f32> = Vec::new();
+    for b in 0..plan.b {
+        for c in 0..plan.chunks {
+            let cw = &shared.cws[c];
+            for i in 0..xbits {
+                if !plan.row_active[(b * plan.chunks + c) * xbits + i] {
+                    continue;
+                }
+                let xm = &plan.xmask[(b * xbits + i) * words..(b * xbits + i + 1) * words];
+                s.acc.fill(0.0);
+                for &(w, mask) in cw {
+                    let mut bits = xm[w] & mask;
+                    while bits != 0 {
+                        let kk = w * 64 + bits.trailing_zeros() as usize;
+                        bits &= bits - 1;
+                        let row = kk * jn;
+                        if static_noise {
+                            for (a, &g) in s.acc.iter_mut().zip(&s.g[row..row + jn]) {
+                                *a += g;
+                            }
+                        } else {
+                            for jj in 0..j {
+                                if !shared.plane_live[c * j + jj] {
+                                    continue;
+                                }
+                                let first = ((((b * xbits + i) * k + kk) * j + jj) * nb) as u64;
+                                gaussian_row(&cell_addr, first, nb, &mut s.z);
+                                let cells = &base[row + jj * n..row + jj * n + n];
+                                let acc = &mut s.acc[jj * n..jj * n + n];
+                                for ((a, &bw), &z) in acc.iter_mut().zip(cells).zip(&s.z) {
+                                    *a += bw + bw * sigma * z;
+                                }
+                            }
+                        }
+                    }
+                }
+                let weight = (1u64 << i) as f64;
+                for jj in 0..j {
+                    if !shared.plane_live[c * j + jj] {
+                        continue;
+                    }
+                    if read > 0.0 {
+                        let first = ((((b * plan.chunks + c) * xbits + i) * j + jj) * nb) as u64;
+                        gaussian_row(&read_addr, first, nb, &mut zr);
+                    }
+                    let scale = weight * plan.scales[jj] as f64;
+                    for nn in 0..n {
+                        let g = plan.group(c, jj, nn);
+                        if !plan.converted[g] {
+                            continue;
+                        }
+                        let mut a = s.acc[jj * n + nn];
+                        if read > 0.0 {
+                            a += read * zr[nn];
+                        }
+                        let v = plan.adc.convert(a, plan.lo[g], plan.hi[g]);
+                        s.y[b * n + nn] += scale * v as f64;
+                    }
+                }
+            }
+        }
+    }
+}

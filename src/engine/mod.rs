@@ -1,0 +1,19 @@
+//! Engines run the trials of a plan. The CPU engine is the readable
+//! reference; every engine returns the same `Batch` of streamed statistics.
+
+pub mod cpu;
+
+use crate::error::Result;
+use crate::plan::Plan;
+use crate::stats::Batch;
+use std::ops::Range;
+
+/// Something that simulates trials of a plan.
+pub trait Engine {
+    /// Short name for result files: "cpu" or "gpu".
+    fn name(&self) -> &'static str;
+    /// What it runs on, for result files and reports.
+    fn device(&self) -> String;
+    /// Simulates `trials` of `plan`; with `raw`, also returns every error.
+    fn run(&mut self, plan: &Plan, trials: Range<u32>, raw: bool) -> Result<Batch>;
+}

@@ -1,0 +1,652 @@
+//! Experiment files: TOML with a base configuration, sweep axes and the
+//! mappings to compare, checked and expanded into validated sweep points
+//! before anything is simulated.
+
+use crate::error::{Error, Result};
+use crate::model::MappingSpec;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The experiment file format version this build reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Top-level keys a sweep may not vary.
+const UNSWEEPABLE: [&str; 6] = [
+    "version",
+    "name",
+    "description",
+    "mappings",
+    "custom_mapping",
+    "sweep",
+];
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    version: u32,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default = "default_trials")]
+    trials: i64,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default = "default_mappings")]
+    mappings: Vec<String>,
+    #[serde(default)]
+    custom_mapping: Vec<MappingSpec>,
+    #[serde(default)]
+    layer: RawLayer,
+    #[serde(default)]
+    array: RawArray,
+    #[serde(default)]
+    adc: RawAdc,
+    #[serde(default)]
+    noise: RawNoise,
+    #[serde(default)]
+    sweep: toml::Table,
+}
+
+fn default_trials() -> i64 {
+    1000
+}
+fn default_mappings() -> Vec<String> {
+    vec!["dense".into(), "zebra".into()]
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawLayer {
+    k: Option<i64>,
+    n: Option<i64>,
+    inputs: Option<i64>,
+    #[serde(default = "default_bits")]
+    weight_bits: i64,
+    #[serde(default = "default_bits")]
+    input_bits: i64,
+    #[serde(default = "default_weights")]
+    weights: String,
+    weights_file: Option<PathBuf>,
+    inputs_file: Option<PathBuf>,
+    #[serde(default = "default_zero_fraction")]
+    input_zero_fraction: f64,
+}
+
+impl Default for RawLayer {
+    fn default() -> Self {
+        // The field defaults, as if `[layer]` were empty.
+        toml::Value::Table(toml::Table::new())
+            .try_into()
+            .expect("empty [layer] is valid")
+    }
+}
+
+fn default_bits() -> i64 {
+    8
+}
+fn default_weights() -> String {
+    "gaussian".into()
+}
+fn default_zero_fraction() -> f64 {
+    0.5
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawArray {
+    #[serde(default = "default_parallelism")]
+    parallelism: i64,
+}
+
+impl Default for RawArray {
+    fn default() -> Self {
+        RawArray {
+            parallelism: default_parallelism(),
+        }
+    }
+}
+fn default_parallelism() -> i64 {
+    128
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+enum RawBits {
+    Bits(i64),
+    Name(String),
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdc {
+    #[serde(default = "default_adc_bits")]
+    bits: RawBits,
+    #[serde(default = "default_percentile")]
+    calibrate_percentile: f64,
+}
+
+impl Default for RawAdc {
+    fn default() -> Self {
+        RawAdc {
+            bits: default_adc_bits(),
+            calibrate_percentile: default_percentile(),
+        }
+    }
+}
+fn default_adc_bits() -> RawBits {
+    RawBits::Bits(6)
+}
+fn default_percentile() -> f64 {
+    99.9
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawNoise {
+    #[serde(default)]
+    cell_sigma: f64,
+    #[serde(default = "default_mode")]
+    mode: String,
+    #[serde(default)]
+    read_sigma: f64,
+    #[serde(default)]
+    leak: f64,
+    #[serde(default)]
+    p_sa0: f64,
+    #[serde(default)]
+    p_sa1: f64,
+    #[serde(default = "default_sampling")]
+    sampling: String,
+}
+
+impl Default for RawNoise {
+    fn default() -> Self {
+        RawNoise {
+            cell_sigma: 0.0,
+            mode: default_mode(),
+            read_sigma: 0.0,
+            leak: 0.0,
+            p_sa0: 0.0,
+            p_sa1: 0.0,
+            sampling: default_sampling(),
+        }
+    }
+}
+fn default_mode() -> String {
+    "static".into()
+}
+fn default_sampling() -> String {
+    "auto".into()
+}
+
+/// Cell mismatch drawn once per chip, or at every read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoiseMode {
+    Static,
+    Dynamic,
+}
+
+/// How dynamic cell noise is sampled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sampling {
+    /// Aggregated wherever it is exact in distribution, else per cell.
+    Auto,
+    /// One Gaussian per cell and read.
+    PerCell,
+    /// One Gaussian per conversion with the summed variance (dynamic noise only).
+    Aggregated,
+}
+
+/// Where the weights come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WeightSource {
+    Gaussian,
+    Laplace,
+    File(PathBuf),
+}
+
+/// Where the inputs come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InputSource {
+    /// Rectified Gaussian with this fraction of exact zeros, scaled so the largest maps to 2^Bx-1.
+    RectifiedGaussian {
+        zero_fraction: f64,
+    },
+    File(PathBuf),
+}
+
+/// The layer to simulate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerParams {
+    /// Rows (inputs per vector); `None` means taken from the weights file.
+    pub k: usize,
+    pub n: usize,
+    /// Input vectors per trial.
+    pub inputs: usize,
+    pub weight_bits: u32,
+    pub input_bits: u32,
+    pub weights: WeightSource,
+    pub input_source: InputSource,
+}
+
+/// Noise of one sweep point.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NoiseParams {
+    pub cell_sigma: f32,
+    pub mode: NoiseMode,
+    pub read_sigma: f32,
+    pub leak: f32,
+    pub p_sa0: f32,
+    pub p_sa1: f32,
+    pub sampling: Sampling,
+}
+
+/// Every parameter of one sweep point, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params {
+    pub trials: u32,
+    pub seed: u64,
+    pub layer: LayerParams,
+    pub parallelism: usize,
+    /// `None` is an ideal ADC.
+    pub adc_bits: Option<u32>,
+    pub calibrate_percentile: f64,
+    pub noise: NoiseParams,
+}
+
+/// One point of the sweep.
+#[derive(Clone, Debug)]
+pub struct Point {
+    pub index: usize,
+    /// The swept keys and their values at this point, in axis order.
+    pub assignments: Vec<(String, String)>,
+    pub params: Params,
+}
+
+/// A validated, expanded experiment.
+#[derive(Clone, Debug)]
+pub struct Experiment {
+    pub name: String,
+    pub file: PathBuf,
+    pub description: String,
+    pub mappings: Vec<MappingSpec>,
+    /// Swept keys, outermost first.
+    pub axes: Vec<String>,
+    pub points: Vec<Point>,
+}
+
+/// Values the command line may impose on every point.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Overrides {
+    pub trials: Option<u32>,
+    pub seed: Option<u64>,
+}
+
+impl Experiment {
+    /// Reads, validates and expands an experiment file.
+    pub fn load(path: &Path, overrides: Overrides) -> Result<Experiment> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path, overrides)
+    }
+
+    /// Validates and expands experiment text; `path` names it in errors and
+    /// anchors relative `.npy` paths.
+    pub fn parse(text: &str, path: &Path, overrides: Overrides) -> Result<Experiment> {
+        let file = path.display().to_string();
+        let err = |msg: String| Error::config(file.clone(), msg);
+        // Typed parse first, for line numbers on wrong types and unknown keys.
+        let raw: RawFile = toml::from_str(text).map_err(|e| err(toml_message(text, &e)))?;
+        if raw.version != FORMAT_VERSION {
+            return Err(err(format!(
+                "`version` must be {FORMAT_VERSION}, got {}",
+                raw.version
+            )));
+        }
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| err(toml_message(text, &e)))?;
+        table.remove("sweep");
+
+        let mappings = resolve_mappings(&raw).map_err(err)?;
+        let mut axes = Vec::new();
+        for (key, values) in &raw.sweep {
+            if UNSWEEPABLE.contains(&key.as_str()) {
+                return Err(err(format!("sweep key `{key}` cannot be swept; sweep a parameter such as `noise.cell_sigma`")));
+            }
+            let values = match values {
+                toml::Value::Array(v) => v.clone(),
+                other => {
+                    return Err(err(format!(
+                        "sweep key `{key}` must be an array of values, got {}",
+                        other.type_str()
+                    )))
+                }
+            };
+            if values.is_empty() {
+                return Err(err(format!(
+                    "sweep key `{key}` has no values; give at least one"
+                )));
+            }
+            axes.push((key.clone(), values));
+        }
+
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let total: usize = axes.iter().map(|(_, v)| v.len()).product();
+        let mut points = Vec::with_capacity(total);
+        for index in 0..total {
+            let mut t = table.clone();
+            let mut assignments = Vec::new();
+            let mut rem = index;
+            let mut picks = vec![0; axes.len()];
+            for (a, (_, values)) in axes.iter().enumerate().rev() {
+                picks[a] = rem % values.len();
+                rem /= values.len();
+            }
+            for (a, (key, values)) in axes.iter().enumerate() {
+                let v = values[picks[a]].clone();
+                assignments.push((key.clone(), value_label(&v)));
+                set_path(&mut t, key, v).map_err(|m| err(format!("sweep key `{key}`: {m}")))?;
+            }
+            let at = if assignments.is_empty() {
+                String::new()
+            } else {
+                let list: Vec<String> = assignments
+                    .iter()
+                    .map(|(k, v)| format!("{k} = {v}"))
+                    .collect();
+                format!("sweep point {} ({}): ", index, list.join(", "))
+            };
+            let raw_point: RawFile = toml::Value::Table(t)
+                .try_into()
+                .map_err(|e: toml::de::Error| err(format!("{at}{}", e.message().trim())))?;
+            let params = resolve_params(&raw_point, &base_dir, overrides)
+                .map_err(|m| err(format!("{at}{m}")))?;
+            points.push(Point {
+                index,
+                assignments,
+                params,
+            });
+        }
+
+        let name = raw.name.clone().unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "experiment".into())
+        });
+        Ok(Experiment {
+            name,
+            file: path.to_path_buf(),
+            description: raw.description,
+            mappings,
+            axes: axes.into_iter().map(|(k, _)| k).collect(),
+            points,
+        })
+    }
+}
+
+/// One line: the toml message with its line number.
+fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+fn value_label(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn set_path(t: &mut toml::Table, key: &str, v: toml::Value) -> std::result::Result<(), String> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cur = t;
+    for (i, part) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            cur.insert((*part).to_string(), v);
+            return Ok(());
+        }
+        let entry = cur
+            .entry((*part).to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(inner) => inner,
+            _ => return Err(format!("`{part}` is not a section")),
+        };
+    }
+    Err("empty key".into())
+}
+
+fn resolve_mappings(raw: &RawFile) -> std::result::Result<Vec<MappingSpec>, String> {
+    if raw.mappings.is_empty() {
+        return Err(
+            "`mappings` is empty; list at least one of the built-in or custom mappings".into(),
+        );
+    }
+    let presets: Vec<String> = MappingSpec::presets().into_iter().map(|m| m.name).collect();
+    let mut out: Vec<MappingSpec> = Vec::new();
+    for name in &raw.mappings {
+        let spec = raw
+            .custom_mapping
+            .iter()
+            .find(|m| &m.name == name)
+            .cloned()
+            .or_else(|| MappingSpec::preset(name))
+            .ok_or_else(|| {
+                let customs: Vec<&str> =
+                    raw.custom_mapping.iter().map(|m| m.name.as_str()).collect();
+                format!(
+                    "unknown mapping `{name}` in `mappings`; built-in: {}{}",
+                    presets.join(", "),
+                    if customs.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; custom: {}", customs.join(", "))
+                    }
+                )
+            })?;
+        if out.iter().any(|m| m.name == spec.name) {
+            return Err(format!("mapping `{name}` is listed twice in `mappings`"));
+        }
+        out.push(spec);
+    }
+    Ok(out)
+}
+
+fn in_range(key: &str, v: i64, lo: i64, hi: i64) -> std::result::Result<i64, String> {
+    if v < lo || v > hi {
+        Err(format!("`{key}` must be {lo}..={hi}, got {v}"))
+    } else {
+        Ok(v)
+    }
+}
+
+fn finite_range(key: &str, v: f64, lo: f64, hi: f64) -> std::result::Result<f64, String> {
+    if !v.is_finite() || v < lo || v > hi {
+        Err(format!("`{key}` must be a number in [{lo}, {hi}], got {v}"))
+    } else {
+        Ok(v)
+    }
+}
+
+fn resolve_params(
+    raw: &RawFile,
+    base_dir: &Path,
+    o: Overrides,
+) -> std::result::Result<Params, String> {
+    let trials = match o.trials {
+        Some(t) => in_range("--trials", t as i64, 1, 100_000_000)? as u32,
+        None => in_range("trials", raw.trials, 1, 100_000_000)? as u32,
+    };
+    let seed = o.seed.unwrap_or(raw.seed);
+    let l = &raw.layer;
+    let weight_bits = in_range("layer.weight_bits", l.weight_bits, 2, 8)? as u32;
+    let input_bits = in_range("layer.input_bits", l.input_bits, 1, 8)? as u32;
+    let weights = match &l.weights_file {
+        Some(p) => WeightSource::File(base_dir.join(p)),
+        None => match l.weights.as_str() {
+            "gaussian" => WeightSource::Gaussian,
+            "laplace" => WeightSource::Laplace,
+            other => return Err(format!("`layer.weights` must be \"gaussian\" or \"laplace\" (or set `layer.weights_file`), got \"{other}\"")),
+        },
+    };
+    let input_source = match &l.inputs_file {
+        Some(p) => InputSource::File(base_dir.join(p)),
+        None => InputSource::RectifiedGaussian {
+            zero_fraction: finite_range(
+                "layer.input_zero_fraction",
+                l.input_zero_fraction,
+                0.0,
+                1.0,
+            )?,
+        },
+    };
+    let dim = |key: &str, v: Option<i64>, default: i64| -> std::result::Result<usize, String> {
+        Ok(in_range(key, v.unwrap_or(default), 1, 1 << 20)? as usize)
+    };
+    let layer = LayerParams {
+        k: dim("layer.k", l.k, 256)?,
+        n: dim("layer.n", l.n, 256)?,
+        inputs: dim("layer.inputs", l.inputs, 16)?,
+        weight_bits,
+        input_bits,
+        weights,
+        input_source,
+    };
+    let parallelism = in_range("array.parallelism", raw.array.parallelism, 1, 1 << 20)? as usize;
+    let adc_bits = match &raw.adc.bits {
+        RawBits::Bits(b) if (1..=16).contains(b) => Some(*b as u32),
+        RawBits::Name(s) if s == "ideal" => None,
+        RawBits::Bits(b) => return Err(format!("`adc.bits` must be 1..=16 or \"ideal\", got {b}")),
+        RawBits::Name(s) => {
+            return Err(format!(
+                "`adc.bits` must be 1..=16 or \"ideal\", got \"{s}\""
+            ))
+        }
+    };
+    let calibrate_percentile = raw.adc.calibrate_percentile;
+    if !(calibrate_percentile.is_finite()
+        && calibrate_percentile > 50.0
+        && calibrate_percentile <= 100.0)
+    {
+        return Err(format!(
+            "`adc.calibrate_percentile` must be in (50, 100], got {calibrate_percentile}"
+        ));
+    }
+    let n = &raw.noise;
+    let mode = match n.mode.as_str() {
+        "static" => NoiseMode::Static,
+        "dynamic" => NoiseMode::Dynamic,
+        other => {
+            return Err(format!(
+                "`noise.mode` must be \"static\" or \"dynamic\", got \"{other}\""
+            ))
+        }
+    };
+    let sampling = match n.sampling.as_str() {
+        "auto" => Sampling::Auto,
+        "per-cell" => Sampling::PerCell,
+        "aggregated" => Sampling::Aggregated,
+        other => return Err(format!(
+            "`noise.sampling` must be \"auto\", \"per-cell\" or \"aggregated\", got \"{other}\""
+        )),
+    };
+    let cell_sigma = finite_range("noise.cell_sigma", n.cell_sigma, 0.0, 10.0)?;
+    if sampling == Sampling::Aggregated && mode == NoiseMode::Static && cell_sigma > 0.0 {
+        return Err("`noise.sampling = \"aggregated\"` is exact only for dynamic cell noise; use \"auto\" or \"per-cell\" with `noise.mode = \"static\"`".into());
+    }
+    let p_sa0 = finite_range("noise.p_sa0", n.p_sa0, 0.0, 1.0)?;
+    let p_sa1 = finite_range("noise.p_sa1", n.p_sa1, 0.0, 1.0)?;
+    if p_sa0 + p_sa1 > 1.0 {
+        return Err(format!(
+            "`noise.p_sa0 + noise.p_sa1` must be at most 1, got {}",
+            p_sa0 + p_sa1
+        ));
+    }
+    let noise = NoiseParams {
+        cell_sigma: cell_sigma as f32,
+        mode,
+        read_sigma: finite_range("noise.read_sigma", n.read_sigma, 0.0, 1e6)? as f32,
+        leak: finite_range("noise.leak", n.leak, 0.0, 1.0)? as f32,
+        p_sa0: p_sa0 as f32,
+        p_sa1: p_sa1 as f32,
+        sampling,
+    };
+    Ok(Params {
+        trials,
+        seed,
+        layer,
+        parallelism,
+        adc_bits,
+        calibrate_percentile,
+        noise,
+    })
+}
+
+impl Params {
+    /// A stable text naming every parameter, for resume keys.
+    pub fn fingerprint(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+/// FNV-1a: a hash that is stable across builds and platforms.
+pub fn stable_hash(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Experiment> {
+        Experiment::parse(text, Path::new("t.toml"), Overrides::default())
+    }
+
+    #[test]
+    fn sweep_is_a_cartesian_product_outermost_first() {
+        let e = parse(
+            "version = 1\n[sweep]\n\"noise.cell_sigma\" = [0.01, 0.02, 0.05]\n\"array.parallelism\" = [64, 128]\n",
+        )
+        .unwrap();
+        assert_eq!(e.points.len(), 6);
+        assert_eq!(e.points[1].params.parallelism, 128);
+        assert_eq!(e.points[2].params.noise.cell_sigma, 0.02);
+        assert_eq!(
+            e.points[5].assignments[0],
+            ("noise.cell_sigma".to_string(), "0.05".to_string())
+        );
+        assert_eq!(e.mappings.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let msg = parse("version = 1\n[noise]\ncell_sgma = 0.1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("line 3") && msg.contains("cell_sgma"), "{msg}");
+        let msg = parse("version = 1\n[adc]\nbits = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("`adc.bits` must be 1..=16 or \"ideal\", got 0"),
+            "{msg}"
+        );
+        let msg = parse("version = 1\n[sweep]\n\"adc.bits\" = [4, 40]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("sweep point 1 (adc.bits = 40)"), "{msg}");
+    }
+}

@@ -1,0 +1,117 @@
+//! `zebra inspect`: zero-bit statistics of a weight set under every encoding.
+
+use crate::error::{Error, Result};
+use crate::experiment::{Experiment, Overrides};
+use crate::model::{encode_planes, MappingSpec};
+use crate::workload::{read_npy_ints, Layer};
+use std::fmt::Write;
+use std::path::Path;
+
+/// Inspects the layer of an experiment's first point.
+pub fn inspect_experiment(file: &Path, parallelism: Option<usize>) -> Result<String> {
+    let exp = Experiment::load(file, Overrides::default())?;
+    let p = &exp.points[0].params;
+    let layer = Layer::build(&p.layer, p.seed)?;
+    Ok(report(
+        &layer.w,
+        layer.k,
+        layer.n,
+        layer.weight_bits,
+        parallelism.unwrap_or(p.parallelism),
+        &exp.mappings,
+    ))
+}
+
+/// Inspects a `.npy` weight matrix.
+pub fn inspect_npy(path: &Path, weight_bits: u32, parallelism: usize) -> Result<String> {
+    if !(2..=8).contains(&weight_bits) {
+        return Err(Error::config(
+            "--weight-bits",
+            format!("must be 2..=8, got {weight_bits}"),
+        ));
+    }
+    if parallelism == 0 {
+        return Err(Error::config("--parallelism", "must be at least 1, got 0"));
+    }
+    let (shape, data) = read_npy_ints(path)?;
+    if shape.len() != 2 {
+        return Err(Error::Npy {
+            path: path.into(),
+            msg: format!("weights must be 2-D (K, N), got shape {shape:?}"),
+        });
+    }
+    let q = (1i64 << (weight_bits - 1)) - 1;
+    if let Some((i, v)) = data.iter().enumerate().find(|(_, v)| v.abs() > q) {
+        return Err(Error::Npy {
+            path: path.into(),
+            msg: format!(
+                "element {i} is {v}; {weight_bits}-bit weights must be in [{}, {q}]",
+                -q
+            ),
+        });
+    }
+    let w: Vec<i32> = data.into_iter().map(|v| v as i32).collect();
+    Ok(report(
+        &w,
+        shape[0],
+        shape[1],
+        weight_bits,
+        parallelism,
+        &MappingSpec::presets(),
+    ))
+}
+
+fn report(
+    w: &[i32],
+    k: usize,
+    n: usize,
+    weight_bits: u32,
+    p: usize,
+    mappings: &[MappingSpec],
+) -> String {
+    let mut out = String::new();
+    let zero_w = w.iter().filter(|&&v| v == 0).count() as f64 / w.len() as f64;
+    let mean_abs = w.iter().map(|v| v.abs() as f64).sum::<f64>() / w.len() as f64;
+    let _ = writeln!(out, "weights: K={k} N={n}, {weight_bits} bits, mean |w| {mean_abs:.2}, zero weights {:.1}%, P={p}", 100.0 * zero_w);
+    let mut seen = Vec::new();
+    for m in mappings {
+        if seen.contains(&m.encoding) {
+            continue;
+        }
+        seen.push(m.encoding);
+        let planes = encode_planes(m.encoding, weight_bits, w, k, n);
+        let chunks = k.div_ceil(p);
+        let _ = writeln!(out, "\nencoding {:?} (as in `{}`): plane, scale, non-zero digit density, all-zero (chunk, column) groups", m.encoding, m.name);
+        let (mut nz_total, mut skip_total) = (0usize, 0usize);
+        for j in 0..planes.count() {
+            let nz = (0..k * n)
+                .filter(|&i| planes.digits[j * k * n + i] != 0)
+                .count();
+            let mut skip = 0;
+            for c in 0..chunks {
+                for col in 0..n {
+                    if (c * p..((c + 1) * p).min(k)).all(|r| planes.digit(j, r, col) == 0) {
+                        skip += 1;
+                    }
+                }
+            }
+            nz_total += nz;
+            skip_total += skip;
+            let _ = writeln!(
+                out,
+                "  plane {j}  scale {:>5}  density {:>6.2}%  skippable {:>6.2}%",
+                planes.scales[j],
+                100.0 * nz as f64 / (k * n) as f64,
+                100.0 * skip as f64 / (chunks * n) as f64
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  all planes: non-zero digits {:.2}% ({:.2} per weight), skippable groups {:.2}%",
+            100.0 * nz_total as f64 / (planes.count() * k * n) as f64,
+            nz_total as f64 / (k * n) as f64,
+            100.0 * skip_total as f64 / (planes.count() * chunks * n) as f64
+        );
+    }
+    out
+}

@@ -1,0 +1,20 @@
+//! zebra-cim: Monte Carlo noise simulation of bit-sliced compute-in-memory
+//! matrix-vector products, comparing the dense mapping with ZEBRA.
+//!
+//! Dependencies run one way: command line -> experiment -> plan -> engines ->
+//! model. See `docs/MODEL.md` for the model.
+
+pub mod bench;
+pub mod check;
+pub mod cli;
+pub mod engine;
+pub mod error;
+pub mod experiment;
+pub mod inspect;
+pub mod model;
+pub mod output;
+pub mod plan;
+pub mod rng;
+pub mod runner;
+pub mod stats;
+pub mod workload;

@@ -1,0 +1,292 @@
+//! The CIM model: how a mapping turns weights into digit planes, and what one
+//! ADC conversion does. It knows no engine, screen or file.
+
+use serde::{Deserialize, Serialize};
+
+/// How a weight is written as signed digits over power-of-two planes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encoding {
+    /// Two's complement bits in {0,1}; the MSB plane has scale -2^(Bw-1).
+    TwosComplement,
+    /// sign(w) * bit_j(|w|) in {-1,0,+1}, Bw-1 planes.
+    SignMagnitude,
+    /// Canonical signed digits (non-adjacent form) in {-1,0,+1}, Bw planes:
+    /// the fewest non-zero digits per value.
+    Csd,
+}
+
+/// Which range each conversion's ADC spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdcRange {
+    /// The array's full scale: [0, P] for {0,1} digits, [-P, P] for signed.
+    Full,
+    /// [-n_neg, n_pos]: the counts of -1 and +1 digits in the (chunk, column, plane) group.
+    Adaptive,
+    /// A percentile of the plane's noise-free sums over the workload.
+    Calibrated,
+}
+
+/// One mapping: an encoding plus the ingredients ZEBRA adds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingSpec {
+    pub name: String,
+    pub encoding: Encoding,
+    /// Skip (chunk, column, plane) groups whose digits are all zero.
+    pub skip_zero_planes: bool,
+    /// Skip input bit planes that are all zero within a chunk.
+    pub skip_zero_inputs: bool,
+    pub adc_range: AdcRange,
+}
+
+impl MappingSpec {
+    fn new(
+        name: &str,
+        encoding: Encoding,
+        skip: bool,
+        skip_inputs: bool,
+        adc_range: AdcRange,
+    ) -> Self {
+        MappingSpec {
+            name: name.into(),
+            encoding,
+            skip_zero_planes: skip,
+            skip_zero_inputs: skip_inputs,
+            adc_range,
+        }
+    }
+
+    /// The built-in mappings: the two of the paper and ablations that each
+    /// isolate one ingredient.
+    pub fn presets() -> Vec<MappingSpec> {
+        use AdcRange::*;
+        use Encoding::*;
+        vec![
+            MappingSpec::new("dense", TwosComplement, false, false, Full),
+            MappingSpec::new("zebra", SignMagnitude, true, true, Adaptive),
+            MappingSpec::new("signmag", SignMagnitude, false, false, Full),
+            MappingSpec::new("signmag-skip", SignMagnitude, true, true, Full),
+            MappingSpec::new("zebra-noskip", SignMagnitude, false, false, Adaptive),
+            MappingSpec::new("dense-cal", TwosComplement, false, false, Calibrated),
+            MappingSpec::new("dense-adaptive", TwosComplement, true, true, Adaptive),
+            MappingSpec::new("csd", Csd, true, true, Adaptive),
+        ]
+    }
+
+    /// A built-in mapping by name.
+    pub fn preset(name: &str) -> Option<MappingSpec> {
+        Self::presets().into_iter().find(|m| m.name == name)
+    }
+
+    /// Whether digits may be negative (the ADC then spans negative sums).
+    pub fn signed_digits(&self) -> bool {
+        self.encoding != Encoding::TwosComplement
+    }
+}
+
+/// The digit planes of a weight matrix under one encoding.
+#[derive(Clone, Debug)]
+pub struct Planes {
+    /// Digital scale of each plane (a signed power of two).
+    pub scales: Vec<i32>,
+    /// Digits in {-1,0,1}, laid out `[plane][k][n]`.
+    pub digits: Vec<i8>,
+    pub k: usize,
+    pub n: usize,
+}
+
+impl Planes {
+    /// Number of planes.
+    pub fn count(&self) -> usize {
+        self.scales.len()
+    }
+
+    /// Digit of plane `j` for weight row `k`, column `n`.
+    #[inline]
+    pub fn digit(&self, j: usize, k: usize, n: usize) -> i8 {
+        self.digits[(j * self.k + k) * self.n + n]
+    }
+}
+
+/// Number of planes an encoding uses for `weight_bits`-bit weights.
+pub fn plane_count(encoding: Encoding, weight_bits: u32) -> usize {
+    match encoding {
+        Encoding::TwosComplement | Encoding::Csd => weight_bits as usize,
+        Encoding::SignMagnitude => weight_bits as usize - 1,
+    }
+}
+
+/// The digits of one weight, least significant plane first.
+pub fn encode(encoding: Encoding, weight_bits: u32, w: i32, out: &mut [i8]) {
+    let planes = plane_count(encoding, weight_bits);
+    debug_assert_eq!(out.len(), planes);
+    match encoding {
+        Encoding::TwosComplement => {
+            let u = (w as u32) & ((1u32 << weight_bits) - 1);
+            for (j, d) in out.iter_mut().enumerate() {
+                *d = ((u >> j) & 1) as i8;
+            }
+        }
+        Encoding::SignMagnitude => {
+            let (s, m) = (w.signum() as i8, w.unsigned_abs());
+            for (j, d) in out.iter_mut().enumerate() {
+                *d = s * ((m >> j) & 1) as i8;
+            }
+        }
+        Encoding::Csd => {
+            // Non-adjacent form: at each step, an odd remainder takes the
+            // digit (2 - (v mod 4)), which leaves an even remainder.
+            let mut v = w as i64;
+            for d in out.iter_mut() {
+                *d = if v & 1 != 0 {
+                    let digit = 2 - v.rem_euclid(4);
+                    v -= digit;
+                    digit as i8
+                } else {
+                    0
+                };
+                v /= 2;
+            }
+            debug_assert_eq!(v, 0, "CSD of {w} needs more than {planes} digits");
+        }
+    }
+}
+
+/// Plane scales of an encoding.
+pub fn scales(encoding: Encoding, weight_bits: u32) -> Vec<i32> {
+    let planes = plane_count(encoding, weight_bits);
+    (0..planes)
+        .map(|j| {
+            if encoding == Encoding::TwosComplement && j == planes - 1 {
+                -(1i32 << j)
+            } else {
+                1i32 << j
+            }
+        })
+        .collect()
+}
+
+/// Encodes a `[k][n]` weight matrix into planes.
+pub fn encode_planes(
+    encoding: Encoding,
+    weight_bits: u32,
+    w: &[i32],
+    k: usize,
+    n: usize,
+) -> Planes {
+    let count = plane_count(encoding, weight_bits);
+    let mut digits = vec![0i8; count * k * n];
+    let mut buf = vec![0i8; count];
+    for (idx, &wv) in w.iter().enumerate() {
+        encode(encoding, weight_bits, wv, &mut buf);
+        for (j, &d) in buf.iter().enumerate() {
+            digits[j * k * n + idx] = d;
+        }
+    }
+    Planes {
+        scales: scales(encoding, weight_bits),
+        digits,
+        k,
+        n,
+    }
+}
+
+/// An ADC: `bits = None` is ideal (no quantisation).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Adc {
+    pub bits: Option<u32>,
+}
+
+impl Adc {
+    /// The value read back for analog sum `a` over range `[lo, hi]`.
+    ///
+    /// `step >= 1`: a range that fits in `2^b` codes is read losslessly.
+    #[inline(always)]
+    pub fn convert(&self, a: f32, lo: f32, hi: f32) -> f32 {
+        match self.bits {
+            None => a,
+            Some(b) => {
+                let top = Self::top(b);
+                Self::quantize(a, lo, Self::step(lo, hi, top), top)
+            }
+        }
+    }
+
+    /// The largest code, `2^b - 1`, as f32.
+    #[inline(always)]
+    pub fn top(bits: u32) -> f32 {
+        ((1u32 << bits) - 1) as f32
+    }
+
+    /// The step of range `[lo, hi]`: at least one cell.
+    #[inline(always)]
+    pub fn step(lo: f32, hi: f32, top: f32) -> f32 {
+        ((hi - lo) / top).max(1.0)
+    }
+
+    /// Quantises `a` with a precomputed `step` (same result as [`Adc::convert`]).
+    #[inline(always)]
+    pub fn quantize(a: f32, lo: f32, step: f32, top: f32) -> f32 {
+        let code = ((a - lo) / step).round_ties_even().clamp(0.0, top);
+        lo + code * step
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(enc: Encoding, bw: u32, w: i32) -> i64 {
+        let mut d = vec![0i8; plane_count(enc, bw)];
+        encode(enc, bw, w, &mut d);
+        d.iter()
+            .zip(scales(enc, bw))
+            .map(|(&d, s)| d as i64 * s as i64)
+            .sum()
+    }
+
+    #[test]
+    fn every_encoding_reconstructs_every_value() {
+        for enc in [
+            Encoding::TwosComplement,
+            Encoding::SignMagnitude,
+            Encoding::Csd,
+        ] {
+            for bw in 2..=8u32 {
+                let m = (1i32 << (bw - 1)) - 1;
+                for w in -m..=m {
+                    assert_eq!(value(enc, bw, w), w as i64, "{enc:?} Bw={bw} w={w}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn csd_is_non_adjacent_and_minimal_on_examples() {
+        let mut d = [0i8; 8];
+        encode(Encoding::Csd, 8, 7, &mut d);
+        assert_eq!(d, [-1, 0, 0, 1, 0, 0, 0, 0]);
+        for w in -127..=127 {
+            encode(Encoding::Csd, 8, w, &mut d);
+            assert!(d.windows(2).all(|p| p[0] == 0 || p[1] == 0), "w={w}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn adc_reads_a_small_range_losslessly_and_clamps() {
+        let adc = Adc { bits: Some(3) };
+        for a in -3..=4 {
+            assert_eq!(adc.convert(a as f32, -3.0, 4.0), a as f32);
+        }
+        assert_eq!(adc.convert(0.49, -3.0, 4.0), 0.0);
+        assert_eq!(adc.convert(9.0, -3.0, 4.0), 4.0);
+        // 128 over 63 codes: step 128/63, ties to even.
+        let adc6 = Adc { bits: Some(6) };
+        let step = 128.0f32 / 63.0;
+        assert_eq!(adc6.convert(3.0, 0.0, 128.0), step);
+        assert_eq!(adc6.convert(-1.0, 0.0, 128.0), 0.0);
+        assert_eq!(adc6.convert(500.0, 0.0, 128.0), 63.0 * step);
+    }
+}

@@ -1,0 +1,343 @@
+//! The plan: one sweep point under one mapping, flattened into the buffers
+//! both engines consume. Everything that does not change between trials is
+//! computed here once: digit planes and their bit masks, input bit masks,
+//! which conversions happen, each conversion's ADC range, exact results and
+//! the cost counters.
+
+use crate::experiment::{NoiseMode, NoiseParams, Params, Sampling};
+use crate::model::{encode_planes, Adc, AdcRange, MappingSpec};
+use crate::workload::Layer;
+
+/// How the engines draw cell noise for a plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoisePath {
+    /// No cell noise: integer sums by popcount (plus leak, faults and read noise).
+    Analytic,
+    /// Dynamic cell noise as one Gaussian per conversion with the summed
+    /// variance: exact in distribution.
+    Aggregated,
+    /// Static cell noise: one draw per (trial, plane, cell), reused for every read.
+    PerCellStatic,
+    /// Dynamic cell noise, one draw per (input, bit, plane, cell).
+    PerCellDynamic,
+}
+
+impl NoisePath {
+    /// The label in result files.
+    pub fn label(&self) -> &'static str {
+        match self {
+            NoisePath::Analytic => "none",
+            NoisePath::Aggregated => "aggregated",
+            NoisePath::PerCellStatic | NoisePath::PerCellDynamic => "per-cell",
+        }
+    }
+}
+
+/// Cost of one trial (one pass of all inputs through the layer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// ADC conversions performed.
+    pub conversions: u64,
+    /// Cell reads with a non-zero digit and input bit 1, in converted groups.
+    pub active_reads: u64,
+    /// (chunk, column, plane) groups skipped as all-zero.
+    pub skipped_groups: u64,
+    /// (input, chunk, input bit) planes skipped as all-zero.
+    pub skipped_input_planes: u64,
+    /// inputs x K x N x input bits x planes, before skipping.
+    pub cell_macs: u64,
+    /// Multiply-accumulates of the layer: inputs x K x N.
+    pub macs: u64,
+}
+
+/// Flat buffers for one (sweep point, mapping).
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub k: usize,
+    pub n: usize,
+    /// Input vectors per trial.
+    pub b: usize,
+    pub xbits: usize,
+    /// Planes.
+    pub j: usize,
+    /// Rows per chunk (design parallelism).
+    pub p: usize,
+    pub chunks: usize,
+    /// 64-bit words per K-bit mask.
+    pub words: usize,
+    pub seed: u64,
+    pub mapping: MappingSpec,
+    pub scales: Vec<i32>,
+    /// Digits `[j][k][n]`.
+    pub digits: Vec<i8>,
+    /// The digit a stuck-at-1 cell takes, `[k][n]`.
+    pub sa1_digit: Vec<i8>,
+    /// Inputs `[b][k]`.
+    pub x: Vec<u32>,
+    /// Input bit masks `[b][i][words]`.
+    pub xmask: Vec<u64>,
+    /// ADC range low end per group `[c][j][n]`.
+    pub lo: Vec<f32>,
+    /// ADC range high end per group `[c][j][n]`.
+    pub hi: Vec<f32>,
+    /// Whether a group is converted `[c][j][n]`.
+    pub converted: Vec<bool>,
+    /// Whether an input bit plane is converted `[b][c][i]`.
+    pub row_active: Vec<bool>,
+    /// Exact results `[b][n]`.
+    pub exact: Vec<i64>,
+    /// Standard deviation of the exact results (for SNR).
+    pub exact_std: f64,
+    pub adc: Adc,
+    pub noise: NoiseParams,
+    pub path: NoisePath,
+    pub counters: Counters,
+}
+
+/// Per-chunk list of (word index, mask) covering its rows.
+pub fn chunk_words(k: usize, p: usize) -> Vec<Vec<(usize, u64)>> {
+    let chunks = k.div_ceil(p);
+    (0..chunks)
+        .map(|c| {
+            let (start, end) = (c * p, ((c + 1) * p).min(k));
+            let mut out = Vec::new();
+            let mut row = start;
+            while row < end {
+                let w = row / 64;
+                let hi = end.min((w + 1) * 64);
+                let bits = hi - row;
+                let mask = if bits == 64 {
+                    u64::MAX
+                } else {
+                    ((1u64 << bits) - 1) << (row % 64)
+                };
+                out.push((w, mask));
+                row = hi;
+            }
+            out
+        })
+        .collect()
+}
+
+/// Digit bit masks over K: `(pos, neg)`, each `[j][n][words]`.
+pub fn digit_masks(digits: &[i8], j: usize, k: usize, n: usize) -> (Vec<u64>, Vec<u64>) {
+    let words = k.div_ceil(64);
+    let mut pos = vec![0u64; j * n * words];
+    let mut neg = vec![0u64; j * n * words];
+    for jj in 0..j {
+        for kk in 0..k {
+            let row = &digits[(jj * k + kk) * n..(jj * k + kk + 1) * n];
+            for (nn, &d) in row.iter().enumerate() {
+                let at = (jj * n + nn) * words + kk / 64;
+                let bit = 1u64 << (kk % 64);
+                if d > 0 {
+                    pos[at] |= bit;
+                } else if d < 0 {
+                    neg[at] |= bit;
+                }
+            }
+        }
+    }
+    (pos, neg)
+}
+
+/// Masked popcount of `a & b` over a chunk's words.
+#[inline(always)]
+pub fn popcount_and(a: &[u64], b: &[u64], cw: &[(usize, u64)]) -> u32 {
+    cw.iter()
+        .map(|&(w, m)| (a[w] & b[w] & m).count_ones())
+        .sum()
+}
+
+impl Plan {
+    /// Builds the plan of one mapping at one sweep point.
+    pub fn new(params: &Params, layer: &Layer, mapping: &MappingSpec) -> Plan {
+        let (k, n, b) = (layer.k, layer.n, layer.inputs);
+        let xbits = layer.input_bits as usize;
+        let planes = encode_planes(mapping.encoding, layer.weight_bits, &layer.w, k, n);
+        let j = planes.count();
+        let p = params.parallelism;
+        let chunks = k.div_ceil(p);
+        let words = k.div_ceil(64);
+        let cws = chunk_words(k, p);
+
+        let mut xmask = vec![0u64; b * xbits * words];
+        for bb in 0..b {
+            for kk in 0..k {
+                let v = layer.x[bb * k + kk];
+                for i in 0..xbits {
+                    if (v >> i) & 1 == 1 {
+                        xmask[(bb * xbits + i) * words + kk / 64] |= 1u64 << (kk % 64);
+                    }
+                }
+            }
+        }
+        let (pos, neg) = digit_masks(&planes.digits, j, k, n);
+        let nz: Vec<u64> = pos.iter().zip(&neg).map(|(a, b)| a | b).collect();
+        let allk = vec![u64::MAX; words];
+
+        // Groups: which are converted, and their ADC range.
+        let groups = chunks * j * n;
+        let mut converted = vec![true; groups];
+        let mut lo = vec![0f32; groups];
+        let mut hi = vec![0f32; groups];
+        let mut counters = Counters::default();
+        let full = p as f32;
+        for c in 0..chunks {
+            for jj in 0..j {
+                for nn in 0..n {
+                    let g = (c * j + jj) * n + nn;
+                    let m = (jj * n + nn) * words;
+                    let n_pos = popcount_and(&pos[m..m + words], &allk, &cws[c]);
+                    let n_neg = popcount_and(&neg[m..m + words], &allk, &cws[c]);
+                    if mapping.skip_zero_planes && n_pos + n_neg == 0 {
+                        converted[g] = false;
+                        counters.skipped_groups += 1;
+                    }
+                    (lo[g], hi[g]) = match mapping.adc_range {
+                        AdcRange::Full if mapping.signed_digits() => (-full, full),
+                        AdcRange::Full => (0.0, full),
+                        AdcRange::Adaptive => (-(n_neg as f32), n_pos as f32),
+                        AdcRange::Calibrated => (0.0, 0.0), // filled below
+                    };
+                }
+            }
+        }
+
+        let mut row_active = vec![true; b * chunks * xbits];
+        for bb in 0..b {
+            for c in 0..chunks {
+                for i in 0..xbits {
+                    let xm = &xmask[(bb * xbits + i) * words..(bb * xbits + i + 1) * words];
+                    if mapping.skip_zero_inputs && popcount_and(xm, &allk, &cws[c]) == 0 {
+                        row_active[(bb * chunks + c) * xbits + i] = false;
+                        counters.skipped_input_planes += 1;
+                    }
+                }
+            }
+        }
+
+        // Clean sums: cost counters, and calibration of the ADC range.
+        let calibrate = mapping.adc_range == AdcRange::Calibrated;
+        let mut clean: Vec<Vec<f32>> = vec![Vec::new(); if calibrate { j } else { 0 }];
+        for bb in 0..b {
+            for c in 0..chunks {
+                for i in 0..xbits {
+                    let xm = &xmask[(bb * xbits + i) * words..(bb * xbits + i + 1) * words];
+                    let active = row_active[(bb * chunks + c) * xbits + i];
+                    for jj in 0..j {
+                        for nn in 0..n {
+                            let m = (jj * n + nn) * words;
+                            if active && converted[(c * j + jj) * n + nn] {
+                                counters.conversions += 1;
+                                counters.active_reads +=
+                                    popcount_and(xm, &nz[m..m + words], &cws[c]) as u64;
+                            }
+                            if calibrate {
+                                let s = popcount_and(xm, &pos[m..m + words], &cws[c]) as i64
+                                    - popcount_and(xm, &neg[m..m + words], &cws[c]) as i64;
+                                clean[jj].push(s as f32);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if calibrate {
+            let q = params.calibrate_percentile / 100.0;
+            for (jj, sums) in clean.iter_mut().enumerate() {
+                sums.sort_by(f32::total_cmp);
+                let at = |f: f64| {
+                    sums[((f * (sums.len() - 1) as f64).round() as usize).min(sums.len() - 1)]
+                };
+                let l = at(1.0 - q).min(0.0);
+                let h = at(q).max(0.0).max(l + 1.0);
+                for c in 0..chunks {
+                    for nn in 0..n {
+                        lo[(c * j + jj) * n + nn] = l;
+                        hi[(c * j + jj) * n + nn] = h;
+                    }
+                }
+            }
+        }
+        counters.macs = (b * k * n) as u64;
+        counters.cell_macs = counters.macs * (xbits * j) as u64;
+
+        let sa1_digit = layer
+            .w
+            .iter()
+            .map(|&w| {
+                if mapping.signed_digits() && w < 0 {
+                    -1
+                } else {
+                    1
+                }
+            })
+            .collect();
+        let exact = layer.exact();
+        let mean = exact.iter().map(|&v| v as f64).sum::<f64>() / exact.len() as f64;
+        let exact_std = (exact
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / exact.len() as f64)
+            .sqrt();
+
+        let noise = params.noise;
+        let path = if noise.cell_sigma == 0.0 {
+            NoisePath::Analytic
+        } else {
+            match (noise.mode, noise.sampling) {
+                (NoiseMode::Static, _) => NoisePath::PerCellStatic,
+                (NoiseMode::Dynamic, Sampling::PerCell) => NoisePath::PerCellDynamic,
+                (NoiseMode::Dynamic, _) => NoisePath::Aggregated,
+            }
+        };
+
+        Plan {
+            k,
+            n,
+            b,
+            xbits,
+            j,
+            p,
+            chunks,
+            words,
+            seed: params.seed,
+            mapping: mapping.clone(),
+            scales: planes.scales,
+            digits: planes.digits,
+            sa1_digit,
+            x: layer.x.clone(),
+            xmask,
+            lo,
+            hi,
+            converted,
+            row_active,
+            exact,
+            exact_std,
+            adc: Adc {
+                bits: params.adc_bits,
+            },
+            noise,
+            path,
+            counters,
+        }
+    }
+
+    /// Blocks of four draws per row of N columns.
+    pub fn nb(&self) -> usize {
+        self.n.div_ceil(4)
+    }
+
+    /// Whether stuck-at faults are drawn.
+    pub fn has_faults(&self) -> bool {
+        self.noise.p_sa0 > 0.0 || self.noise.p_sa1 > 0.0
+    }
+
+    /// Group index `[c][j][n]`.
+    #[inline(always)]
+    pub fn group(&self, c: usize, j: usize, n: usize) -> usize {
+        (c * self.j + j) * self.n + n
+    }
+}

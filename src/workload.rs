@@ -1,0 +1,265 @@
+//! Workloads: the integer weights and inputs of one layer, synthetic or from `.npy` files.
+
+use crate::error::{Error, Result};
+use crate::experiment::{InputSource, LayerParams, WeightSource};
+use crate::rng::{self, Address};
+use std::path::Path;
+
+/// An integer layer: `w` is `[k][n]`, `x` is `[inputs][k]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layer {
+    pub k: usize,
+    pub n: usize,
+    pub inputs: usize,
+    pub weight_bits: u32,
+    pub input_bits: u32,
+    pub w: Vec<i32>,
+    pub x: Vec<u32>,
+}
+
+impl Layer {
+    /// Exact products `Y = X W`, `[inputs][n]`.
+    pub fn exact(&self) -> Vec<i64> {
+        let mut y = vec![0i64; self.inputs * self.n];
+        for b in 0..self.inputs {
+            for k in 0..self.k {
+                let x = self.x[b * self.k + k] as i64;
+                if x == 0 {
+                    continue;
+                }
+                let row = &self.w[k * self.n..(k + 1) * self.n];
+                for (yv, &w) in y[b * self.n..(b + 1) * self.n].iter_mut().zip(row) {
+                    *yv += x * w as i64;
+                }
+            }
+        }
+        y
+    }
+
+    /// Builds the layer a sweep point describes. Synthetic layers depend only
+    /// on `seed` and the layer parameters.
+    pub fn build(p: &LayerParams, seed: u64) -> Result<Layer> {
+        let qmax = (1i32 << (p.weight_bits - 1)) - 1;
+        let xmax = (1u32 << p.input_bits) - 1;
+        let mut k = p.k;
+        let mut n = p.n;
+        let w = match &p.weights {
+            WeightSource::File(path) => {
+                let (shape, data) = read_npy_ints(path)?;
+                if shape.len() != 2 {
+                    return Err(npy_err(
+                        path,
+                        format!("weights must be 2-D (K, N), got shape {shape:?}"),
+                    ));
+                }
+                (k, n) = (shape[0], shape[1]);
+                check_values(
+                    path,
+                    &data,
+                    -(qmax as i64),
+                    qmax as i64,
+                    &format!("{}-bit weights", p.weight_bits),
+                )?;
+                data.into_iter().map(|v| v as i32).collect()
+            }
+            WeightSource::Gaussian | WeightSource::Laplace => synthetic_weights(p, seed, qmax),
+        };
+        let (inputs, x) = match &p.input_source {
+            InputSource::File(path) => {
+                let (shape, data) = read_npy_ints(path)?;
+                let (b, kk) = match shape.as_slice() {
+                    [kk] => (1, *kk),
+                    [b, kk] => (*b, *kk),
+                    _ => {
+                        return Err(npy_err(
+                            path,
+                            format!("inputs must be 1-D (K,) or 2-D (B, K), got shape {shape:?}"),
+                        ))
+                    }
+                };
+                if kk != k {
+                    return Err(npy_err(
+                        path,
+                        format!("inputs have K = {kk} but the weights have K = {k} rows"),
+                    ));
+                }
+                check_values(
+                    path,
+                    &data,
+                    0,
+                    xmax as i64,
+                    &format!("{}-bit inputs", p.input_bits),
+                )?;
+                (b, data.into_iter().map(|v| v as u32).collect())
+            }
+            InputSource::RectifiedGaussian { zero_fraction } => (
+                p.inputs,
+                synthetic_inputs(p.inputs, k, *zero_fraction, xmax, seed),
+            ),
+        };
+        Ok(Layer {
+            k,
+            n,
+            inputs,
+            weight_bits: p.weight_bits,
+            input_bits: p.input_bits,
+            w,
+            x,
+        })
+    }
+}
+
+/// Real-valued weights quantised per output channel so the largest magnitude maps to `qmax`.
+fn synthetic_weights(p: &LayerParams, seed: u64, qmax: i32) -> Vec<i32> {
+    let (k, n) = (p.k, p.n);
+    let addr = Address {
+        seed,
+        trial: 0,
+        stream: rng::stream::WORKLOAD,
+    };
+    let mut real = vec![0f64; k * n];
+    for (i, v) in real.iter_mut().enumerate() {
+        let words = addr.block(i as u64);
+        *v = match p.weights {
+            WeightSource::Laplace => {
+                let u = (words[0] as f64 + 0.5) / 4_294_967_296.0 - 0.5;
+                -u.signum() * (1.0 - 2.0 * u.abs()).ln()
+            }
+            _ => rng::box_muller(words[0], words[1]).0 as f64,
+        };
+    }
+    let mut w = vec![0i32; k * n];
+    for col in 0..n {
+        let max = (0..k).map(|r| real[r * n + col].abs()).fold(0.0, f64::max);
+        let scale = if max > 0.0 { qmax as f64 / max } else { 0.0 };
+        for r in 0..k {
+            w[r * n + col] = (real[r * n + col] * scale).round_ties_even() as i32;
+        }
+    }
+    w
+}
+
+/// Rectified-Gaussian activations with a fraction of exact zeros, scaled so the largest maps to `xmax`.
+fn synthetic_inputs(b: usize, k: usize, zero_fraction: f64, xmax: u32, seed: u64) -> Vec<u32> {
+    let addr = Address {
+        seed,
+        trial: 1,
+        stream: rng::stream::WORKLOAD,
+    };
+    let real: Vec<f64> = (0..b * k)
+        .map(|i| {
+            let words = addr.block(i as u64);
+            let u = (words[2] as f64 + 0.5) / 4_294_967_296.0;
+            if u < zero_fraction {
+                0.0
+            } else {
+                (rng::box_muller(words[0], words[1]).0 as f64).abs()
+            }
+        })
+        .collect();
+    let max = real.iter().cloned().fold(0.0, f64::max);
+    let scale = if max > 0.0 { xmax as f64 / max } else { 0.0 };
+    real.iter()
+        .map(|v| (v * scale).round_ties_even() as u32)
+        .collect()
+}
+
+fn npy_err(path: &Path, msg: String) -> Error {
+    Error::Npy {
+        path: path.to_path_buf(),
+        msg,
+    }
+}
+
+fn check_values(path: &Path, data: &[i64], lo: i64, hi: i64, what: &str) -> Result<()> {
+    if let Some((i, v)) = data.iter().enumerate().find(|(_, &v)| v < lo || v > hi) {
+        return Err(npy_err(
+            path,
+            format!("element {i} is {v}; {what} must be in [{lo}, {hi}]"),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a C-order `.npy` array of integers (any integer dtype, or floats holding integers).
+pub fn read_npy_ints(path: &Path) -> Result<(Vec<usize>, Vec<i64>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let file = npyz::NpyFile::new(&bytes[..])
+        .map_err(|e| npy_err(path, format!("not a readable .npy file: {e}")))?;
+    if file.order() == npyz::Order::Fortran {
+        return Err(npy_err(
+            path,
+            "Fortran-order arrays are not accepted; save np.ascontiguousarray(a)".into(),
+        ));
+    }
+    let shape: Vec<usize> = file.shape().iter().map(|&s| s as usize).collect();
+    let dtype = file.dtype().descr();
+    let bad = |e: std::io::Error| npy_err(path, format!("cannot read data: {e}"));
+    macro_rules! try_ints {
+        ($file:expr, $($t:ty),*) => {{
+            let f = $file;
+            $(
+                let f = match f.try_data::<$t>() {
+                    Ok(r) => {
+                        let v: Vec<$t> = r.collect::<std::io::Result<_>>().map_err(bad)?;
+                        return Ok((shape, v.into_iter().map(|x| x as i64).collect()));
+                    }
+                    Err(f) => f,
+                };
+            )*
+            f
+        }};
+    }
+    let file = try_ints!(file, i8, i16, i32, i64, u8, u16, u32);
+    macro_rules! try_floats {
+        ($file:expr, $($t:ty),*) => {{
+            let f = $file;
+            $(
+                let f = match f.try_data::<$t>() {
+                    Ok(r) => {
+                        let v: Vec<$t> = r.collect::<std::io::Result<_>>().map_err(bad)?;
+                        if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| x.fract() != 0.0 || !x.is_finite()) {
+                            return Err(npy_err(path, format!("element {i} is {x}; values must be integers (quantise first)")));
+                        }
+                        return Ok((shape, v.into_iter().map(|x| x as i64).collect()));
+                    }
+                    Err(f) => f,
+                };
+            )*
+            f
+        }};
+    }
+    let _ = try_floats!(file, f32, f64);
+    Err(npy_err(path, format!("dtype {dtype} is not accepted; use an integer dtype (int8..int64, uint8..uint32) or float32/float64 holding integers")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> LayerParams {
+        LayerParams {
+            k: 64,
+            n: 32,
+            inputs: 4,
+            weight_bits: 8,
+            input_bits: 8,
+            weights: WeightSource::Gaussian,
+            input_source: InputSource::RectifiedGaussian { zero_fraction: 0.5 },
+        }
+    }
+
+    #[test]
+    fn synthetic_layer_is_quantised_per_channel() {
+        let l = Layer::build(&params(), 3).unwrap();
+        for col in 0..l.n {
+            let max = (0..l.k).map(|r| l.w[r * l.n + col].abs()).max().unwrap();
+            assert_eq!(max, 127, "column {col}");
+        }
+        assert_eq!(*l.x.iter().max().unwrap(), 255);
+        let zeros = l.x.iter().filter(|&&v| v == 0).count() as f64 / l.x.len() as f64;
+        // 256 inputs, zero fraction 0.5 plus rounding-to-zero: binomial SE 0.031.
+        assert!((0.45..0.7).contains(&zeros), "zero fraction {zeros}");
+        assert_eq!(l, Layer::build(&params(), 3).unwrap());
+    }
+}
