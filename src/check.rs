@@ -1,12 +1,13 @@
 //! `zebra check`: what an experiment will do, without simulating it.
 
+use crate::error::Result;
 use crate::experiment::Experiment;
 use crate::plan::Plan;
 use crate::workload::Layer;
 use std::fmt::Write;
 
 /// A report of the expanded sweep and the work it implies.
-pub fn describe(exp: &Experiment) -> String {
+pub fn describe(exp: &Experiment) -> Result<String> {
     let mut out = String::new();
     let names: Vec<&str> = exp.mappings.iter().map(|m| m.name.as_str()).collect();
     let _ = writeln!(out, "{}: ok", exp.file.display());
@@ -34,16 +35,11 @@ pub fn describe(exp: &Experiment) -> String {
     for p in &exp.points {
         let layer = match &layer_cache {
             Some((lp, s, l)) if *lp == p.params.layer && *s == p.params.seed => l.clone(),
-            _ => match Layer::build(&p.params.layer, p.params.seed) {
-                Ok(l) => {
-                    layer_cache = Some((p.params.layer.clone(), p.params.seed, l.clone()));
-                    l
-                }
-                Err(e) => {
-                    let _ = writeln!(out, "  point {}: cannot build the layer: {e}", p.index);
-                    continue;
-                }
-            },
+            _ => {
+                let l = Layer::build(&p.params.layer, p.params.seed)?;
+                layer_cache = Some((p.params.layer.clone(), p.params.seed, l.clone()));
+                l
+            }
         };
         for m in &exp.mappings {
             let plan = Plan::new(&p.params, &layer, m);
@@ -57,5 +53,5 @@ pub fn describe(exp: &Experiment) -> String {
         out,
         "total: {trials} trials, {cell_macs:.3e} cell-MACs, {conversions:.3e} ADC conversions"
     );
-    out
+    Ok(out)
 }

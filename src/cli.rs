@@ -70,8 +70,10 @@ pub enum Command {
     Check {
         /// Experiment file (TOML).
         file: PathBuf,
+        /// Trials per point (overrides the file).
         #[arg(long)]
         trials: Option<u32>,
+        /// Random seed (overrides the file).
         #[arg(long)]
         seed: Option<u64>,
     },
@@ -160,8 +162,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(e) => e,
                 Err(e) => return bad_input(e),
             };
-            print!("{}", crate::check::describe(&exp));
-            Ok(ExitCode::SUCCESS)
+            match crate::check::describe(&exp) {
+                Ok(text) => {
+                    print!("{text}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => bad_input(e),
+            }
         }
         Command::Inspect {
             file,

@@ -554,9 +554,11 @@ fn resolve_params(
         "auto" => Sampling::Auto,
         "per-cell" => Sampling::PerCell,
         "aggregated" => Sampling::Aggregated,
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "`noise.sampling` must be \"auto\", \"per-cell\" or \"aggregated\", got \"{other}\""
-        )),
+        ))
+        }
     };
     let cell_sigma = finite_range("noise.cell_sigma", n.cell_sigma, 0.0, 10.0)?;
     if sampling == Sampling::Aggregated && mode == NoiseMode::Static && cell_sigma > 0.0 {

@@ -221,8 +221,11 @@ pub fn result_row(
     ]
 }
 
+/// A CSV file as (header, rows).
+pub type Table = (Vec<String>, Vec<Vec<String>>);
+
 /// Reads an existing CSV as (header, rows); `None` when the file does not exist.
-pub fn read_csv(path: &Path) -> Result<Option<(Vec<String>, Vec<Vec<String>>)>> {
+pub fn read_csv(path: &Path) -> Result<Option<Table>> {
     if !path.exists() {
         return Ok(None);
     }

@@ -108,7 +108,10 @@ impl Address {
     /// four). Written lane-wise so the compiler vectorises it.
     pub fn fill_gaussian(&self, first: u64, out: &mut [f32]) {
         const L: usize = 16;
-        assert!(out.len() % 4 == 0, "fill_gaussian needs whole blocks");
+        assert!(
+            out.len().is_multiple_of(4),
+            "fill_gaussian needs whole blocks"
+        );
         let key = self.key();
         let blocks = out.len() / 4;
         let mut done = 0;

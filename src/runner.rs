@@ -50,6 +50,17 @@ pub fn run_experiment(
     engine: &mut dyn Engine,
     opts: &RunOptions,
 ) -> Result<RunReport> {
+    // Every layer must build (files exist, shapes and values fit) before any result is touched.
+    let mut checked: Vec<(&LayerParams, u64)> = Vec::new();
+    for p in &exp.points {
+        if !checked
+            .iter()
+            .any(|(l, s)| **l == p.params.layer && *s == p.params.seed)
+        {
+            Layer::build(&p.params.layer, p.params.seed)?;
+            checked.push((&p.params.layer, p.params.seed));
+        }
+    }
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
     let (csv_path, hist_path) = result_paths(exp, &opts.out_dir);
     let wanted: Vec<(usize, String)> = exp

@@ -230,7 +230,7 @@ fn abs_quantile(abs_hist: &[u64], total: u64, q: f64) -> f64 {
 /// Coarse histogram rows `(lo, hi, count)` for output: fine bins merged by
 /// `merge` (must divide `BINS_PER_DECADE`), empty bins left out.
 pub fn coarse_rows(hist: &[u64], merge: usize) -> Vec<(f64, f64, u64)> {
-    assert!(BINS_PER_DECADE % merge == 0);
+    assert!(BINS_PER_DECADE.is_multiple_of(merge));
     let mut rows = Vec::new();
     // Negative side, from most negative up.
     for g in (0..SIDE / merge).rev() {

@@ -1,0 +1,222 @@
+//! The real binary, as a user sees it: run, resume, check, inspect, bad input.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn zebra() -> Command {
+    Command::cargo_bin("zebra").unwrap()
+}
+
+fn tiny_in(dir: &Path) -> PathBuf {
+    let p = dir.join("tiny.toml");
+    fs::copy("tests/configs/good/tiny.toml", &p).unwrap();
+    p
+}
+
+#[test]
+fn run_writes_tidy_results_and_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = tiny_in(dir.path());
+    let out = dir.path().join("res");
+    zebra()
+        .args([
+            "run",
+            exp.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--engine",
+            "cpu",
+        ])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("RMSE").and(predicate::str::contains("4 computed, 0 resumed")),
+        );
+    let csv = fs::read_to_string(out.join("tiny.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(header, zebra_cim::output::COLUMNS);
+    assert_eq!(lines.count(), 4, "2 points x 2 mappings");
+    let hist = fs::read_to_string(out.join("tiny_hist.csv")).unwrap();
+    assert!(hist.starts_with("experiment,point,mapping,bin_lo,bin_hi,count,point_key"));
+    assert!(hist.lines().count() > 4);
+}
+
+#[test]
+fn rerun_resumes_finished_points_and_recomputes_missing_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = tiny_in(dir.path());
+    let out = dir.path().join("res");
+    let args = [
+        "run",
+        exp.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--engine",
+        "cpu",
+    ];
+    zebra().args(args).assert().success();
+    let first = fs::read_to_string(out.join("tiny.csv")).unwrap();
+    zebra()
+        .args(args)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("0 computed, 4 resumed"));
+    assert_eq!(fs::read_to_string(out.join("tiny.csv")).unwrap(), first);
+
+    // An interrupted run: the last point's rows are missing.
+    let kept: Vec<&str> = first.lines().take(3).collect();
+    fs::write(out.join("tiny.csv"), kept.join("\n") + "\n").unwrap();
+    zebra()
+        .args(args)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("2 computed, 2 resumed"));
+    let redone = fs::read_to_string(out.join("tiny.csv")).unwrap();
+    // Recomputed rows equal the originals except for timing columns.
+    let strip = |s: &str| -> Vec<String> {
+        let cols = zebra_cim::output::COLUMNS;
+        let drop: Vec<usize> = ["elapsed_s", "cell_macs_per_s"]
+            .iter()
+            .map(|c| cols.iter().position(|x| x == c).unwrap())
+            .collect();
+        s.lines()
+            .map(|l| {
+                l.split(',')
+                    .enumerate()
+                    .filter(|(i, _)| !drop.contains(i))
+                    .map(|(_, v)| v)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect()
+    };
+    assert_eq!(strip(&redone), strip(&first));
+}
+
+#[test]
+fn changed_parameters_are_not_silently_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = tiny_in(dir.path());
+    let out = dir.path().join("res");
+    zebra()
+        .args(["run", exp.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .assert()
+        .success();
+    let before = fs::read_to_string(out.join("tiny.csv")).unwrap();
+    zebra()
+        .args([
+            "run",
+            exp.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--trials",
+            "41",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("pass --fresh"));
+    assert_eq!(fs::read_to_string(out.join("tiny.csv")).unwrap(), before);
+    zebra()
+        .args([
+            "run",
+            exp.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--trials",
+            "41",
+            "--fresh",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("4 computed"));
+}
+
+#[test]
+fn check_reports_the_sweep_and_work() {
+    zebra()
+        .args(["check", "tests/configs/good/tiny.toml"])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("2 point(s) x 2 mapping(s)")
+                .and(predicate::str::contains(
+                    "sweep noise.cell_sigma: 0.02, 0.1",
+                ))
+                .and(predicate::str::contains("cell-MACs")),
+        );
+}
+
+#[test]
+fn inspect_shows_plane_densities() {
+    zebra()
+        .args(["inspect", "tests/configs/good/tiny.toml"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("plane 7").and(predicate::str::contains("skippable")));
+    zebra()
+        .args([
+            "inspect",
+            "--weights",
+            "tests/data/w_8x4.npy",
+            "--parallelism",
+            "4",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("K=8 N=4"));
+}
+
+/// Every file in tests/configs/bad starts with `# error: TEXT`; `zebra check`
+/// and `zebra run` must exit 2 with one line containing TEXT, and `run` must
+/// leave existing results alone.
+#[test]
+fn every_bad_fixture_gives_its_error() {
+    let mut seen = 0;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("res");
+    fs::create_dir_all(&out).unwrap();
+    for entry in fs::read_dir("tests/configs/bad").unwrap() {
+        let path = entry.unwrap().path();
+        let text = fs::read_to_string(&path).unwrap();
+        let want = text
+            .lines()
+            .next()
+            .unwrap()
+            .strip_prefix("# error: ")
+            .expect("fixture names its error")
+            .to_string();
+        let stem = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let sentinel = out.join(format!("{stem}.csv"));
+        fs::write(&sentinel, "keep me\n").unwrap();
+        for args in [
+            vec!["check", path.to_str().unwrap()],
+            vec![
+                "run",
+                path.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        ] {
+            let cmd = args[0];
+            let assert = zebra().args(&args).assert().code(2);
+            let err = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+            assert!(
+                err.contains(&want),
+                "{}: `zebra {cmd}` said {err:?}, expected {want:?}",
+                path.display()
+            );
+            assert_eq!(
+                err.trim_end().lines().count(),
+                1,
+                "{}: error is not one line: {err:?}",
+                path.display()
+            );
+        }
+        assert_eq!(fs::read_to_string(&sentinel).unwrap(), "keep me\n");
+        seen += 1;
+    }
+    assert!(seen >= 25, "found only {seen} bad fixtures");
+}
