@@ -3,6 +3,7 @@
 
 use crate::bench;
 use crate::engine::cpu::CpuEngine;
+use crate::engine::gpu::{self, GpuEngine};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::experiment::{Experiment, Overrides};
@@ -56,6 +57,9 @@ pub enum Command {
         /// Engine.
         #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
         engine: EngineChoice,
+        /// GPU adapter, by name substring (default: the best hardware GPU; also `WGPU_ADAPTER_NAME`).
+        #[arg(long)]
+        adapter: Option<String>,
         /// CPU worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
@@ -91,14 +95,19 @@ pub enum Command {
         #[arg(long)]
         parallelism: Option<usize>,
     },
+    /// List GPU adapters (honours WGPU_BACKEND) with the limits that matter.
+    Devices,
     /// Measure cell-MACs/s on the standard workloads (S: static, 64 inputs; D: dynamic, 1 input).
     Bench {
         /// Workload.
         #[arg(long, value_enum, default_value_t = bench::Workload::S)]
         workload: bench::Workload,
-        /// Engine(s) to measure.
-        #[arg(long, value_enum, default_value_t = EngineChoice::Cpu)]
+        /// Engines to measure: cpu, gpu, or auto (the CPU and, if there is one, a GPU).
+        #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
         engine: EngineChoice,
+        /// GPU adapter, by name substring.
+        #[arg(long)]
+        adapter: Option<String>,
         /// Trials per repeat.
         #[arg(long, default_value_t = 1000)]
         trials: u32,
@@ -120,6 +129,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             seed,
             out,
             engine,
+            adapter,
             threads,
             fresh,
             quiet,
@@ -128,13 +138,28 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(e) => e,
                 Err(e) => return bad_input(e),
             };
-            let mut engine = make_engine(engine, threads)?;
             let opts = RunOptions {
                 out_dir: out,
                 fresh,
                 progress: !quiet,
             };
-            let report = match runner::run_experiment(&exp, engine.as_mut(), &opts) {
+            // Inputs and existing results are checked before a GPU is opened.
+            let prep = match runner::prepare(&exp, &opts) {
+                Ok(p) => p,
+                Err(e @ (Error::Config { .. } | Error::Npy { .. } | Error::Results { .. })) => {
+                    return bad_input(e)
+                }
+                Err(e @ Error::Io { .. }) if is_missing(&e) => return bad_input(e),
+                Err(e) => return Err(e).context("cannot read the inputs or results"),
+            };
+            let mut engine = match make_engine(engine, adapter.as_deref(), threads) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let report = match runner::run_experiment(&exp, prep, engine.as_mut(), &opts) {
                 Ok(r) => r,
                 Err(e @ (Error::Config { .. } | Error::Npy { .. } | Error::Results { .. })) => {
                     return bad_input(e)
@@ -194,9 +219,26 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 Err(e) => bad_input(e),
             }
         }
+        Command::Devices => {
+            let adapters = gpu::list_adapters();
+            if adapters.is_empty() {
+                println!(
+                    "no GPU adapters found (WGPU_BACKEND={}); `--engine auto` uses the CPU",
+                    std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "unset".into())
+                );
+            }
+            for a in adapters {
+                println!(
+                    "{}  backend {}  type {}  driver {}  max storage binding {} MiB  max workgroups/dim {}  max invocations/workgroup {}",
+                    a.name, a.backend, a.device_type, a.driver, a.max_storage_binding >> 20, a.max_workgroups_per_dim, a.max_invocations
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench {
             workload,
             engine,
+            adapter,
             trials,
             repeats,
         } => {
@@ -204,10 +246,27 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 eprintln!("error: --trials and --repeats must be at least 1");
                 return Ok(ExitCode::from(EXIT_USAGE));
             }
-            let engines: Vec<Box<dyn Engine>> = match engine {
-                EngineChoice::Cpu | EngineChoice::Auto => vec![Box::new(CpuEngine::new())],
-                EngineChoice::Gpu => vec![make_engine(EngineChoice::Gpu, None)?],
-            };
+            let mut engines: Vec<Box<dyn Engine>> = Vec::new();
+            if engine != EngineChoice::Gpu {
+                engines.push(Box::new(CpuEngine::new()));
+            }
+            if engine != EngineChoice::Cpu {
+                match GpuEngine::new(adapter.as_deref(), true) {
+                    Ok(g) => {
+                        if g.adapter().software {
+                            eprintln!("warning: {} is a software adapter: its timings are not representative of a GPU", g.adapter().name);
+                        }
+                        engines.push(Box::new(g));
+                    }
+                    Err(e) if engine == EngineChoice::Auto => {
+                        eprintln!("warning: {e}; measuring the CPU only")
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+            }
             bench::run(workload, engines, trials, repeats)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -223,8 +282,13 @@ fn bad_input(e: Error) -> Result<ExitCode> {
     Ok(ExitCode::from(EXIT_USAGE))
 }
 
-/// Builds the engine the user chose.
-pub fn make_engine(choice: EngineChoice, threads: Option<usize>) -> Result<Box<dyn Engine>> {
+/// Builds the engine the user chose. `auto` takes a hardware GPU if there is
+/// one and otherwise falls back to the CPU with one warning line.
+pub fn make_engine(
+    choice: EngineChoice,
+    adapter: Option<&str>,
+    threads: Option<usize>,
+) -> Result<Box<dyn Engine>> {
     let cpu = || -> Box<dyn Engine> {
         match threads {
             Some(t) => Box::new(CpuEngine::with_threads(t.max(1))),
@@ -232,9 +296,24 @@ pub fn make_engine(choice: EngineChoice, threads: Option<usize>) -> Result<Box<d
         }
     };
     match choice {
-        EngineChoice::Cpu | EngineChoice::Auto => Ok(cpu()),
+        EngineChoice::Cpu => Ok(cpu()),
         EngineChoice::Gpu => {
-            anyhow::bail!("the GPU engine is not available in this build; use --engine cpu")
+            let g = GpuEngine::new(adapter, true)?;
+            if g.adapter().software {
+                eprintln!(
+                    "note: {} is a software adapter (results are exact, speed is CPU-bound)",
+                    g.adapter().name
+                );
+            }
+            Ok(Box::new(g))
         }
+        EngineChoice::Auto => match GpuEngine::new(adapter, false) {
+            Ok(g) => Ok(Box::new(g)),
+            Err(e) if adapter.is_some() => Err(e.into()),
+            Err(_) => {
+                eprintln!("warning: no hardware GPU adapter found; using the CPU engine (`zebra devices` lists adapters)");
+                Ok(cpu())
+            }
+        },
     }
 }

@@ -53,6 +53,8 @@ pub struct Counters {
 /// Flat buffers for one (sweep point, mapping).
 #[derive(Clone, Debug)]
 pub struct Plan {
+    /// Unique per constructed plan, so engines know when to upload buffers.
+    pub id: u64,
     pub k: usize,
     pub n: usize,
     /// Input vectors per trial.
@@ -295,6 +297,7 @@ impl Plan {
         };
 
         Plan {
+            id: crate::engine::gpu::next_plan_id(),
             k,
             n,
             b,

@@ -44,12 +44,20 @@ pub fn result_paths(exp: &Experiment, out_dir: &std::path::Path) -> (PathBuf, Pa
     )
 }
 
-/// Runs every (point, mapping) not already in the results.
-pub fn run_experiment(
-    exp: &Experiment,
-    engine: &mut dyn Engine,
-    opts: &RunOptions,
-) -> Result<RunReport> {
+/// Everything checked and loaded before an engine is opened: the layers
+/// build, and existing results can be resumed without losing any.
+#[derive(Debug)]
+pub struct Prepared {
+    csv_path: PathBuf,
+    hist_path: PathBuf,
+    /// (point index, key) of every (point, mapping), in order.
+    wanted: Vec<(usize, String)>,
+    done: HashMap<String, Vec<String>>,
+    done_hist: HashMap<String, Vec<Vec<String>>>,
+}
+
+/// Checks an experiment's inputs and existing results; touches nothing.
+pub fn prepare(exp: &Experiment, opts: &RunOptions) -> Result<Prepared> {
     // Every layer must build (files exist, shapes and values fit) before any result is touched.
     let mut checked: Vec<(&LayerParams, u64)> = Vec::new();
     for p in &exp.points {
@@ -61,7 +69,6 @@ pub fn run_experiment(
             checked.push((&p.params.layer, p.params.seed));
         }
     }
-    std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
     let (csv_path, hist_path) = result_paths(exp, &opts.out_dir);
     let wanted: Vec<(usize, String)> = exp
         .points
@@ -111,6 +118,30 @@ pub fn run_experiment(
     }
     // A finished row without its histogram is recomputed.
     done.retain(|k, _| done_hist.contains_key(k));
+    Ok(Prepared {
+        csv_path,
+        hist_path,
+        wanted,
+        done,
+        done_hist,
+    })
+}
+
+/// Runs every (point, mapping) not already in the results.
+pub fn run_experiment(
+    exp: &Experiment,
+    prep: Prepared,
+    engine: &mut dyn Engine,
+    opts: &RunOptions,
+) -> Result<RunReport> {
+    let Prepared {
+        csv_path,
+        hist_path,
+        wanted,
+        done,
+        done_hist,
+    } = prep;
+    std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
 
     let total_trials: u64 = exp
         .points

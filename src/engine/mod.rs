@@ -2,6 +2,7 @@
 //! reference; every engine returns the same `Batch` of streamed statistics.
 
 pub mod cpu;
+pub mod gpu;
 
 use crate::error::Result;
 use crate::plan::Plan;

@@ -1,0 +1,237 @@
+// The GPU engine's kernels (prefixed with rng.wgsl when compiled):
+//   cells:    per-trial cell weights W[t][j][k][n] (faults, leak, static mismatch)
+//   simulate: one thread per (trial, input vector, column): accumulation,
+//             noise, ADC, shift-and-add, in the CPU engine's summation order
+//   reduce:   one workgroup per trial: error moments and histogram bins
+// Layouts and random-number addresses are those of docs/MODEL.md.
+
+struct Params {
+    k: u32, n: u32, b: u32, xbits: u32,
+    j: u32, p: u32, chunks: u32, nb: u32,
+    seed_lo: u32, seed_hi: u32, trial0: u32, trials: u32,
+    path: u32, adc_bits: u32, has_faults: u32, static_noise: u32,
+    sigma: f32, read_sigma: f32, leak: f32, p_sa0: f32,
+    p_sa01: f32, top: f32, hist_side: u32, pad0: u32,
+}
+
+// Noise paths, as NoisePath in src/plan.rs.
+const PATH_ANALYTIC: u32 = 0u;
+const PATH_AGGREGATED: u32 = 1u;
+const PATH_STATIC: u32 = 2u;
+const PATH_DYNAMIC: u32 = 3u;
+
+const STREAM_CELL_STATIC: u32 = 2u;
+const STREAM_CELL_DYNAMIC: u32 = 3u;
+const STREAM_READ: u32 = 4u;
+const STREAM_AGGREGATED: u32 = 5u;
+const STREAM_FAULT: u32 = 6u;
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> digits: array<i32>;      // [j][k][n]
+@group(0) @binding(2) var<storage, read> sa1_digit: array<i32>;   // [k][n]
+@group(0) @binding(3) var<storage, read> xin: array<u32>;         // [b][k]
+@group(0) @binding(4) var<storage, read> groups: array<vec4<f32>>; // [c][j][n]: lo, hi, converted, 0
+@group(0) @binding(5) var<storage, read> row_active: array<u32>;  // [b][c][i]
+@group(0) @binding(6) var<storage, read> scales: array<f32>;      // [j]
+@group(0) @binding(7) var<storage, read> exact: array<f32>;       // [b][n]
+@group(0) @binding(8) var<storage, read_write> weights: array<f32>; // [t][j][k][n]
+@group(0) @binding(9) var<storage, read_write> y: array<f32>;       // [t][b][n]
+@group(0) @binding(10) var<storage, read_write> moments: array<f32>; // [t][3]: sum, sumsq, max |e|
+@group(0) @binding(11) var<storage, read_write> hist: array<atomic<u32>>;
+
+fn seed() -> vec2<u32> {
+    return vec2<u32>(P.seed_lo, P.seed_hi);
+}
+
+fn linear_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * 64u;
+}
+
+@compute @workgroup_size(64)
+fn cells(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    // One thread per (trial, plane, row, block of four columns).
+    let id = linear_id(gid, nwg);
+    let per_trial = P.j * P.k * P.nb;
+    if (id >= per_trial * P.trials) {
+        return;
+    }
+    let tl = id / per_trial;
+    let rem = id % per_trial;
+    let blk = rem % P.nb;
+    let row = rem / P.nb; // j * K + k
+    let jj = row / P.k;
+    let kk = row % P.k;
+    let t = P.trial0 + tl;
+    let index = index_mad(row, P.nb, blk);
+    var fw = vec4<u32>(0u);
+    if (P.has_faults != 0u) {
+        fw = rng_block(seed(), t, STREAM_FAULT, index.x, index.y);
+    }
+    var z = vec4<f32>(0.0);
+    if (P.static_noise != 0u) {
+        let w = rng_block(seed(), t, STREAM_CELL_STATIC, index.x, index.y);
+        let z01 = box_muller(w.x, w.y);
+        let z23 = box_muller(w.z, w.w);
+        z = vec4<f32>(z01.x, z01.y, z23.x, z23.y);
+    }
+    for (var lane = 0u; lane < 4u; lane = lane + 1u) {
+        let nn = blk * 4u + lane;
+        if (nn >= P.n) {
+            break;
+        }
+        var d = digits[(jj * P.k + kk) * P.n + nn];
+        if (P.has_faults != 0u) {
+            let u = f32(fw[lane] >> 8u) * (1.0 / 16777216.0);
+            if (u < P.p_sa0) {
+                d = 0;
+            } else if (u < P.p_sa01) {
+                d = sa1_digit[kk * P.n + nn];
+            }
+        }
+        var bw = P.leak;
+        if (d != 0) {
+            bw = f32(d);
+        }
+        var g = bw;
+        if (P.static_noise != 0u) {
+            g = bw + bw * P.sigma * z[lane];
+        }
+        weights[((tl * P.j + jj) * P.k + kk) * P.n + nn] = g;
+    }
+}
+
+fn convert(a: f32, lo: f32, hi: f32) -> f32 {
+    if (P.adc_bits == 0u) {
+        return a;
+    }
+    let step = max((hi - lo) / P.top, 1.0);
+    let code = clamp(round((a - lo) / step), 0.0, P.top);
+    return lo + code * step;
+}
+
+@compute @workgroup_size(64)
+fn simulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let id = linear_id(gid, nwg);
+    if (id >= P.trials * P.b * P.n) {
+        return;
+    }
+    let nn = id % P.n;
+    let bb = (id / P.n) % P.b;
+    let tl = id / (P.n * P.b);
+    let t = P.trial0 + tl;
+    let lane = nn % 4u;
+    let blk = nn / 4u;
+    var yv = 0.0;
+    for (var c = 0u; c < P.chunks; c = c + 1u) {
+        let k0 = c * P.p;
+        let k1 = min(k0 + P.p, P.k);
+        // Conversion values of this chunk, [i][j], added in the CPU's (i, j) order.
+        var vals: array<f32, 64>;
+        for (var jj = 0u; jj < P.j; jj = jj + 1u) {
+            let grp = groups[(c * P.j + jj) * P.n + nn];
+            var acc: array<f32, 8>;
+            var var_: array<f32, 8>;
+            for (var i = 0u; i < 8u; i = i + 1u) {
+                acc[i] = 0.0;
+                var_[i] = 0.0;
+                vals[i * 8u + jj] = 0.0;
+            }
+            if (grp.z == 0.0) {
+                continue;
+            }
+            for (var kk = k0; kk < k1; kk = kk + 1u) {
+                let xv = xin[bb * P.k + kk];
+                if (xv == 0u) {
+                    continue;
+                }
+                let w = weights[((tl * P.j + jj) * P.k + kk) * P.n + nn];
+                for (var i = 0u; i < P.xbits; i = i + 1u) {
+                    if (((xv >> i) & 1u) == 0u) {
+                        continue;
+                    }
+                    if (P.path == PATH_DYNAMIC) {
+                        let row = ((bb * P.xbits + i) * P.k + kk) * P.j + jj;
+                        let index = index_mad(row, P.nb, blk);
+                        let z = gaussian(seed(), t, STREAM_CELL_DYNAMIC, index.x, index.y, lane);
+                        acc[i] = acc[i] + (w + w * P.sigma * z);
+                    } else {
+                        acc[i] = acc[i] + w;
+                        var_[i] = var_[i] + w * w;
+                    }
+                }
+            }
+            for (var i = 0u; i < P.xbits; i = i + 1u) {
+                if (row_active[(bb * P.chunks + c) * P.xbits + i] == 0u) {
+                    continue;
+                }
+                var a = acc[i];
+                let row = ((bb * P.chunks + c) * P.xbits + i) * P.j + jj;
+                let index = index_mad(row, P.nb, blk);
+                if (P.path == PATH_AGGREGATED) {
+                    let sd = sqrt(P.sigma * P.sigma * var_[i] + P.read_sigma * P.read_sigma);
+                    a = a + sd * gaussian(seed(), t, STREAM_AGGREGATED, index.x, index.y, lane);
+                } else if (P.read_sigma > 0.0) {
+                    a = a + P.read_sigma * gaussian(seed(), t, STREAM_READ, index.x, index.y, lane);
+                }
+                vals[i * 8u + jj] = convert(a, grp.x, grp.y);
+            }
+        }
+        for (var i = 0u; i < P.xbits; i = i + 1u) {
+            for (var jj = 0u; jj < P.j; jj = jj + 1u) {
+                yv = yv + f32(1u << i) * scales[jj] * vals[i * 8u + jj];
+            }
+        }
+    }
+    y[(tl * P.b + bb) * P.n + nn] = yv;
+}
+
+const HIST_MIN: f32 = 1e-3;
+const BINS_PER_DECADE: f32 = 100.0;
+var<workgroup> red_sum: array<f32, 256>;
+var<workgroup> red_sq: array<f32, 256>;
+var<workgroup> red_max: array<f32, 256>;
+
+fn bin_of(e: f32) -> u32 {
+    let a = abs(e);
+    if (a < HIST_MIN) {
+        return P.hist_side;
+    }
+    let off = min(u32(log2(a / HIST_MIN) * (0.30102999566 * BINS_PER_DECADE)), P.hist_side - 1u);
+    if (e > 0.0) {
+        return P.hist_side + 1u + off;
+    }
+    return P.hist_side - 1u - off;
+}
+
+@compute @workgroup_size(256)
+fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let tl = wg.x;
+    let count = P.b * P.n;
+    var s = 0.0;
+    var sq = 0.0;
+    var mx = 0.0;
+    for (var e_i = li; e_i < count; e_i = e_i + 256u) {
+        let e = y[tl * count + e_i] - exact[e_i];
+        s = s + e;
+        sq = sq + e * e;
+        mx = max(mx, abs(e));
+        atomicAdd(&hist[bin_of(e)], 1u);
+    }
+    red_sum[li] = s;
+    red_sq[li] = sq;
+    red_max[li] = mx;
+    workgroupBarrier();
+    for (var stride = 128u; stride > 0u; stride = stride / 2u) {
+        if (li < stride) {
+            red_sum[li] = red_sum[li] + red_sum[li + stride];
+            red_sq[li] = red_sq[li] + red_sq[li + stride];
+            red_max[li] = max(red_max[li], red_max[li + stride]);
+        }
+        workgroupBarrier();
+    }
+    if (li == 0u) {
+        moments[tl * 3u] = red_sum[0];
+        moments[tl * 3u + 1u] = red_sq[0];
+        moments[tl * 3u + 2u] = red_max[0];
+    }
+}

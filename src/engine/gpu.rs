@@ -1,0 +1,686 @@
+//! The GPU engine: WGSL compute shaders through wgpu (Vulkan, Metal, DX12).
+//! It consumes the same plan as the CPU engine, draws the same random words,
+//! and reduces errors to moments and histogram bins on the device, so only
+//! summaries cross the bus unless raw errors are asked for.
+
+use super::Engine;
+use crate::error::{Error, Result};
+use crate::plan::{NoisePath, Plan};
+use crate::stats::{Batch, TrialMoments, BINS, SIDE};
+use bytemuck::{Pod, Zeroable};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The RNG shader, prefixed to every kernel file.
+pub const RNG_WGSL: &str = include_str!("../../shaders/rng.wgsl");
+/// The simulation kernels.
+pub const SIMULATE_WGSL: &str = include_str!("../../shaders/simulate.wgsl");
+/// The RNG probe used by the parity tests.
+pub const PROBE_WGSL: &str = include_str!("../../shaders/probe.wgsl");
+
+/// Every shader file with the source the engine compiles for it.
+pub fn shader_sources() -> Vec<(&'static str, String)> {
+    vec![
+        ("rng.wgsl", RNG_WGSL.to_string()),
+        ("simulate.wgsl", format!("{RNG_WGSL}\n{SIMULATE_WGSL}")),
+        ("probe.wgsl", format!("{RNG_WGSL}\n{PROBE_WGSL}")),
+    ]
+}
+
+/// Kernel parameters; mirrors `struct Params` in `shaders/simulate.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct Params {
+    pub k: u32,
+    pub n: u32,
+    pub b: u32,
+    pub xbits: u32,
+    pub j: u32,
+    pub p: u32,
+    pub chunks: u32,
+    pub nb: u32,
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    pub trial0: u32,
+    pub trials: u32,
+    pub path: u32,
+    pub adc_bits: u32,
+    pub has_faults: u32,
+    pub static_noise: u32,
+    pub sigma: f32,
+    pub read_sigma: f32,
+    pub leak: f32,
+    pub p_sa0: f32,
+    pub p_sa01: f32,
+    pub top: f32,
+    pub hist_side: u32,
+    pub pad0: u32,
+}
+
+/// One probe answer: four words, four Gaussians, and `(hi, lo)` of a product.
+pub type ProbeResult = ([u32; 4], [f32; 4], (u32, u32));
+
+/// What `zebra devices` shows of an adapter.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub max_storage_binding: u64,
+    pub max_workgroups_per_dim: u32,
+    pub max_invocations: u32,
+    /// A CPU (software) adapter such as lavapipe.
+    pub software: bool,
+}
+
+fn instance() -> wgpu::Instance {
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+fn summary(a: &wgpu::Adapter) -> AdapterSummary {
+    let info = a.get_info();
+    let limits = a.limits();
+    AdapterSummary {
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: match info.device_type {
+            wgpu::DeviceType::DiscreteGpu => "discrete",
+            wgpu::DeviceType::IntegratedGpu => "integrated",
+            wgpu::DeviceType::VirtualGpu => "virtual",
+            wgpu::DeviceType::Cpu => "cpu",
+            wgpu::DeviceType::Other => "other",
+        }
+        .to_string(),
+        driver: format!("{} {}", info.driver, info.driver_info)
+            .trim()
+            .to_string(),
+        max_storage_binding: limits.max_storage_buffer_binding_size,
+        max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+        max_invocations: limits.max_compute_invocations_per_workgroup,
+        software: info.device_type == wgpu::DeviceType::Cpu,
+    }
+}
+
+/// Every adapter wgpu finds (honouring `WGPU_BACKEND`).
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    let inst = instance();
+    pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()))
+        .iter()
+        .map(summary)
+        .collect()
+}
+
+fn rank(s: &AdapterSummary) -> u32 {
+    match s.device_type.as_str() {
+        "discrete" => 0,
+        "integrated" => 1,
+        "virtual" => 2,
+        "other" => 3,
+        _ => 4,
+    }
+}
+
+/// The GPU engine: device, pipelines and work buffers built once, reused across plans.
+pub struct GpuEngine {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: AdapterSummary,
+    layout: wgpu::BindGroupLayout,
+    cells: wgpu::ComputePipeline,
+    simulate: wgpu::ComputePipeline,
+    reduce: wgpu::ComputePipeline,
+    params: wgpu::Buffer,
+    work: Option<Work>,
+    loaded: Option<Loaded>,
+}
+
+/// Buffers sized for a trial batch; grown when a plan needs more.
+struct Work {
+    weights: wgpu::Buffer,
+    y: wgpu::Buffer,
+    moments: wgpu::Buffer,
+    hist: wgpu::Buffer,
+    read_moments: wgpu::Buffer,
+    read_hist: wgpu::Buffer,
+    read_y: wgpu::Buffer,
+    weights_bytes: u64,
+    y_bytes: u64,
+    trials: u32,
+}
+
+/// A plan's buffers and bind group.
+struct Loaded {
+    plan_id: u64,
+    bind: wgpu::BindGroup,
+    _buffers: Vec<wgpu::Buffer>,
+    batch: u32,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh identifier for a plan (so the engine knows when to upload).
+pub fn next_plan_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+impl GpuEngine {
+    /// Opens an adapter: by name substring if given (or `WGPU_ADAPTER_NAME`),
+    /// else the best hardware GPU, else (when `allow_software`) a software one.
+    pub fn new(name: Option<&str>, allow_software: bool) -> Result<GpuEngine> {
+        let inst = instance();
+        let adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+        let env_name = std::env::var("WGPU_ADAPTER_NAME").ok();
+        let wanted = name.map(str::to_string).or(env_name);
+        let listing = || {
+            let names: Vec<String> = adapters
+                .iter()
+                .map(summary)
+                .map(|s| format!("{} ({}, {})", s.name, s.backend, s.device_type))
+                .collect();
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join("; ")
+            }
+        };
+        let chosen = match &wanted {
+            Some(w) => {
+                let lw = w.to_lowercase();
+                adapters
+                    .iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&lw))
+                    .ok_or_else(|| {
+                        Error::Gpu(format!(
+                            "no adapter matches `{w}`; adapters found: {}",
+                            listing()
+                        ))
+                    })?
+            }
+            None => {
+                let mut best: Option<&wgpu::Adapter> = None;
+                for a in &adapters {
+                    let s = summary(a);
+                    if s.software && !allow_software {
+                        continue;
+                    }
+                    if best.is_none_or(|b| rank(&s) < rank(&summary(b))) {
+                        best = Some(a);
+                    }
+                }
+                best.ok_or_else(|| {
+                    Error::Gpu(format!(
+                        "no {}GPU adapter found (adapters: {}); install a Vulkan driver (e.g. Debian's mesa-vulkan-drivers) or use --engine cpu",
+                        if allow_software { "" } else { "hardware " },
+                        listing()
+                    ))
+                })?
+            }
+        };
+        let info = summary(chosen);
+        let (device, queue) = pollster::block_on(chosen.request_device(&wgpu::DeviceDescriptor {
+            label: Some("zebra"),
+            required_features: wgpu::Features::empty(),
+            required_limits: chosen.limits(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", info.name)))?;
+
+        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        }];
+        entries.extend((1..=7).map(|b| storage(b, true)));
+        entries.extend((8..=11).map(|b| storage(b, false)));
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("zebra"),
+            entries: &entries,
+        });
+        let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("zebra"),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let source = format!("{RNG_WGSL}\n{SIMULATE_WGSL}");
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("simulate.wgsl"),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let pipeline = |entry: &str| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let (cells, simulate, reduce) =
+            (pipeline("cells"), pipeline("simulate"), pipeline("reduce"));
+        let params = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params"),
+            size: std::mem::size_of::<Params>() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(GpuEngine {
+            device,
+            queue,
+            info,
+            layout,
+            cells,
+            simulate,
+            reduce,
+            params,
+            work: None,
+            loaded: None,
+        })
+    }
+
+    /// The adapter in use.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.info
+    }
+
+    /// Evaluates the WGSL generator at `(address, block index)` pairs and the
+    /// 16-bit-halves multiply at `(a, b)`: returns the four words, the four
+    /// Gaussians and `(hi, lo)` of `a * b`, for the parity tests.
+    pub fn probe(
+        &self,
+        requests: &[(crate::rng::Address, u64, u32, u32)],
+    ) -> Result<Vec<ProbeResult>> {
+        use wgpu::util::DeviceExt;
+        let mut input: Vec<u32> = Vec::with_capacity(requests.len() * 8);
+        for (addr, index, a, b) in requests {
+            input.extend_from_slice(&[
+                addr.seed as u32,
+                (addr.seed >> 32) as u32,
+                addr.trial,
+                addr.stream,
+            ]);
+            input.extend_from_slice(&[*index as u32, (*index >> 32) as u32, *a, *b]);
+        }
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("probe.wgsl"),
+                source: wgpu::ShaderSource::Wgsl(format!("{RNG_WGSL}\n{PROBE_WGSL}").into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some("probe"),
+                layout: None,
+                module: &module,
+                entry_point: Some("probe"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        let inbuf = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("probe in"),
+                contents: bytemuck::cast_slice(&input),
+                usage: wgpu::BufferUsages::STORAGE,
+            });
+        let bytes = (requests.len() * 48) as u64;
+        let outbuf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("probe out"),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let readbuf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("probe read"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("probe"),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: inbuf.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: outbuf.as_entire_binding(),
+                },
+            ],
+        });
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("probe"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("probe"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups((requests.len() as u32).div_ceil(64), 1, 1);
+        }
+        enc.copy_buffer_to_buffer(&outbuf, 0, &readbuf, 0, bytes);
+        self.queue.submit([enc.finish()]);
+        let words: Vec<u32> = bytemuck::cast_slice(&self.read(&readbuf, bytes)?).to_vec();
+        Ok(words
+            .chunks(12)
+            .map(|w| {
+                let z = [
+                    f32::from_bits(w[4]),
+                    f32::from_bits(w[5]),
+                    f32::from_bits(w[6]),
+                    f32::from_bits(w[7]),
+                ];
+                ([w[0], w[1], w[2], w[3]], z, (w[8], w[9]))
+            })
+            .collect())
+    }
+
+    fn storage_buffer(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        // Zero-length bindings are invalid: pad to one word.
+        let data: Vec<u8> = if bytes.is_empty() {
+            vec![0; 4]
+        } else {
+            bytes.to_vec()
+        };
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: &data,
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+    }
+
+    fn ensure_work(&mut self, weights_bytes: u64, y_bytes: u64, trials: u32) {
+        if let Some(w) = &self.work {
+            if w.weights_bytes >= weights_bytes && w.y_bytes >= y_bytes && w.trials >= trials {
+                return;
+            }
+        }
+        let buf = |label: &str, size: u64, usage: wgpu::BufferUsages| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: size.max(4),
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let st = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        let rd = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+        let mom = trials as u64 * 12;
+        self.work = Some(Work {
+            weights: buf("weights", weights_bytes, st),
+            y: buf("y", y_bytes, st),
+            moments: buf("moments", mom, st),
+            hist: buf("hist", BINS as u64 * 4, st),
+            read_moments: buf("read moments", mom, rd),
+            read_hist: buf("read hist", BINS as u64 * 4, rd),
+            read_y: buf("read y", y_bytes, rd),
+            weights_bytes,
+            y_bytes,
+            trials,
+        });
+    }
+
+    fn load(&mut self, plan: &Plan) -> Result<()> {
+        if self.loaded.as_ref().is_some_and(|l| l.plan_id == plan.id) {
+            return Ok(());
+        }
+        self.loaded = None;
+        let limit = (self.info.max_storage_binding).min(1 << 30);
+        let per_trial_w = (plan.j * plan.k * plan.n * 4) as u64;
+        let per_trial_y = (plan.b * plan.n * 4) as u64;
+        let digits_bytes = per_trial_w;
+        if per_trial_w > limit || per_trial_y > limit || digits_bytes > limit {
+            return Err(Error::Gpu(format!(
+                "{}: one trial needs a {} MiB buffer, more than this adapter's storage binding limit of {} MiB; use --engine cpu",
+                self.info.name,
+                per_trial_w.max(per_trial_y) >> 20,
+                limit >> 20
+            )));
+        }
+        // Trials per dispatch: within the binding limit, 65535 reduce workgroups, and
+        // about 2e9 cell-MACs (less for per-cell dynamic draws) so each dispatch stays short.
+        let work_cap = if plan.path == NoisePath::PerCellDynamic {
+            2e8
+        } else {
+            2e9
+        };
+        let by_work = (work_cap / plan.counters.cell_macs.max(1) as f64).max(1.0) as u64;
+        let batch = (limit / per_trial_w)
+            .min(limit / per_trial_y)
+            .min(65_535)
+            .min(by_work)
+            .clamp(1, 4096) as u32;
+        self.ensure_work(
+            per_trial_w * batch as u64,
+            per_trial_y * batch as u64,
+            batch,
+        );
+
+        let digits: Vec<i32> = plan.digits.iter().map(|&d| d as i32).collect();
+        let sa1: Vec<i32> = plan.sa1_digit.iter().map(|&d| d as i32).collect();
+        let groups: Vec<[f32; 4]> = (0..plan.lo.len())
+            .map(|g| {
+                [
+                    plan.lo[g],
+                    plan.hi[g],
+                    if plan.converted[g] { 1.0 } else { 0.0 },
+                    0.0,
+                ]
+            })
+            .collect();
+        let active: Vec<u32> = plan.row_active.iter().map(|&a| a as u32).collect();
+        let scales: Vec<f32> = plan.scales.iter().map(|&s| s as f32).collect();
+        let exact: Vec<f32> = plan.exact.iter().map(|&e| e as f32).collect();
+        let buffers = vec![
+            self.storage_buffer("digits", bytemuck::cast_slice(&digits)),
+            self.storage_buffer("sa1", bytemuck::cast_slice(&sa1)),
+            self.storage_buffer("x", bytemuck::cast_slice(&plan.x)),
+            self.storage_buffer("groups", bytemuck::cast_slice(&groups)),
+            self.storage_buffer("row_active", bytemuck::cast_slice(&active)),
+            self.storage_buffer("scales", bytemuck::cast_slice(&scales)),
+            self.storage_buffer("exact", bytemuck::cast_slice(&exact)),
+        ];
+        let work = self.work.as_ref().expect("work buffers");
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: self.params.as_entire_binding(),
+        }];
+        for (i, b) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: b.as_entire_binding(),
+            });
+        }
+        for (i, b) in [&work.weights, &work.y, &work.moments, &work.hist]
+            .into_iter()
+            .enumerate()
+        {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 8,
+                resource: b.as_entire_binding(),
+            });
+        }
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("plan"),
+            layout: &self.layout,
+            entries: &entries,
+        });
+        self.loaded = Some(Loaded {
+            plan_id: plan.id,
+            bind,
+            _buffers: buffers,
+            batch,
+        });
+        Ok(())
+    }
+
+    fn params(plan: &Plan, trial0: u32, trials: u32) -> Params {
+        Params {
+            k: plan.k as u32,
+            n: plan.n as u32,
+            b: plan.b as u32,
+            xbits: plan.xbits as u32,
+            j: plan.j as u32,
+            p: plan.p as u32,
+            chunks: plan.chunks as u32,
+            nb: plan.nb() as u32,
+            seed_lo: plan.seed as u32,
+            seed_hi: (plan.seed >> 32) as u32,
+            trial0,
+            trials,
+            path: match plan.path {
+                NoisePath::Analytic => 0,
+                NoisePath::Aggregated => 1,
+                NoisePath::PerCellStatic => 2,
+                NoisePath::PerCellDynamic => 3,
+            },
+            adc_bits: plan.adc.bits.unwrap_or(0),
+            has_faults: plan.has_faults() as u32,
+            static_noise: (plan.path == NoisePath::PerCellStatic) as u32,
+            sigma: plan.noise.cell_sigma,
+            read_sigma: plan.noise.read_sigma,
+            leak: plan.noise.leak,
+            p_sa0: plan.noise.p_sa0,
+            p_sa01: plan.noise.p_sa0 + plan.noise.p_sa1,
+            top: plan.adc.bits.map_or(0.0, crate::model::Adc::top),
+            hist_side: SIDE as u32,
+            pad0: 0,
+        }
+    }
+
+    /// Splits `threads` into a (x, y) grid of 64-wide workgroups within the per-dimension limit.
+    fn grid(&self, threads: u64) -> (u32, u32) {
+        let groups = threads.div_ceil(64).max(1);
+        let max = self.info.max_workgroups_per_dim.clamp(1, 65_535) as u64;
+        let x = groups.min(max);
+        (x as u32, groups.div_ceil(x) as u32)
+    }
+
+    fn read(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let slice = buffer.slice(0..bytes);
+        slice.map_async(wgpu::MapMode::Read, |_| {});
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("{}: {e}", self.info.name)))?;
+        let out = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("{}: {e:?}", self.info.name)))?
+            .to_vec();
+        buffer.unmap();
+        Ok(out)
+    }
+}
+
+impl Engine for GpuEngine {
+    fn name(&self) -> &'static str {
+        "gpu"
+    }
+
+    fn device(&self) -> String {
+        format!(
+            "{} ({}, {})",
+            self.info.name, self.info.backend, self.info.device_type
+        )
+    }
+
+    fn run(&mut self, plan: &Plan, trials: Range<u32>, raw: bool) -> Result<Batch> {
+        self.load(plan)?;
+        let batch_cap = self.loaded.as_ref().expect("loaded").batch;
+        let mut out = Batch::empty(trials.start);
+        let mut raw_out: Vec<f32> = Vec::new();
+        let mut t = trials.start;
+        while t < trials.end {
+            let count = (trials.end - t).min(batch_cap);
+            let params = Self::params(plan, t, count);
+            self.queue
+                .write_buffer(&self.params, 0, bytemuck::bytes_of(&params));
+            let work = self.work.as_ref().expect("work");
+            let bind = &self.loaded.as_ref().expect("loaded").bind;
+            let mut enc = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("trials"),
+                });
+            enc.clear_buffer(&work.hist, 0, None);
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("trials"),
+                    timestamp_writes: None,
+                });
+                pass.set_bind_group(0, bind, &[]);
+                pass.set_pipeline(&self.cells);
+                let (x, y) = self.grid(count as u64 * (plan.j * plan.k * plan.nb()) as u64);
+                pass.dispatch_workgroups(x, y, 1);
+                pass.set_pipeline(&self.simulate);
+                let (x, y) = self.grid(count as u64 * (plan.b * plan.n) as u64);
+                pass.dispatch_workgroups(x, y, 1);
+                pass.set_pipeline(&self.reduce);
+                pass.dispatch_workgroups(count, 1, 1);
+            }
+            let mom_bytes = count as u64 * 12;
+            let y_bytes = count as u64 * (plan.b * plan.n * 4) as u64;
+            enc.copy_buffer_to_buffer(&work.moments, 0, &work.read_moments, 0, mom_bytes);
+            enc.copy_buffer_to_buffer(&work.hist, 0, &work.read_hist, 0, BINS as u64 * 4);
+            if raw {
+                enc.copy_buffer_to_buffer(&work.y, 0, &work.read_y, 0, y_bytes);
+            }
+            self.queue.submit([enc.finish()]);
+            let mom: Vec<f32> =
+                bytemuck::cast_slice(&self.read(&work.read_moments, mom_bytes)?).to_vec();
+            let hist: Vec<u32> =
+                bytemuck::cast_slice(&self.read(&work.read_hist, BINS as u64 * 4)?).to_vec();
+            for m in mom.chunks(3) {
+                out.trials.push(TrialMoments {
+                    sum: m[0] as f64,
+                    sumsq: m[1] as f64,
+                    max_abs: m[2] as f64,
+                });
+            }
+            for (a, &h) in out.hist.iter_mut().zip(&hist) {
+                *a += h as u64;
+            }
+            if raw {
+                let ys: Vec<f32> =
+                    bytemuck::cast_slice(&self.read(&work.read_y, y_bytes)?).to_vec();
+                for (i, &yv) in ys.iter().enumerate() {
+                    raw_out.push((yv as f64 - plan.exact[i % plan.exact.len()] as f64) as f32);
+                }
+            }
+            t += count;
+        }
+        if raw {
+            out.raw = Some(raw_out);
+        }
+        Ok(out)
+    }
+}
