@@ -1,7 +1,7 @@
 // The GPU engine's kernels (prefixed with rng.wgsl when compiled):
 //   cells:    per-trial cell weights W[t][j][k][n] (faults, leak, static mismatch)
-//   simulate: one thread per (trial, input vector, column): accumulation,
-//             noise, ADC, shift-and-add, in the CPU engine's summation order
+//   simulate, simulate_dynamic: accumulation, noise, ADC, shift-and-add
+//             (the CPU sums each conversion over rows in the same order)
 //   reduce:   one workgroup per trial: error moments and histogram bins
 // Layouts and random-number addresses are those of docs/MODEL.md.
 
@@ -109,8 +109,121 @@ fn convert(a: f32, lo: f32, hi: f32) -> f32 {
     return lo + code * step;
 }
 
+// Input bits 0-3 and 4-7 of `x` as 0/1 floats.
+fn bits_lo(x: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(x) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u));
+}
+
+fn bits_hi(x: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(x) >> vec4<u32>(4u, 5u, 6u, 7u)) & vec4<u32>(1u));
+}
+
+// The conversions of one (input vector, chunk, plane): analog sums `lo`
+// (input bits 0-3) and `hi` (bits 4-7), summed squared weights `slo`/`shi`
+// for the aggregated path; returns the shift-and-add contribution.
+fn convert_vector(lo: vec4<f32>, hi: vec4<f32>, slo: vec4<f32>, shi: vec4<f32>, bb: u32, c: u32, jj: u32, nn: u32, t: u32, grp: vec4<f32>) -> f32 {
+    var out = 0.0;
+    let lane = nn % 4u;
+    let blk = nn / 4u;
+    for (var i = 0u; i < P.xbits; i = i + 1u) {
+        if (row_active[(bb * P.chunks + c) * P.xbits + i] == 0u) {
+            continue;
+        }
+        var a = hi[(i + 4u) % 4u];
+        var s2 = shi[(i + 4u) % 4u];
+        if (i < 4u) {
+            a = lo[i];
+            s2 = slo[i];
+        }
+        let row = ((bb * P.chunks + c) * P.xbits + i) * P.j + jj;
+        let index = index_mad(row, P.nb, blk);
+        if (P.path == PATH_AGGREGATED) {
+            let sd = sqrt(P.sigma * P.sigma * s2 + P.read_sigma * P.read_sigma);
+            a = a + sd * gaussian(seed(), t, STREAM_AGGREGATED, index.x, index.y, lane);
+        } else if (P.read_sigma > 0.0) {
+            a = a + P.read_sigma * gaussian(seed(), t, STREAM_READ, index.x, index.y, lane);
+        }
+        out = out + f32(1u << i) * scales[jj] * convert(a, grp.x, grp.y);
+    }
+    return out;
+}
+
+// Static, analytic and aggregated paths: one thread per (trial, block of four
+// input vectors, column). A cell weight is loaded once and used for four input
+// vectors and all eight input bits (bit masks as 0/1 floats, branch-free);
+// the four vectors are unrolled by hand so they stay in registers.
 @compute @workgroup_size(64)
 fn simulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let id = linear_id(gid, nwg);
+    let bblocks = (P.b + 3u) / 4u;
+    if (id >= P.trials * bblocks * P.n) {
+        return;
+    }
+    let nn = id % P.n;
+    let b0 = ((id / P.n) % bblocks) * 4u;
+    let tl = id / (P.n * bblocks);
+    let t = P.trial0 + tl;
+    // Vectors past the end repeat the last one and are not stored.
+    let b1 = min(b0 + 1u, P.b - 1u);
+    let b2 = min(b0 + 2u, P.b - 1u);
+    let b3 = min(b0 + 3u, P.b - 1u);
+    let agg = P.path == PATH_AGGREGATED;
+    var y0 = 0.0;
+    var y1 = 0.0;
+    var y2 = 0.0;
+    var y3 = 0.0;
+    for (var c = 0u; c < P.chunks; c = c + 1u) {
+        let k0 = c * P.p;
+        let k1 = min(k0 + P.p, P.k);
+        for (var jj = 0u; jj < P.j; jj = jj + 1u) {
+            let grp = groups[(c * P.j + jj) * P.n + nn];
+            if (grp.z == 0.0) {
+                continue;
+            }
+            var l0 = vec4<f32>(0.0); var h0 = vec4<f32>(0.0);
+            var l1 = vec4<f32>(0.0); var h1 = vec4<f32>(0.0);
+            var l2 = vec4<f32>(0.0); var h2 = vec4<f32>(0.0);
+            var l3 = vec4<f32>(0.0); var h3 = vec4<f32>(0.0);
+            var sl0 = vec4<f32>(0.0); var sh0 = vec4<f32>(0.0);
+            var sl1 = vec4<f32>(0.0); var sh1 = vec4<f32>(0.0);
+            var sl2 = vec4<f32>(0.0); var sh2 = vec4<f32>(0.0);
+            var sl3 = vec4<f32>(0.0); var sh3 = vec4<f32>(0.0);
+            let wbase = (tl * P.j + jj) * P.k;
+            for (var kk = k0; kk < k1; kk = kk + 1u) {
+                let w = weights[(wbase + kk) * P.n + nn];
+                let f0l = bits_lo(xin[b0 * P.k + kk]); let f0h = bits_hi(xin[b0 * P.k + kk]);
+                let f1l = bits_lo(xin[b1 * P.k + kk]); let f1h = bits_hi(xin[b1 * P.k + kk]);
+                let f2l = bits_lo(xin[b2 * P.k + kk]); let f2h = bits_hi(xin[b2 * P.k + kk]);
+                let f3l = bits_lo(xin[b3 * P.k + kk]); let f3h = bits_hi(xin[b3 * P.k + kk]);
+                l0 = l0 + w * f0l; h0 = h0 + w * f0h;
+                l1 = l1 + w * f1l; h1 = h1 + w * f1h;
+                l2 = l2 + w * f2l; h2 = h2 + w * f2h;
+                l3 = l3 + w * f3l; h3 = h3 + w * f3h;
+                if (agg) {
+                    let w2 = w * w;
+                    sl0 = sl0 + w2 * f0l; sh0 = sh0 + w2 * f0h;
+                    sl1 = sl1 + w2 * f1l; sh1 = sh1 + w2 * f1h;
+                    sl2 = sl2 + w2 * f2l; sh2 = sh2 + w2 * f2h;
+                    sl3 = sl3 + w2 * f3l; sh3 = sh3 + w2 * f3h;
+                }
+            }
+            y0 = y0 + convert_vector(l0, h0, sl0, sh0, b0, c, jj, nn, t, grp);
+            if (b0 + 1u < P.b) { y1 = y1 + convert_vector(l1, h1, sl1, sh1, b1, c, jj, nn, t, grp); }
+            if (b0 + 2u < P.b) { y2 = y2 + convert_vector(l2, h2, sl2, sh2, b2, c, jj, nn, t, grp); }
+            if (b0 + 3u < P.b) { y3 = y3 + convert_vector(l3, h3, sl3, sh3, b3, c, jj, nn, t, grp); }
+        }
+    }
+    let out = (tl * P.b + b0) * P.n + nn;
+    y[out] = y0;
+    if (b0 + 1u < P.b) { y[out + P.n] = y1; }
+    if (b0 + 2u < P.b) { y[out + 2u * P.n] = y2; }
+    if (b0 + 3u < P.b) { y[out + 3u * P.n] = y3; }
+}
+
+// Per-cell dynamic noise: one thread per (trial, input vector, column), one
+// Philox draw per read of a cell whose input bit is 1.
+@compute @workgroup_size(64)
+fn simulate_dynamic(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let id = linear_id(gid, nwg);
     if (id >= P.trials * P.b * P.n) {
         return;

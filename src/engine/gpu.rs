@@ -132,6 +132,7 @@ pub struct GpuEngine {
     layout: wgpu::BindGroupLayout,
     cells: wgpu::ComputePipeline,
     simulate: wgpu::ComputePipeline,
+    simulate_dynamic: wgpu::ComputePipeline,
     reduce: wgpu::ComputePipeline,
     params: wgpu::Buffer,
     work: Option<Work>,
@@ -277,6 +278,7 @@ impl GpuEngine {
         };
         let (cells, simulate, reduce) =
             (pipeline("cells"), pipeline("simulate"), pipeline("reduce"));
+        let simulate_dynamic = pipeline("simulate_dynamic");
         let params = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
             size: std::mem::size_of::<Params>() as u64,
@@ -290,6 +292,7 @@ impl GpuEngine {
             layout,
             cells,
             simulate,
+            simulate_dynamic,
             reduce,
             params,
             work: None,
@@ -641,8 +644,13 @@ impl Engine for GpuEngine {
                 pass.set_pipeline(&self.cells);
                 let (x, y) = self.grid(count as u64 * (plan.j * plan.k * plan.nb()) as u64);
                 pass.dispatch_workgroups(x, y, 1);
-                pass.set_pipeline(&self.simulate);
-                let (x, y) = self.grid(count as u64 * (plan.b * plan.n) as u64);
+                let (pipeline, vectors) = if plan.path == NoisePath::PerCellDynamic {
+                    (&self.simulate_dynamic, plan.b)
+                } else {
+                    (&self.simulate, plan.b.div_ceil(4))
+                };
+                pass.set_pipeline(pipeline);
+                let (x, y) = self.grid(count as u64 * (vectors * plan.n) as u64);
                 pass.dispatch_workgroups(x, y, 1);
                 pass.set_pipeline(&self.reduce);
                 pass.dispatch_workgroups(count, 1, 1);
