@@ -220,3 +220,67 @@ fn every_bad_fixture_gives_its_error() {
     }
     assert!(seen >= 25, "found only {seen} bad fixtures");
 }
+
+#[test]
+fn unknown_adapter_lists_the_adapters_instead_of_panicking() {
+    let assert = zebra()
+        .args([
+            "run",
+            "tests/configs/good/tiny.toml",
+            "--engine",
+            "gpu",
+            "--adapter",
+            "no-such-gpu-xyz",
+            "--out",
+        ])
+        .arg(tempfile::tempdir().unwrap().path())
+        .assert()
+        .failure();
+    let err = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(
+        err.contains("no adapter matches `no-such-gpu-xyz`; adapters found:"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    zebra().arg("devices").assert().success();
+}
+
+#[test]
+fn auto_engine_names_what_ran_and_warns_once_on_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let assert = zebra()
+        .args([
+            "run",
+            "tests/configs/good/tiny.toml",
+            "--engine",
+            "auto",
+            "--out",
+        ])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let out = String::from_utf8(assert.get_output().stdout.clone()).unwrap();
+    let err = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    if out.contains("engine cpu") {
+        // No hardware GPU here: exactly one warning line says so.
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("warning:")).count(),
+            1,
+            "{err}"
+        );
+    }
+    let csv = fs::read_to_string(dir.path().join("tiny.csv")).unwrap();
+    let engine_col = zebra_cim::output::COLUMNS
+        .iter()
+        .position(|c| *c == "engine")
+        .unwrap();
+    let engine = csv
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .nth(engine_col)
+        .unwrap()
+        .to_string();
+    assert!(engine == "cpu" || engine == "gpu");
+}

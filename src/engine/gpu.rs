@@ -470,12 +470,14 @@ impl GpuEngine {
                 limit >> 20
             )));
         }
-        // Trials per dispatch: within the binding limit, 65535 reduce workgroups, and
-        // about 2e9 cell-MACs (less for per-cell dynamic draws) so each dispatch stays short.
-        let work_cap = if plan.path == NoisePath::PerCellDynamic {
-            2e8
-        } else {
-            2e9
+        // Trials per dispatch: within the binding limit, 65535 reduce workgroups, and a
+        // work cap that keeps each dispatch well under a second (lavapipe runs about
+        // 3e9 cell-MACs/s on S; a large GPU needs many trials in flight to fill up).
+        let work_cap = match (self.info.software, plan.path == NoisePath::PerCellDynamic) {
+            (true, false) => 2e9,
+            (true, true) => 2e8,
+            (false, false) => 1e11,
+            (false, true) => 1e10,
         };
         let by_work = (work_cap / plan.counters.cell_macs.max(1) as f64).max(1.0) as u64;
         let batch = (limit / per_trial_w)
