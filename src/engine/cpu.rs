@@ -70,6 +70,10 @@ struct Shared {
     /// Without faults, the analytic paths' per-conversion mean and standard
     /// deviation `[b][c][i][j][n]` are the same in every trial.
     moments: Option<(Vec<f32>, Vec<f32>)>,
+    /// ADC step of each group `[c][j][n]` (the same value `Adc::convert` computes).
+    step: Vec<f32>,
+    /// 1 for converted groups, 0 for skipped ones `[c][j][n]`.
+    live: Vec<f32>,
 }
 
 /// Largest conversion count whose moments are cached (2 x 4 bytes each).
@@ -96,6 +100,14 @@ impl Shared {
         let analytic = matches!(plan.path, NoisePath::Analytic | NoisePath::Aggregated);
         let moments = (analytic && !plan.has_faults() && conversions <= MOMENT_CACHE_LIMIT)
             .then(|| conversion_moments(plan, &cws, &pos, &neg));
+        let top = plan.adc.bits.map_or(1.0, Adc::top);
+        let step = plan
+            .lo
+            .iter()
+            .zip(&plan.hi)
+            .map(|(&l, &h)| Adc::step(l, h, top))
+            .collect();
+        let live = plan.converted.iter().map(|&c| c as u32 as f32).collect();
         Shared {
             cws,
             pos,
@@ -103,6 +115,8 @@ impl Shared {
             base,
             plane_live,
             moments,
+            step,
+            live,
         }
     }
 }
@@ -290,7 +304,7 @@ fn simulate_trial(plan: &Plan, shared: &Shared, trial: u32, s: &mut Scratch) {
     match plan.path {
         NoisePath::Analytic | NoisePath::Aggregated => {
             if let Some((mean, sd)) = &shared.moments {
-                cached_trial(plan, mean, sd, trial, s);
+                cached_trial(plan, shared, mean, sd, trial, s);
             } else if faults {
                 let (pos, neg) = digit_masks(&s.digits, plan.j, plan.k, plan.n);
                 analytic_trial(plan, shared, &pos, &neg, trial, s);
@@ -311,7 +325,14 @@ fn simulate_trial(plan: &Plan, shared: &Shared, trial: u32, s: &mut Scratch) {
 }
 
 /// The analytic paths with trial-invariant moments: one draw per conversion.
-fn cached_trial(plan: &Plan, mean: &[f32], sd: &[f32], trial: u32, s: &mut Scratch) {
+fn cached_trial(
+    plan: &Plan,
+    shared: &Shared,
+    mean: &[f32],
+    sd: &[f32],
+    trial: u32,
+    s: &mut Scratch,
+) {
     let (n, j, nb, xbits) = (plan.n, plan.j, plan.nb(), plan.xbits);
     let draws = plan.path == NoisePath::Aggregated || plan.noise.read_sigma > 0.0;
     let addr = Address {
@@ -333,10 +354,10 @@ fn cached_trial(plan: &Plan, mean: &[f32], sd: &[f32], trial: u32, s: &mut Scrat
                 for jj in 0..j {
                     let conv = (((b * plan.chunks + c) * xbits + i) * j + jj) * n;
                     let g0 = plan.group(c, jj, 0);
-                    let (lo, hi, live) = (
+                    let (lo, step, live) = (
                         &plan.lo[g0..g0 + n],
-                        &plan.hi[g0..g0 + n],
-                        &plan.converted[g0..g0 + n],
+                        &shared.step[g0..g0 + n],
+                        &shared.live[g0..g0 + n],
                     );
                     let (m, d) = (&mean[conv..conv + n], &sd[conv..conv + n]);
                     if draws {
@@ -356,17 +377,15 @@ fn cached_trial(plan: &Plan, mean: &[f32], sd: &[f32], trial: u32, s: &mut Scrat
                         Some(bits) => {
                             let top = Adc::top(bits);
                             for nn in 0..n {
-                                let step = Adc::step(lo[nn], hi[nn], top);
-                                acc[nn] = Adc::quantize(m[nn] + d[nn] * z[nn], lo[nn], step, top);
+                                acc[nn] =
+                                    Adc::quantize(m[nn] + d[nn] * z[nn], lo[nn], step[nn], top);
                             }
                         }
                     }
                     let scale = (1u64 << i) as f64 * plan.scales[jj] as f64;
                     let y = &mut s.y[b * n..(b + 1) * n];
                     for nn in 0..n {
-                        if live[nn] {
-                            y[nn] += scale * s.acc[nn] as f64;
-                        }
+                        y[nn] += scale * (s.acc[nn] * live[nn]) as f64;
                     }
                 }
             }
