@@ -95,6 +95,25 @@ pub enum Command {
         #[arg(long)]
         parallelism: Option<usize>,
     },
+    /// Draw figures from result files: RMSE and SNR against the swept parameter
+    /// (one line per mapping) and |error| histograms at the middle sweep point,
+    /// as SVG and PNG beside each CSV (or in --out).
+    Plot {
+        /// Result files written by `zebra run` (results/NAME.csv).
+        #[arg(required = true)]
+        csv: Vec<PathBuf>,
+        /// Folder for the figures (default: beside each CSV).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Metric to draw against the sweep, one figure each (repeatable): rmse, snr_db,
+        /// p99_abs, trial_rmse_std, conversions_per_mac, reads_per_mac, energy_fj_per_mac,
+        /// skipped_plane_fraction, digit_density.
+        #[arg(long, default_values_t = ["rmse".to_string(), "snr_db".to_string()])]
+        metric: Vec<String>,
+        /// Swept parameter on the x axis (default: the first swept one), e.g. layer.weight_bits.
+        #[arg(long)]
+        x: Option<String>,
+    },
     /// List GPU adapters (honours WGPU_BACKEND) with the limits that matter.
     Devices,
     /// Measure cell-MACs/s on the standard workloads (S: static, 64 inputs; D: dynamic, 1 input).
@@ -218,6 +237,25 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Err(e) => bad_input(e),
             }
+        }
+        Command::Plot {
+            csv,
+            out,
+            metric,
+            x,
+        } => {
+            let opts = crate::plot::PlotOptions { metrics: metric, x };
+            for file in &csv {
+                match crate::plot::plot_results(file, out.as_deref(), &opts) {
+                    Ok(files) => {
+                        for f in files {
+                            println!("wrote {}", f.display());
+                        }
+                    }
+                    Err(e) => return bad_input(e),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Devices => {
             let adapters = gpu::list_adapters();

@@ -45,6 +45,8 @@ struct RawFile {
     #[serde(default)]
     noise: RawNoise,
     #[serde(default)]
+    energy: RawEnergy,
+    #[serde(default)]
     sweep: toml::Table,
 }
 
@@ -180,6 +182,47 @@ fn default_sampling() -> String {
     "auto".into()
 }
 
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnergy {
+    #[serde(default = "default_adc_fj")]
+    adc_fj_per_step: f64,
+    #[serde(default = "default_cell_fj")]
+    cell_fj: f64,
+}
+
+impl Default for RawEnergy {
+    fn default() -> Self {
+        RawEnergy {
+            adc_fj_per_step: default_adc_fj(),
+            cell_fj: default_cell_fj(),
+        }
+    }
+}
+fn default_adc_fj() -> f64 {
+    ENERGY_DEFAULTS.adc_fj_per_step
+}
+fn default_cell_fj() -> f64 {
+    ENERGY_DEFAULTS.cell_fj
+}
+
+/// Energy proxy coefficients: an ADC conversion of `b` bits costs
+/// `adc_fj_per_step * 2^b` (the Walden figure of merit), an active cell read `cell_fj`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EnergyParams {
+    pub adc_fj_per_step: f64,
+    pub cell_fj: f64,
+}
+
+/// Defaults, see docs/MODEL.md (energy proxy): a Walden FOM of 50 fJ per
+/// conversion step, inside the range of SAR ADCs in B. Murmann's ADC
+/// Performance Survey, and 1 fJ per active cell read, the order of magnitude
+/// of SRAM/ReRAM CIM bit-cell operations.
+pub const ENERGY_DEFAULTS: EnergyParams = EnergyParams {
+    adc_fj_per_step: 50.0,
+    cell_fj: 1.0,
+};
+
 /// Cell mismatch drawn once per chip, or at every read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -255,6 +298,7 @@ pub struct Params {
     pub adc_bits: Option<u32>,
     pub calibrate_percentile: f64,
     pub noise: NoiseParams,
+    pub energy: EnergyParams,
 }
 
 /// One point of the sweep.
@@ -581,7 +625,17 @@ fn resolve_params(
         p_sa1: p_sa1 as f32,
         sampling,
     };
+    let energy = EnergyParams {
+        adc_fj_per_step: finite_range(
+            "energy.adc_fj_per_step",
+            raw.energy.adc_fj_per_step,
+            0.0,
+            1e9,
+        )?,
+        cell_fj: finite_range("energy.cell_fj", raw.energy.cell_fj, 0.0, 1e9)?,
+    };
     Ok(Params {
+        energy,
         trials,
         seed,
         layer,

@@ -18,6 +18,7 @@ pub mod inspect;
 pub mod model;
 pub mod output;
 pub mod plan;
+pub mod plot;
 pub mod rng;
 pub mod runner;
 pub mod stats;

@@ -9,7 +9,7 @@ use crate::stats::Summary;
 use std::path::Path;
 
 /// Columns of `results/X.csv`, in order.
-pub const COLUMNS: [&str; 58] = [
+pub const COLUMNS: [&str; 64] = [
     "experiment",
     "point",
     "mapping",
@@ -60,6 +60,12 @@ pub const COLUMNS: [&str; 58] = [
     "conversions_per_mac",
     "reads_per_mac",
     "skipped_plane_fraction",
+    "digit_density",
+    "plane_density",
+    "adc_fj_per_step",
+    "cell_fj",
+    "energy_fj_per_mac",
+    "energy_adc_share",
     "engine",
     "device",
     "elapsed_s",
@@ -151,6 +157,27 @@ pub fn result_row(
     let c = &s.counters;
     let groups = (plan.chunks * plan.j * plan.n) as f64;
     let cell_macs_total = c.cell_macs as f64 * s.trials as f64;
+    // Non-zero digit density of each plane.
+    let per_plane = plan.k * plan.n;
+    let density: Vec<f64> = (0..plan.j)
+        .map(|j| {
+            plan.digits[j * per_plane..(j + 1) * per_plane]
+                .iter()
+                .filter(|&&d| d != 0)
+                .count() as f64
+                / per_plane as f64
+        })
+        .collect();
+    // Energy proxy per MAC: conversions at FOM * 2^bits, plus active cell reads (no figure for an ideal ADC).
+    let energy = p.adc_bits.map(|bits| {
+        let adc = c.conversions as f64 * p.energy.adc_fj_per_step * (1u64 << bits) as f64;
+        let cells = c.active_reads as f64 * p.energy.cell_fj;
+        let total = adc + cells;
+        (
+            total / c.macs as f64,
+            if total > 0.0 { adc / total } else { 0.0 },
+        )
+    });
     vec![
         experiment.to_string(),
         point.index.to_string(),
@@ -206,6 +233,16 @@ pub fn result_row(
         g(c.conversions as f64 / c.macs as f64),
         g(c.active_reads as f64 / c.macs as f64),
         format!("{:.6}", c.skipped_groups as f64 / groups),
+        format!("{:.6}", density.iter().sum::<f64>() / density.len() as f64),
+        density
+            .iter()
+            .map(|d| format!("{d:.4}"))
+            .collect::<Vec<_>>()
+            .join(";"),
+        p.energy.adc_fj_per_step.to_string(),
+        p.energy.cell_fj.to_string(),
+        energy.map_or(String::new(), |(e, _)| g(e)),
+        energy.map_or(String::new(), |(_, share)| format!("{share:.4}")),
         run.engine.clone(),
         run.device.clone(),
         format!("{:.3}", run.elapsed_s),

@@ -284,3 +284,42 @@ fn auto_engine_names_what_ran_and_warns_once_on_fallback() {
         .to_string();
     assert!(engine == "cpu" || engine == "gpu");
 }
+
+#[test]
+fn plot_draws_svg_and_png_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = tiny_in(dir.path());
+    let out = dir.path().join("res");
+    zebra()
+        .args([
+            "run",
+            exp.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--engine",
+            "cpu",
+        ])
+        .assert()
+        .success();
+    zebra()
+        .args(["plot", out.join("tiny.csv").to_str().unwrap()])
+        .assert()
+        .success();
+    for fig in ["tiny_rmse", "tiny_snr_db", "tiny_hist"] {
+        let svg = fs::read_to_string(out.join(format!("{fig}.svg"))).unwrap();
+        assert!(
+            svg.contains("<svg") && svg.contains("dense") && svg.contains("zebra"),
+            "{fig}.svg lacks its legend"
+        );
+        let png = fs::read(out.join(format!("{fig}.png"))).unwrap();
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{fig}.png is not a drawn PNG"
+        );
+    }
+    zebra()
+        .args(["plot", "tests/configs/good/tiny.toml"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("zebra run"));
+}

@@ -44,6 +44,7 @@ fn noiseless_params(
             p_sa1: 0.0,
             sampling: Sampling::Auto,
         },
+        energy: ENERGY_DEFAULTS,
     }
 }
 

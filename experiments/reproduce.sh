@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Regenerates every shipped result: runs each experiment (resuming finished
+# points; pass --fresh to recompute) and draws its figures into results/.
+#   bash experiments/reproduce.sh [--fresh] [--engine cpu|gpu|auto]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+zebra=./target/release/zebra
+for exp in quickstart sigma_sweep parallelism_sweep adc_bits_sweep ablation weight_stats cost; do
+    echo "== $exp"
+    "$zebra" run "experiments/$exp.toml" --quiet "$@" | tail -2
+done
+for exp in quickstart sigma_sweep parallelism_sweep adc_bits_sweep ablation; do
+    "$zebra" plot "results/$exp.csv" > /dev/null
+done
+"$zebra" plot results/weight_stats.csv --x layer.weight_bits \
+    --metric skipped_plane_fraction --metric digit_density --metric reads_per_mac > /dev/null
+"$zebra" plot results/cost.csv --x array.parallelism \
+    --metric conversions_per_mac --metric reads_per_mac --metric energy_fj_per_mac --metric rmse > /dev/null
+echo "figures and CSVs are in results/"

@@ -1,0 +1,574 @@
+//! `zebra plot`: figures from result files, as SVG and PNG. Sweep curves
+//! (RMSE and SNR against the swept parameter, one line per mapping) and
+//! overlaid |error| histograms of every mapping at one sweep point.
+
+use crate::error::{Error, Result};
+use crate::output::{read_csv, Table};
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Parameter columns a sweep may vary, with axis labels (units included).
+const PARAMS: [(&str, &str); 17] = [
+    (
+        "cell_sigma",
+        "cell mismatch sigma (fraction of a cell's weight)",
+    ),
+    ("parallelism", "parallelism P (rows per conversion)"),
+    ("adc_bits", "ADC resolution (bits)"),
+    ("read_sigma", "read noise sigma (cells)"),
+    ("leak", "leak (fraction of a cell's weight)"),
+    ("p_sa0", "stuck-at-0 probability"),
+    ("p_sa1", "stuck-at-1 probability"),
+    ("k", "K (rows)"),
+    ("n", "N (columns)"),
+    ("inputs", "input vectors per trial"),
+    ("weight_bits", "weight bits"),
+    ("input_bits", "input bits"),
+    ("input_zero_fraction", "fraction of zero inputs"),
+    ("calibrate_percentile", "calibration percentile (%)"),
+    ("weights", "weight distribution"),
+    ("noise_mode", "noise mode"),
+    ("trials", "trials"),
+];
+
+const COLORS: [RGBColor; 8] = [
+    RGBColor(213, 94, 0),
+    RGBColor(0, 114, 178),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(230, 159, 0),
+    RGBColor(86, 180, 233),
+    RGBColor(0, 0, 0),
+    RGBColor(153, 153, 153),
+];
+
+fn plot_err(path: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::Results {
+        path: path.to_path_buf(),
+        msg: msg.to_string(),
+    }
+}
+
+struct Data {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Data {
+    fn col(&self, name: &str) -> Option<usize> {
+        self.header.iter().position(|h| h == name)
+    }
+}
+
+/// |e| bins keyed by rounded log lower edge: (lower, upper, count).
+type AbsBins = BTreeMap<i64, (f64, f64, u64)>;
+
+/// One line of a figure: label and (x, y) points.
+type Series = (String, Vec<(f64, f64)>);
+
+/// Axis labels of the metrics `zebra plot --metric` accepts.
+pub const METRICS: [(&str, &str, bool); 9] = [
+    (
+        "rmse",
+        "RMSE of y (units of the exact integer output)",
+        true,
+    ),
+    ("snr_db", "SNR (dB)", false),
+    ("p99_abs", "99th percentile of |error| (output units)", true),
+    (
+        "trial_rmse_std",
+        "chip-to-chip std of per-trial RMSE (output units)",
+        true,
+    ),
+    ("conversions_per_mac", "ADC conversions per MAC", false),
+    ("reads_per_mac", "active cell reads per MAC", false),
+    ("energy_fj_per_mac", "energy proxy per MAC (fJ)", true),
+    (
+        "skipped_plane_fraction",
+        "fraction of (chunk, column, plane) groups skipped",
+        false,
+    ),
+    (
+        "digit_density",
+        "non-zero digit density (all planes)",
+        false,
+    ),
+];
+
+/// What to draw.
+#[derive(Clone, Debug)]
+pub struct PlotOptions {
+    /// Metrics (columns of `METRICS`), one figure each.
+    pub metrics: Vec<String>,
+    /// The swept column on the x axis (default: the first swept parameter).
+    pub x: Option<String>,
+}
+
+impl Default for PlotOptions {
+    fn default() -> Self {
+        PlotOptions {
+            metrics: vec!["rmse".into(), "snr_db".into()],
+            x: None,
+        }
+    }
+}
+
+/// Renders every figure for `csv` into `out_dir` (default: beside it); returns the files written.
+pub fn plot_results(
+    csv: &Path,
+    out_dir: Option<&Path>,
+    opts: &PlotOptions,
+) -> Result<Vec<PathBuf>> {
+    let (header, rows): Table = match read_csv(csv) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Err(plot_err(csv, "no such file; give a result file written by `zebra run`")),
+        Err(Error::Csv { source, .. }) => {
+            return Err(plot_err(csv, format!("is not a result file written by `zebra run` ({source})")))
+        }
+        Err(e) => return Err(e),
+    };
+    let data = Data { header, rows };
+    for needed in ["point", "mapping", "rmse", "snr_db"] {
+        if data.col(needed).is_none() {
+            return Err(plot_err(
+                csv,
+                format!("has no `{needed}` column; give a result file written by `zebra run`"),
+            ));
+        }
+    }
+    if data.rows.is_empty() {
+        return Err(plot_err(csv, "has no rows"));
+    }
+    let stem = csv
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "results".into());
+    let dir = out_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| csv.parent().map(Path::to_path_buf).unwrap_or_default());
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+
+    let mut swept: Vec<(&str, &str)> = PARAMS
+        .iter()
+        .copied()
+        .filter(|(c, _)| {
+            data.col(c).is_some_and(|i| {
+                let first = &data.rows[0][i];
+                data.rows.iter().any(|r| &r[i] != first)
+            })
+        })
+        .collect();
+    if let Some(x) = &opts.x {
+        let x = x.rsplit('.').next().unwrap_or(x);
+        let at = swept.iter().position(|(c, _)| *c == x).ok_or_else(|| {
+            let names: Vec<&str> = swept.iter().map(|(c, _)| *c).collect();
+            plot_err(
+                csv,
+                format!(
+                    "`--x {x}` is not a swept column here; swept: {}",
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            )
+        })?;
+        let chosen = swept.remove(at);
+        swept.insert(0, chosen);
+    }
+    let mut written = Vec::new();
+    let mcol = data.col("mapping").unwrap();
+    for metric in &opts.metrics {
+        let Some(&(metric, ylabel, log_y)) = METRICS.iter().find(|m| m.0 == metric) else {
+            let names: Vec<&str> = METRICS.iter().map(|m| m.0).collect();
+            return Err(plot_err(
+                csv,
+                format!("unknown metric `{metric}`; accepted: {}", names.join(", ")),
+            ));
+        };
+        let Some(ycol) = data.col(metric) else {
+            return Err(plot_err(csv, format!("has no `{metric}` column")));
+        };
+        let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut order: Vec<String> = Vec::new();
+        let (xlabel, categories) = match swept.first() {
+            Some((xname, xlabel)) => {
+                let xcol = data.col(xname).unwrap();
+                for r in &data.rows {
+                    let (Ok(x), Ok(y)) = (r[xcol].parse::<f64>(), r[ycol].parse::<f64>()) else {
+                        continue;
+                    };
+                    if !y.is_finite() {
+                        continue;
+                    }
+                    let mut label = r[mcol].clone();
+                    for (other, _) in swept.iter().skip(1) {
+                        let c = data.col(other).unwrap();
+                        label.push_str(&format!(", {other}={}", r[c]));
+                    }
+                    if !order.contains(&label) {
+                        order.push(label.clone());
+                    }
+                    series.entry(label).or_default().push((x, y));
+                }
+                (xlabel.to_string(), None)
+            }
+            None => {
+                // One point: the mappings side by side.
+                let mut cats = Vec::new();
+                for r in &data.rows {
+                    let Ok(y) = r[ycol].parse::<f64>() else {
+                        continue;
+                    };
+                    if !y.is_finite() {
+                        continue;
+                    }
+                    let x = cats.len() as f64;
+                    cats.push(r[mcol].clone());
+                    order.push(r[mcol].clone());
+                    series.entry(r[mcol].clone()).or_default().push((x, y));
+                }
+                ("mapping".to_string(), Some(cats))
+            }
+        };
+        let lines: Vec<Series> = order
+            .iter()
+            .map(|l| {
+                let mut pts = series[l].clone();
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                (l.clone(), pts)
+            })
+            .collect();
+        if lines.iter().all(|(_, p)| p.is_empty()) {
+            continue;
+        }
+        let title = format!("{stem}: {}", ylabel.split(" (").next().unwrap_or(metric));
+        for ext in ["svg", "png"] {
+            let path = dir.join(format!("{stem}_{metric}.{ext}"));
+            draw_lines(
+                &path,
+                &title,
+                &xlabel,
+                ylabel,
+                &lines,
+                log_y,
+                categories.as_deref(),
+                true,
+            )?;
+            written.push(path);
+        }
+    }
+
+    let hist_path = csv.with_file_name(format!("{stem}_hist.csv"));
+    if let Some((hh, hrows)) = read_csv(&hist_path)? {
+        if let Some(files) = plot_histograms(&hist_path, &dir, &stem, &hh, &hrows, &data)? {
+            written.extend(files);
+        }
+    }
+    Ok(written)
+}
+
+/// A tick label: at most four significant digits, no float noise.
+fn tick(x: f64) -> String {
+    if x == 0.0 {
+        return "0".into();
+    }
+    let a = x.abs();
+    if !(1e-3..1e5).contains(&a) {
+        return format!("{x:.1e}");
+    }
+    let decimals = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
+    let s = format!("{x:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+fn log_range(lo: f64, hi: f64) -> (f64, f64) {
+    let lo = lo.max(f64::MIN_POSITIVE);
+    let (a, b) = (lo.log10().floor(), hi.max(lo * 10.0).log10().ceil());
+    (10f64.powf(a), 10f64.powf(b.max(a + 1.0)))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn draw_lines(
+    path: &Path,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    lines: &[Series],
+    log_y: bool,
+    categories: Option<&[String]>,
+    markers: bool,
+) -> Result<()> {
+    let is_svg = path.extension().is_some_and(|e| e == "svg");
+    let size = (900, 600);
+    let res = if is_svg {
+        let root = SVGBackend::new(path, size).into_drawing_area();
+        chart(
+            &root, title, xlabel, ylabel, lines, log_y, categories, markers,
+        )
+    } else {
+        let root = BitMapBackend::new(path, size).into_drawing_area();
+        chart(
+            &root, title, xlabel, ylabel, lines, log_y, categories, markers,
+        )
+    };
+    res.map_err(|e| plot_err(path, format!("cannot draw: {e}")))
+}
+
+type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+#[allow(clippy::too_many_arguments)]
+fn chart<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    lines: &[Series],
+    log_y: bool,
+    categories: Option<&[String]>,
+    markers: bool,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    let xs: Vec<f64> = lines
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.0))
+        .collect();
+    let ys: Vec<f64> = lines
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.1))
+        .collect();
+    let (xmin, xmax) = (
+        xs.iter().cloned().fold(f64::MAX, f64::min),
+        xs.iter().cloned().fold(f64::MIN, f64::max),
+    );
+    let pos_ys: Vec<f64> = ys.iter().cloned().filter(|&y| y > 0.0).collect();
+    let log_y = log_y && !pos_ys.is_empty();
+    let log_x = categories.is_none() && xmin > 0.0 && xmax / xmin >= 8.0;
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(title, ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(80);
+    let xr = if categories.is_some() {
+        (-0.5, xmax + 0.5)
+    } else if log_x {
+        (xmin / 1.15, xmax * 1.15)
+    } else {
+        let span = xmax - xmin;
+        let pad = if span > 0.0 {
+            span * 0.05
+        } else {
+            (xmax.abs() * 0.1).max(0.5)
+        };
+        (xmin - pad, xmax + pad)
+    };
+    let (ylo, yhi) = if log_y {
+        log_range(
+            pos_ys.iter().cloned().fold(f64::MAX, f64::min),
+            pos_ys.iter().cloned().fold(f64::MIN, f64::max),
+        )
+    } else {
+        let (a, b) = (
+            ys.iter().cloned().fold(f64::MAX, f64::min),
+            ys.iter().cloned().fold(f64::MIN, f64::max),
+        );
+        let pad = ((b - a) * 0.08).max(1.0);
+        (a - pad, b + pad)
+    };
+    let cats: Vec<String> = categories.map(|c| c.to_vec()).unwrap_or_default();
+    let xfmt = move |x: &f64| -> String {
+        if !cats.is_empty() {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < cats.len() {
+                return cats[i as usize].clone();
+            }
+            return String::new();
+        }
+        tick(*x)
+    };
+    macro_rules! finish {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc(xlabel)
+                .y_desc(ylabel)
+                .x_label_formatter(&xfmt)
+                .y_label_formatter(&|y: &f64| tick(*y))
+                .x_labels(if categories.is_some() {
+                    categories.map_or(10, |c| c.len())
+                } else {
+                    10
+                })
+                .label_style(("sans-serif", 15))
+                .axis_desc_style(("sans-serif", 17))
+                .draw()?;
+            for (i, (label, pts)) in lines.iter().enumerate() {
+                let color = COLORS[i % COLORS.len()];
+                let pts: Vec<(f64, f64)> = pts
+                    .iter()
+                    .cloned()
+                    .filter(|p| !log_y || p.1 > 0.0)
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                    .label(label.clone())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+                    });
+                if markers {
+                    chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+                }
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 15))
+                .position(SeriesLabelPosition::UpperRight)
+                .draw()?;
+        }};
+    }
+    match (log_x, log_y) {
+        (true, true) => {
+            finish!(builder.build_cartesian_2d((xr.0..xr.1).log_scale(), (ylo..yhi).log_scale())?)
+        }
+        (true, false) => finish!(builder.build_cartesian_2d((xr.0..xr.1).log_scale(), ylo..yhi)?),
+        (false, true) => finish!(builder.build_cartesian_2d(xr.0..xr.1, (ylo..yhi).log_scale())?),
+        (false, false) => {
+            let c: ChartContext<DB, Cartesian2d<RangedCoordf64, RangedCoordf64>> =
+                builder.build_cartesian_2d(xr.0..xr.1, ylo..yhi)?;
+            finish!(c)
+        }
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// Overlaid |e| histograms of every mapping at one sweep point (the middle one).
+fn plot_histograms(
+    path: &Path,
+    dir: &Path,
+    stem: &str,
+    header: &[String],
+    rows: &[Vec<String>],
+    data: &Data,
+) -> Result<Option<Vec<PathBuf>>> {
+    let col = |n: &str| header.iter().position(|h| h == n);
+    let (Some(cp), Some(cm), Some(clo), Some(chi), Some(cc)) = (
+        col("point"),
+        col("mapping"),
+        col("bin_lo"),
+        col("bin_hi"),
+        col("count"),
+    ) else {
+        return Err(plot_err(
+            path,
+            "is not a histogram file written by `zebra run`",
+        ));
+    };
+    let mut points: Vec<usize> = rows.iter().filter_map(|r| r[cp].parse().ok()).collect();
+    points.sort();
+    points.dedup();
+    let Some(&point) = points.get(points.len() / 2) else {
+        return Ok(None);
+    };
+    // |e| bins keyed by their rounded lower edge; the zero bin becomes [0, 1e-3).
+    let mut per_map: Vec<(String, AbsBins)> = Vec::new();
+    for r in rows
+        .iter()
+        .filter(|r| r[cp].parse::<usize>().ok() == Some(point))
+    {
+        let (Ok(lo), Ok(hi), Ok(c)) = (
+            r[clo].parse::<f64>(),
+            r[chi].parse::<f64>(),
+            r[cc].parse::<u64>(),
+        ) else {
+            continue;
+        };
+        let (a, b) = if lo < 0.0 && hi <= 0.0 {
+            (-hi, -lo)
+        } else if lo < 0.0 {
+            (0.0, hi)
+        } else {
+            (lo, hi)
+        };
+        let key = if a == 0.0 {
+            i64::MIN
+        } else {
+            (a.log10() * 1000.0).round() as i64
+        };
+        let entry = match per_map.iter_mut().find(|(m, _)| *m == r[cm]) {
+            Some(e) => e,
+            None => {
+                per_map.push((r[cm].clone(), BTreeMap::new()));
+                per_map.last_mut().unwrap()
+            }
+        };
+        let slot = entry.1.entry(key).or_insert((a, b, 0));
+        slot.2 += c;
+    }
+    let mut lines: Vec<Series> = Vec::new();
+    for (m, bins) in &per_map {
+        let total: u64 = bins.values().map(|b| b.2).sum();
+        let pts: Vec<(f64, f64)> = bins
+            .values()
+            .map(|&(a, b, c)| {
+                (
+                    if a == 0.0 { 1e-3 } else { (a * b).sqrt() },
+                    c as f64 / total.max(1) as f64,
+                )
+            })
+            .collect();
+        lines.push((m.clone(), pts));
+    }
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    let mut what = format!("point {point}");
+    if let (Some(pc), Some(r)) = (
+        data.col("point"),
+        data.rows
+            .iter()
+            .find(|r| data.col("point").is_some_and(|c| r[c] == point.to_string())),
+    ) {
+        let _ = pc;
+        for (name, _) in PARAMS.iter().take(7) {
+            if let Some(c) = data.col(name) {
+                let first = &data.rows[0][c];
+                if data.rows.iter().any(|rr| &rr[c] != first) {
+                    what.push_str(&format!(", {name} = {}", r[c]));
+                }
+            }
+        }
+    }
+    let title = format!("{stem}: |error| distribution at {what}");
+    let mut written = Vec::new();
+    for ext in ["svg", "png"] {
+        let out = dir.join(format!("{stem}_hist.{ext}"));
+        draw_lines(
+            &out,
+            &title,
+            "|error of y| (units of the exact integer output; first bin: below 1e-3)",
+            "fraction of outputs per bin (20 bins per decade)",
+            &lines,
+            true,
+            None,
+            false,
+        )?;
+        written.push(out);
+    }
+    Ok(Some(written))
+}

@@ -1,0 +1,58 @@
+//! Every shipped experiment parses, runs at least 1000 trials per point, and
+//! has committed results with the columns the plots need.
+
+use std::path::Path;
+use zebra_cim::experiment::{Experiment, Overrides};
+use zebra_cim::output::{read_csv, COLUMNS, HIST_COLUMNS};
+
+#[test]
+fn shipped_experiments_parse_and_have_committed_results() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir("experiments").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let exp = Experiment::load(&path, Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            exp.points.iter().all(|p| p.params.trials >= 1000),
+            "{}: fewer than 1000 trials",
+            path.display()
+        );
+        let csv = Path::new("results").join(format!("{}.csv", exp.name));
+        let (header, rows) = read_csv(&csv)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{} is not committed", csv.display()));
+        assert_eq!(
+            header,
+            COLUMNS,
+            "{}: columns differ from this version's",
+            csv.display()
+        );
+        assert_eq!(
+            rows.len(),
+            exp.points.len() * exp.mappings.len(),
+            "{}: one row per (point, mapping)",
+            csv.display()
+        );
+        let hist = Path::new("results").join(format!("{}_hist.csv", exp.name));
+        let (hheader, hrows) = read_csv(&hist)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{} is not committed", hist.display()));
+        assert_eq!(hheader, HIST_COLUMNS);
+        assert!(!hrows.is_empty());
+        // Figures drawn by experiments/reproduce.sh: SVG and PNG of each.
+        let figures: Vec<String> = std::fs::read_dir("results")
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| f.starts_with(&format!("{}_", exp.name)) && f.ends_with(".svg"))
+            .collect();
+        assert!(figures.len() >= 2, "{}: no figures committed", exp.name);
+        for svg in figures {
+            let png = Path::new("results").join(svg.replace(".svg", ".png"));
+            assert!(png.exists(), "{} has no PNG beside its SVG", svg);
+        }
+        seen += 1;
+    }
+    assert!(seen >= 7, "found {seen} experiment files");
+}
