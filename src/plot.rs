@@ -124,9 +124,17 @@ pub fn plot_results(
 ) -> Result<Vec<PathBuf>> {
     let (header, rows): Table = match read_csv(csv) {
         Ok(Some(t)) => t,
-        Ok(None) => return Err(plot_err(csv, "no such file; give a result file written by `zebra run`")),
+        Ok(None) => {
+            return Err(plot_err(
+                csv,
+                "no such file; give a result file written by `zebra run`",
+            ))
+        }
         Err(Error::Csv { source, .. }) => {
-            return Err(plot_err(csv, format!("is not a result file written by `zebra run` ({source})")))
+            return Err(plot_err(
+                csv,
+                format!("is not a result file written by `zebra run` ({source})"),
+            ))
         }
         Err(e) => return Err(e),
     };

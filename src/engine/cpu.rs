@@ -354,11 +354,6 @@ fn cached_trial(
                 for jj in 0..j {
                     let conv = (((b * plan.chunks + c) * xbits + i) * j + jj) * n;
                     let g0 = plan.group(c, jj, 0);
-                    let (lo, step, live) = (
-                        &plan.lo[g0..g0 + n],
-                        &shared.step[g0..g0 + n],
-                        &shared.live[g0..g0 + n],
-                    );
                     let (m, d) = (&mean[conv..conv + n], &sd[conv..conv + n]);
                     if draws {
                         gaussian_row(&addr, (conv / n * nb) as u64, nb, &mut s.z);
@@ -368,28 +363,34 @@ fn cached_trial(
                     }
                     let z = &s.z[..n];
                     let acc = &mut s.acc[..n];
-                    match plan.adc.bits {
-                        None => {
-                            for nn in 0..n {
-                                acc[nn] = m[nn] + d[nn] * z[nn];
-                            }
-                        }
-                        Some(bits) => {
-                            let top = Adc::top(bits);
-                            for nn in 0..n {
-                                acc[nn] =
-                                    Adc::quantize(m[nn] + d[nn] * z[nn], lo[nn], step[nn], top);
-                            }
-                        }
+                    for nn in 0..n {
+                        acc[nn] = m[nn] + d[nn] * z[nn];
                     }
                     let scale = (1u64 << i) as f64 * plan.scales[jj] as f64;
-                    let y = &mut s.y[b * n..(b + 1) * n];
-                    for nn in 0..n {
-                        y[nn] += scale * (s.acc[nn] * live[nn]) as f64;
-                    }
+                    convert_row(plan, shared, g0, acc, &mut s.y[b * n..(b + 1) * n], scale);
                 }
             }
         }
+    }
+}
+
+/// Digitises the analog sums `a` of one (chunk, plane) row of columns starting
+/// at group `g0`, and adds `scale * value` of the converted groups to `y`.
+fn convert_row(plan: &Plan, shared: &Shared, g0: usize, a: &mut [f32], y: &mut [f64], scale: f64) {
+    let n = a.len();
+    let (lo, step, live) = (
+        &plan.lo[g0..g0 + n],
+        &shared.step[g0..g0 + n],
+        &shared.live[g0..g0 + n],
+    );
+    if let Some(bits) = plan.adc.bits {
+        let top = Adc::top(bits);
+        for nn in 0..n {
+            a[nn] = Adc::quantize(a[nn], lo[nn], step[nn], top);
+        }
+    }
+    for nn in 0..n {
+        y[nn] += scale * (a[nn] * live[nn]) as f64;
     }
 }
 
@@ -550,18 +551,20 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
                         gaussian_row(&read_addr, first, nb, &mut zr);
                     }
                     let scale = weight * plan.scales[jj] as f64;
-                    for nn in 0..n {
-                        let g = plan.group(c, jj, nn);
-                        if !plan.converted[g] {
-                            continue;
+                    let a = &mut s.acc[jj * n..(jj + 1) * n];
+                    if read > 0.0 {
+                        for (av, &z) in a.iter_mut().zip(&zr) {
+                            *av += read * z;
                         }
-                        let mut a = s.acc[jj * n + nn];
-                        if read > 0.0 {
-                            a += read * zr[nn];
-                        }
-                        let v = plan.adc.convert(a, plan.lo[g], plan.hi[g]);
-                        s.y[b * n + nn] += scale * v as f64;
                     }
+                    convert_row(
+                        plan,
+                        shared,
+                        plan.group(c, jj, 0),
+                        a,
+                        &mut s.y[b * n..(b + 1) * n],
+                        scale,
+                    );
                 }
             }
         }
