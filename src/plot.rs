@@ -69,6 +69,18 @@ type AbsBins = BTreeMap<i64, (f64, f64, u64)>;
 /// One line of a figure: label and (x, y) points.
 type Series = (String, Vec<(f64, f64)>);
 
+/// Everything one figure shows.
+struct Figure<'a> {
+    title: &'a str,
+    xlabel: &'a str,
+    ylabel: &'a str,
+    lines: &'a [Series],
+    log_y: bool,
+    /// Category names for a one-point figure (x = index).
+    categories: Option<&'a [String]>,
+    markers: bool,
+}
+
 /// Axis labels of the metrics `zebra plot --metric` accepts.
 pub const METRICS: [(&str, &str, bool); 9] = [
     (
@@ -255,18 +267,18 @@ pub fn plot_results(
             continue;
         }
         let title = format!("{stem}: {}", ylabel.split(" (").next().unwrap_or(metric));
+        let fig = Figure {
+            title: &title,
+            xlabel: &xlabel,
+            ylabel,
+            lines: &lines,
+            log_y,
+            categories: categories.as_deref(),
+            markers: true,
+        };
         for ext in ["svg", "png"] {
             let path = dir.join(format!("{stem}_{metric}.{ext}"));
-            draw_lines(
-                &path,
-                &title,
-                &xlabel,
-                ylabel,
-                &lines,
-                log_y,
-                categories.as_deref(),
-                true,
-            )?;
+            draw_lines(&path, &fig)?;
             written.push(path);
         }
     }
@@ -304,49 +316,31 @@ fn log_range(lo: f64, hi: f64) -> (f64, f64) {
     (10f64.powf(a), 10f64.powf(b.max(a + 1.0)))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn draw_lines(
-    path: &Path,
-    title: &str,
-    xlabel: &str,
-    ylabel: &str,
-    lines: &[Series],
-    log_y: bool,
-    categories: Option<&[String]>,
-    markers: bool,
-) -> Result<()> {
-    let is_svg = path.extension().is_some_and(|e| e == "svg");
+fn draw_lines(path: &Path, fig: &Figure) -> Result<()> {
     let size = (900, 600);
-    let res = if is_svg {
-        let root = SVGBackend::new(path, size).into_drawing_area();
-        chart(
-            &root, title, xlabel, ylabel, lines, log_y, categories, markers,
-        )
+    let res = if path.extension().is_some_and(|e| e == "svg") {
+        chart(&SVGBackend::new(path, size).into_drawing_area(), fig)
     } else {
-        let root = BitMapBackend::new(path, size).into_drawing_area();
-        chart(
-            &root, title, xlabel, ylabel, lines, log_y, categories, markers,
-        )
+        chart(&BitMapBackend::new(path, size).into_drawing_area(), fig)
     };
     res.map_err(|e| plot_err(path, format!("cannot draw: {e}")))
 }
 
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
-#[allow(clippy::too_many_arguments)]
-fn chart<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    title: &str,
-    xlabel: &str,
-    ylabel: &str,
-    lines: &[Series],
-    log_y: bool,
-    categories: Option<&[String]>,
-    markers: bool,
-) -> DrawResult
+fn chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
+    let Figure {
+        title,
+        xlabel,
+        ylabel,
+        lines,
+        log_y,
+        categories,
+        markers,
+    } = *fig;
     root.fill(&WHITE)?;
     let xs: Vec<f64> = lines
         .iter()
@@ -563,19 +557,19 @@ fn plot_histograms(
         }
     }
     let title = format!("{stem}: |error| distribution at {what}");
+    let fig = Figure {
+        title: &title,
+        xlabel: "|error of y| (units of the exact integer output; first bin: below 1e-3)",
+        ylabel: "fraction of outputs per bin (20 bins per decade)",
+        lines: &lines,
+        log_y: true,
+        categories: None,
+        markers: false,
+    };
     let mut written = Vec::new();
     for ext in ["svg", "png"] {
         let out = dir.join(format!("{stem}_hist.{ext}"));
-        draw_lines(
-            &out,
-            &title,
-            "|error of y| (units of the exact integer output; first bin: below 1e-3)",
-            "fraction of outputs per bin (20 bins per decade)",
-            &lines,
-            true,
-            None,
-            false,
-        )?;
+        draw_lines(&out, &fig)?;
         written.push(out);
     }
     Ok(Some(written))

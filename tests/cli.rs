@@ -9,6 +9,24 @@ fn zebra() -> Command {
     Command::cargo_bin("zebra").unwrap()
 }
 
+/// Runs the tiny experiment on the CPU into `dir/res`; returns that folder.
+fn run_tiny(dir: &Path) -> PathBuf {
+    let exp = tiny_in(dir);
+    let out = dir.join("res");
+    zebra()
+        .args([
+            "run",
+            exp.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--engine",
+            "cpu",
+        ])
+        .assert()
+        .success();
+    out
+}
+
 fn tiny_in(dir: &Path) -> PathBuf {
     let p = dir.join("tiny.toml");
     fs::copy("tests/configs/good/tiny.toml", &p).unwrap();
@@ -288,19 +306,7 @@ fn auto_engine_names_what_ran_and_warns_once_on_fallback() {
 #[test]
 fn plot_draws_svg_and_png_figures() {
     let dir = tempfile::tempdir().unwrap();
-    let exp = tiny_in(dir.path());
-    let out = dir.path().join("res");
-    zebra()
-        .args([
-            "run",
-            exp.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--engine",
-            "cpu",
-        ])
-        .assert()
-        .success();
+    let out = run_tiny(dir.path());
     zebra()
         .args(["plot", out.join("tiny.csv").to_str().unwrap()])
         .assert()
