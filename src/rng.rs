@@ -116,7 +116,7 @@ impl Address {
         let blocks = out.len() / 4;
         let mut done = 0;
         while done + L <= blocks {
-            let words = philox_lanes::<L>(first + done as u64, self.trial, self.stream, key);
+            let words = philox16(first + done as u64, self.trial, self.stream, key);
             let dst = &mut out[done * 4..(done + L) * 4];
             let (mut z0, mut z1, mut z2, mut z3) = ([0f32; L], [0f32; L], [0f32; L], [0f32; L]);
             box_muller_lanes(&words[0], &words[1], &mut z0, &mut z1);
@@ -140,6 +140,77 @@ impl Address {
     #[inline(always)]
     pub fn uniform(word: u32) -> f32 {
         (word >> 8) as f32 * (1.0 / 16_777_216.0)
+    }
+}
+
+/// Philox on 16 consecutive block indices: AVX-512 where the CPU has it.
+#[inline(always)]
+fn philox16(first: u64, trial: u32, stream: u32, key: [u32; 2]) -> [[u32; 16]; 4] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { avx512::philox16(first, trial, stream, key) };
+        }
+    }
+    philox_lanes::<16>(first, trial, stream, key)
+}
+
+/// Philox with the 32x32 -> 64-bit products of 16 lanes in two `vpmuludq`
+/// (even and odd lanes) and blends, instead of widening every lane: the
+/// compiler's auto-vectorised version spends most of its time widening.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{M0, M1, W0, W1};
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn mulhilo16(m: __m512i, a: __m512i) -> (__m512i, __m512i) {
+        let even = _mm512_mul_epu32(a, m);
+        let odd = _mm512_mul_epu32(_mm512_srli_epi64::<32>(a), m);
+        let lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64::<32>(odd));
+        let hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64::<32>(even), odd);
+        (hi, lo)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn philox16(first: u64, trial: u32, stream: u32, key: [u32; 2]) -> [[u32; 16]; 4] {
+        let mut lo = [0u32; 16];
+        let mut hi = [0u32; 16];
+        for l in 0..16 {
+            let idx = first + l as u64;
+            lo[l] = idx as u32;
+            hi[l] = (idx >> 32) as u32;
+        }
+        // SAFETY: unaligned loads and stores of 64-byte arrays.
+        let (mut c0, mut c1) = unsafe {
+            (
+                _mm512_loadu_si512(lo.as_ptr().cast()),
+                _mm512_loadu_si512(hi.as_ptr().cast()),
+            )
+        };
+        let mut c2 = _mm512_set1_epi32(trial as i32);
+        let mut c3 = _mm512_set1_epi32(stream as i32);
+        let (m0, m1) = (_mm512_set1_epi32(M0 as i32), _mm512_set1_epi32(M1 as i32));
+        let [mut k0, mut k1] = key;
+        for round in 0..10 {
+            if round > 0 {
+                k0 = k0.wrapping_add(W0);
+                k1 = k1.wrapping_add(W1);
+            }
+            let (hi0, lo0) = mulhilo16(m0, c0);
+            let (hi1, lo1) = mulhilo16(m1, c2);
+            let n0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(k0 as i32));
+            let n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(k1 as i32));
+            (c0, c1, c2, c3) = (n0, lo1, n2, lo0);
+        }
+        let mut out = [[0u32; 16]; 4];
+        for (dst, v) in out.iter_mut().zip([c0, c1, c2, c3]) {
+            // SAFETY: a 64-byte array takes one unaligned 512-bit store.
+            unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) };
+        }
+        out
     }
 }
 
@@ -313,6 +384,23 @@ mod tests {
         for b in 0..37 {
             let g = a.gaussian4((1u64 << 32) + b as u64);
             assert_eq!(&fast[4 * b..4 * b + 4], &g, "block {b}");
+        }
+    }
+
+    #[test]
+    fn every_philox_lane_path_matches_scalar() {
+        let key = [0xdead_beef, 0x1234_5678];
+        for first in [0u64, (1 << 32) - 5, u64::MAX - 20] {
+            let portable = philox_lanes::<16>(first, 7, 3, key);
+            let dispatched = philox16(first, 7, 3, key);
+            for l in 0..16 {
+                let idx = first.wrapping_add(l as u64);
+                let want = philox4x32_10([idx as u32, (idx >> 32) as u32, 7, 3], key);
+                for w in 0..4 {
+                    assert_eq!(portable[w][l], want[w], "portable lane {l} word {w}");
+                    assert_eq!(dispatched[w][l], want[w], "dispatched lane {l} word {w}");
+                }
+            }
         }
     }
 
