@@ -81,7 +81,7 @@ fn report(
         seen.push(m.encoding);
         let planes = encode_planes(m.encoding, weight_bits, w, k, n);
         let chunks = k.div_ceil(p);
-        let _ = writeln!(out, "\nencoding {:?} (as in `{}`): plane, scale, non-zero digit density, all-zero (chunk, column) groups", m.encoding, m.name);
+        let _ = writeln!(out, "\nencoding {} (as in `{}`): plane, scale, non-zero digit density, all-zero (chunk, column) groups", m.encoding.label(), m.name);
         let (mut nz_total, mut skip_total) = (0usize, 0usize);
         for j in 0..planes.count() {
             let nz = (0..k * n)

@@ -16,6 +16,17 @@ pub enum Encoding {
     Csd,
 }
 
+impl Encoding {
+    /// The name experiment files and result files use.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Encoding::TwosComplement => "twos-complement",
+            Encoding::SignMagnitude => "sign-magnitude",
+            Encoding::Csd => "csd",
+        }
+    }
+}
+
 /// Which range each conversion's ADC spans.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -26,6 +37,17 @@ pub enum AdcRange {
     Adaptive,
     /// A percentile of the plane's noise-free sums over the workload.
     Calibrated,
+}
+
+impl AdcRange {
+    /// The name experiment files and result files use.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AdcRange::Full => "full",
+            AdcRange::Adaptive => "adaptive",
+            AdcRange::Calibrated => "calibrated",
+        }
+    }
 }
 
 /// One mapping: an encoding plus the ingredients ZEBRA adds.

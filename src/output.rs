@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::experiment::{InputSource, NoiseMode, Params, Point, WeightSource};
-use crate::model::{AdcRange, Encoding, MappingSpec};
+use crate::model::MappingSpec;
 use crate::plan::Plan;
 use crate::stats::Summary;
 use std::path::Path;
@@ -95,22 +95,6 @@ pub struct RunInfo {
     pub elapsed_s: f64,
 }
 
-fn encoding_label(e: Encoding) -> &'static str {
-    match e {
-        Encoding::TwosComplement => "twos-complement",
-        Encoding::SignMagnitude => "sign-magnitude",
-        Encoding::Csd => "csd",
-    }
-}
-
-fn range_label(r: AdcRange) -> &'static str {
-    match r {
-        AdcRange::Full => "full",
-        AdcRange::Adaptive => "adaptive",
-        AdcRange::Calibrated => "calibrated",
-    }
-}
-
 fn g(v: f64) -> String {
     if v.is_infinite() {
         if v > 0.0 {
@@ -192,9 +176,9 @@ pub fn result_row(
         zf,
         p.parallelism.to_string(),
         p.adc_bits.map_or("ideal".to_string(), |b| b.to_string()),
-        range_label(plan.mapping.adc_range).to_string(),
+        plan.mapping.adc_range.label().to_string(),
         p.calibrate_percentile.to_string(),
-        encoding_label(plan.mapping.encoding).to_string(),
+        plan.mapping.encoding.label().to_string(),
         plan.mapping.skip_zero_planes.to_string(),
         plan.mapping.skip_zero_inputs.to_string(),
         p.noise.cell_sigma.to_string(),
