@@ -38,6 +38,7 @@ const STREAM_FAULT: u32 = 6u;
 @group(0) @binding(9) var<storage, read_write> y: array<f32>;       // [t][b][n]
 @group(0) @binding(10) var<storage, read_write> moments: array<f32>; // [t][3]: sum, sumsq, max |e|
 @group(0) @binding(11) var<storage, read_write> hist: array<atomic<u32>>;
+@group(0) @binding(12) var<storage, read> draw_rank: array<u32>;   // [j][k][n], see Plan::draw_rank
 
 fn seed() -> vec2<u32> {
     return vec2<u32>(P.seed_lo, P.seed_hi);
@@ -263,9 +264,14 @@ fn simulate_dynamic(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
                         continue;
                     }
                     if (P.path == PATH_DYNAMIC) {
+                        // A cell that does not conduct adds nothing and draws nothing.
+                        if (w == 0.0) {
+                            continue;
+                        }
                         let row = ((bb * P.xbits + i) * P.k + kk) * P.j + jj;
-                        let index = index_mad(row, P.nb, blk);
-                        let z = gaussian(seed(), t, STREAM_CELL_DYNAMIC, index.x, index.y, lane);
+                        let r = draw_rank[(jj * P.k + kk) * P.n + nn];
+                        let index = index_mad(row, P.nb, r / 4u);
+                        let z = gaussian(seed(), t, STREAM_CELL_DYNAMIC, index.x, index.y, r % 4u);
                         acc[i] = acc[i] + (w + w * P.sigma * z);
                     } else {
                         acc[i] = acc[i] + w;

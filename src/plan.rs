@@ -338,6 +338,28 @@ impl Plan {
         self.noise.p_sa0 > 0.0 || self.noise.p_sa1 > 0.0
     }
 
+    /// Whether dynamic per-cell draws are compact: with no leak and no faults
+    /// only cells with a non-zero digit conduct, so only they draw.
+    pub fn compact_draws(&self) -> bool {
+        self.path == NoisePath::PerCellDynamic && self.noise.leak == 0.0 && !self.has_faults()
+    }
+
+    /// Which Gaussian of its (input, bit, row, plane) row each cell's
+    /// dynamic draw is, `[j][k][n]`: the cell's rank among the row's
+    /// conducting cells when draws are compact, else its column.
+    pub fn draw_rank(&self) -> Vec<u32> {
+        let compact = self.compact_draws();
+        let mut rank = vec![0u32; self.digits.len()];
+        for (row, digits) in self.digits.chunks(self.n).enumerate() {
+            let mut t = 0u32;
+            for (col, &d) in digits.iter().enumerate() {
+                rank[row * self.n + col] = if compact { t } else { col as u32 };
+                t += (d != 0) as u32;
+            }
+        }
+        rank
+    }
+
     /// Group index `[c][j][n]`.
     #[inline(always)]
     pub fn group(&self, c: usize, j: usize, n: usize) -> usize {

@@ -115,24 +115,24 @@ impl Address {
         let key = self.key();
         let blocks = out.len() / 4;
         let mut done = 0;
-        while done + L <= blocks {
+        let mut batch = [0f32; 4 * L];
+        while done < blocks {
+            // Every batch is computed whole (vectorised) into a buffer and cut
+            // to the blocks wanted: a scalar tail would cost more than the
+            // unused lanes.
+            let take = (blocks - done).min(L);
             let words = philox16(first + done as u64, self.trial, self.stream, key);
-            let dst = &mut out[done * 4..(done + L) * 4];
             let (mut z0, mut z1, mut z2, mut z3) = ([0f32; L], [0f32; L], [0f32; L], [0f32; L]);
             box_muller_lanes(&words[0], &words[1], &mut z0, &mut z1);
             box_muller_lanes(&words[2], &words[3], &mut z2, &mut z3);
-            let z = [z0, z1, z2, z3];
             for l in 0..L {
-                dst[4 * l] = z[0][l];
-                dst[4 * l + 1] = z[1][l];
-                dst[4 * l + 2] = z[2][l];
-                dst[4 * l + 3] = z[3][l];
+                batch[4 * l] = z0[l];
+                batch[4 * l + 1] = z1[l];
+                batch[4 * l + 2] = z2[l];
+                batch[4 * l + 3] = z3[l];
             }
-            done += L;
-        }
-        for b in done..blocks {
-            let g = self.gaussian4(first + b as u64);
-            out[4 * b..4 * b + 4].copy_from_slice(&g);
+            out[done * 4..(done + take) * 4].copy_from_slice(&batch[..take * 4]);
+            done += take;
         }
     }
 
@@ -174,6 +174,7 @@ mod avx512 {
         (hi, lo)
     }
 
+    #[inline]
     #[target_feature(enable = "avx512f")]
     pub(super) fn philox16(first: u64, trial: u32, stream: u32, key: [u32; 2]) -> [[u32; 16]; 4] {
         let mut lo = [0u32; 16];

@@ -236,6 +236,15 @@ fn gpu_matches_cpu_on_every_mapping_and_noise_path() {
             NoisePath::PerCellDynamic,
         ),
         (
+            "dynamic per-cell, leak and faults (draws addressed by column)",
+            scenario(
+                "cell_sigma = 0.08\nmode = \"dynamic\"\nsampling = \"per-cell\"\nleak = 0.02\np_sa1 = 0.01",
+                "6",
+                33,
+            ),
+            NoisePath::PerCellDynamic,
+        ),
+        (
             "dynamic aggregated",
             scenario(
                 "cell_sigma = 0.08\nmode = \"dynamic\"\nread_sigma = 0.3",

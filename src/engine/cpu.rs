@@ -65,6 +65,8 @@ struct Shared {
     neg: Vec<u64>,
     /// Nominal cell weights `[k][j][n]` for the per-cell paths: the digit, or `leak` for a zero digit.
     base: Vec<f32>,
+    /// Compact dynamic draws: per (row, plane) the conducting columns.
+    compact: Option<CompactRows>,
     /// Whether any group of (chunk, plane) is converted `[c][j]`.
     plane_live: Vec<bool>,
     /// Without faults, the analytic paths' per-conversion mean and standard
@@ -108,10 +110,12 @@ impl Shared {
             .map(|(&l, &h)| Adc::step(l, h, top))
             .collect();
         let live = plan.converted.iter().map(|&c| c as u32 as f32).collect();
+        let compact = plan.compact_draws().then(|| CompactRows::new(plan));
         Shared {
             cws,
             pos,
             neg,
+            compact,
             base,
             plane_live,
             moments,
@@ -166,6 +170,111 @@ fn conversion_moments(
         }
     }
     (mean, sd)
+}
+
+/// The conducting (non-zero digit) cells of every (row, plane), `[k][j]`, in
+/// blocks of 16 columns: a bit mask per block and the rank of its first
+/// conducting cell, so draws stored contiguously can be expanded in place.
+struct CompactRows {
+    blocks: usize,
+    masks: Vec<u16>,
+    offsets: Vec<u32>,
+    counts: Vec<u32>,
+}
+
+impl CompactRows {
+    fn new(plan: &Plan) -> CompactRows {
+        let (k, j, n) = (plan.k, plan.j, plan.n);
+        let blocks = n.div_ceil(16);
+        let mut c = CompactRows {
+            blocks,
+            masks: vec![0; k * j * blocks],
+            offsets: vec![0; k * j * blocks],
+            counts: vec![0; k * j],
+        };
+        for kk in 0..k {
+            for jj in 0..j {
+                let r = kk * j + jj;
+                let mut t = 0u32;
+                for blk in 0..blocks {
+                    c.offsets[r * blocks + blk] = t;
+                    let mut m = 0u16;
+                    for l in 0..16.min(n - blk * 16) {
+                        if plan.digits[(jj * k + kk) * n + blk * 16 + l] != 0 {
+                            m |= 1 << l;
+                            t += 1;
+                        }
+                    }
+                    c.masks[r * blocks + blk] = m;
+                }
+                c.counts[r] = t;
+            }
+        }
+        c
+    }
+
+    /// `acc[n] += w + w sigma z` for the conducting cells of row `r`, where
+    /// `z` holds their draws in column order (the same f32 operations as
+    /// the dense loop; non-conducting cells add zero there too).
+    fn accumulate(&self, r: usize, acc: &mut [f32], cells: &[f32], z: &[f32], sigma: f32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F is present; `z` holds at least `counts[r]` values.
+                unsafe { self.accumulate_avx512(r, acc, cells, z, sigma) };
+                return;
+            }
+        }
+        for blk in 0..self.blocks {
+            let mut m = self.masks[r * self.blocks + blk];
+            let mut t = self.offsets[r * self.blocks + blk] as usize;
+            while m != 0 {
+                let col = blk * 16 + m.trailing_zeros() as usize;
+                m &= m - 1;
+                let bw = cells[col];
+                acc[col] += bw + bw * sigma * z[t];
+                t += 1;
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn accumulate_avx512(
+        &self,
+        r: usize,
+        acc: &mut [f32],
+        cells: &[f32],
+        z: &[f32],
+        sigma: f32,
+    ) {
+        use std::arch::x86_64::*;
+        assert!(z.len() >= self.counts[r] as usize && acc.len() == cells.len());
+        let n = acc.len();
+        let vs = _mm512_set1_ps(sigma);
+        for blk in 0..self.blocks {
+            let m = self.masks[r * self.blocks + blk];
+            if m == 0 {
+                continue;
+            }
+            let at = blk * 16;
+            let tail: u16 = if n - at >= 16 {
+                0xFFFF
+            } else {
+                (1u16 << (n - at)) - 1
+            };
+            let off = self.offsets[r * self.blocks + blk] as usize;
+            // SAFETY: masked loads/stores stay within `acc`/`cells` (tail mask)
+            // and the expand load reads popcount(m) values from `z[off..]`.
+            unsafe {
+                let zv = _mm512_maskz_expandloadu_ps(m, z.as_ptr().add(off));
+                let bw = _mm512_maskz_loadu_ps(tail, cells.as_ptr().add(at));
+                let a = _mm512_maskz_loadu_ps(tail, acc.as_ptr().add(at));
+                let t = _mm512_add_ps(bw, _mm512_mul_ps(_mm512_mul_ps(bw, vs), zv));
+                _mm512_mask_storeu_ps(acc.as_mut_ptr().add(at), tail, _mm512_add_ps(a, t));
+            }
+        }
+    }
 }
 
 /// Cell weights `[k][j][n]` from digits `[j][k][n]`.
@@ -531,11 +640,25 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
                                     continue;
                                 }
                                 let first = ((((b * xbits + i) * k + kk) * j + jj) * nb) as u64;
-                                gaussian_row(&cell_addr, first, nb, &mut s.z);
                                 let cells = &base[row + jj * n..row + jj * n + n];
                                 let acc = &mut s.acc[jj * n..jj * n + n];
-                                for ((a, &bw), &z) in acc.iter_mut().zip(cells).zip(&s.z) {
-                                    *a += bw + bw * sigma * z;
+                                if let Some(cr) = &shared.compact {
+                                    // Draw t of the row belongs to its t-th conducting cell.
+                                    let count = cr.counts[kk * j + jj] as usize;
+                                    if count > 0 {
+                                        gaussian_row(
+                                            &cell_addr,
+                                            first,
+                                            count.div_ceil(4),
+                                            &mut s.z,
+                                        );
+                                        cr.accumulate(kk * j + jj, acc, cells, &s.z, sigma);
+                                    }
+                                } else {
+                                    gaussian_row(&cell_addr, first, nb, &mut s.z);
+                                    for ((a, &bw), &z) in acc.iter_mut().zip(cells).zip(&s.z) {
+                                        *a += bw + bw * sigma * z;
+                                    }
                                 }
                             }
                         }

@@ -252,6 +252,7 @@ impl GpuEngine {
         }];
         entries.extend((1..=7).map(|b| storage(b, true)));
         entries.extend((8..=11).map(|b| storage(b, false)));
+        entries.push(storage(12, true));
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("zebra"),
             entries: &entries,
@@ -514,6 +515,7 @@ impl GpuEngine {
             self.storage_buffer("row_active", bytemuck::cast_slice(&active)),
             self.storage_buffer("scales", bytemuck::cast_slice(&scales)),
             self.storage_buffer("exact", bytemuck::cast_slice(&exact)),
+            self.storage_buffer("draw_rank", bytemuck::cast_slice(&plan.draw_rank())),
         ];
         let work = self.work.as_ref().expect("work buffers");
         let mut entries = vec![wgpu::BindGroupEntry {
@@ -522,7 +524,7 @@ impl GpuEngine {
         }];
         for (i, b) in buffers.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
+                binding: if i < 7 { i as u32 + 1 } else { 12 },
                 resource: b.as_entire_binding(),
             });
         }
