@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod check;
 pub mod cli;
+pub mod dataset;
 pub mod engine;
 pub mod error;
 pub mod experiment;

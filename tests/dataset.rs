@@ -1,0 +1,59 @@
+//! The shipped Fashion-MNIST test set and the dataset readers.
+
+use std::path::Path;
+use zebra_cim::dataset::{read_idx_u8, Dataset};
+
+#[test]
+fn shipped_fashion_mnist_test_set_reads_whole() {
+    let d = Dataset::from_idx(
+        Path::new("data/fashion-mnist/t10k-images-idx3-ubyte.gz"),
+        Path::new("data/fashion-mnist/t10k-labels-idx1-ubyte.gz"),
+    )
+    .unwrap();
+    assert_eq!((d.n, d.channels, d.rows, d.cols), (10_000, 1, 28, 28));
+    // The test set is balanced: 1000 images of each class.
+    let mut counts = [0usize; 10];
+    for &l in &d.labels {
+        counts[l as usize] += 1;
+    }
+    assert_eq!(counts, [1000; 10]);
+    assert!(d.image(0).iter().any(|&p| p > 0));
+}
+
+#[test]
+fn idx_errors_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("x.idx");
+    // Unsigned bytes, 2 dims (2, 3), but only 5 data bytes.
+    std::fs::write(&raw, [0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3, 4, 5]).unwrap();
+    let msg = read_idx_u8(&raw).unwrap_err().to_string();
+    assert!(
+        msg.contains("need 6 bytes of data, the file has 5"),
+        "{msg}"
+    );
+    std::fs::write(&raw, [0, 0, 0x0d, 1, 0, 0, 0, 1, 0, 0, 0, 0]).unwrap();
+    assert!(read_idx_u8(&raw)
+        .unwrap_err()
+        .to_string()
+        .contains("only unsigned bytes"));
+    std::fs::write(&raw, b"hello").unwrap();
+    assert!(read_idx_u8(&raw)
+        .unwrap_err()
+        .to_string()
+        .contains("bad magic"));
+    // Raw (not gzipped) IDX reads too.
+    std::fs::write(&raw, [0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]).unwrap();
+    assert_eq!(read_idx_u8(&raw).unwrap(), (vec![3], vec![7, 8, 9]));
+}
+
+#[test]
+fn npy_image_label_pairs_are_checked() {
+    let bad = Dataset::from_npy(
+        Path::new("tests/data/w_8x4.npy"),
+        Path::new("tests/data/w_8x4.npy"),
+    );
+    assert!(bad
+        .unwrap_err()
+        .to_string()
+        .contains("images must be (n, rows, cols)"));
+}
