@@ -108,12 +108,14 @@ impl Dataset {
         let (n, channels, rows, cols) = match shape[..] {
             [n, r, c] => (n, 1, r, c),
             [n, ch, r, c] => (n, ch, r, c),
-            _ => return Err(bad(
-                images,
-                format!(
+            _ => {
+                return Err(bad(
+                    images,
+                    format!(
                     "images must be (n, rows, cols) or (n, channels, rows, cols), got {shape:?}"
                 ),
-            )),
+                ))
+            }
         };
         if let Some((i, v)) = data
             .iter()

@@ -34,7 +34,7 @@ const PARAMS: [(&str, &str); 17] = [
     ("trials", "trials"),
 ];
 
-const COLORS: [RGBColor; 8] = [
+const COLORS: [RGBColor; 12] = [
     RGBColor(213, 94, 0),
     RGBColor(0, 114, 178),
     RGBColor(0, 158, 115),
@@ -43,6 +43,10 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(86, 180, 233),
     RGBColor(0, 0, 0),
     RGBColor(153, 153, 153),
+    RGBColor(128, 0, 0),
+    RGBColor(0, 0, 128),
+    RGBColor(128, 128, 0),
+    RGBColor(102, 51, 153),
 ];
 
 fn plot_err(path: &Path, msg: impl std::fmt::Display) -> Error {
@@ -82,31 +86,56 @@ struct Figure<'a> {
 }
 
 /// Axis labels of the metrics `zebra plot --metric` accepts.
-pub const METRICS: [(&str, &str, bool); 9] = [
+/// (column, axis label, log axis, figure title).
+pub const METRICS: [(&str, &str, bool, &str); 9] = [
     (
         "rmse",
         "RMSE of y (units of the exact integer output)",
         true,
+        "output error",
     ),
-    ("snr_db", "SNR (dB)", false),
-    ("p99_abs", "99th percentile of |error| (output units)", true),
+    ("snr_db", "SNR (dB)", false, "signal-to-noise ratio"),
+    (
+        "p99_abs",
+        "99th percentile of |error| (output units)",
+        true,
+        "99th percentile error",
+    ),
     (
         "trial_rmse_std",
         "chip-to-chip std of per-trial RMSE (output units)",
         true,
+        "chip-to-chip spread",
     ),
-    ("conversions_per_mac", "ADC conversions per MAC", false),
-    ("reads_per_mac", "active cell reads per MAC", false),
-    ("energy_fj_per_mac", "energy proxy per MAC (fJ)", true),
+    (
+        "conversions_per_mac",
+        "ADC conversions per MAC",
+        false,
+        "ADC conversions per MAC",
+    ),
+    (
+        "reads_per_mac",
+        "active cell reads per MAC",
+        false,
+        "active cell reads per MAC",
+    ),
+    (
+        "energy_fj_per_mac",
+        "energy proxy per MAC (fJ)",
+        true,
+        "energy proxy per MAC",
+    ),
     (
         "skipped_plane_fraction",
         "fraction of (chunk, column, plane) groups skipped",
         false,
+        "skipped groups",
     ),
     (
         "digit_density",
         "non-zero digit density (all planes)",
         false,
+        "non-zero digit density",
     ),
 ];
 
@@ -203,7 +232,7 @@ pub fn plot_results(
     let mut written = Vec::new();
     let mcol = data.col("mapping").unwrap();
     for metric in &opts.metrics {
-        let Some(&(metric, ylabel, log_y)) = METRICS.iter().find(|m| m.0 == metric) else {
+        let Some(&(metric, ylabel, log_y, short)) = METRICS.iter().find(|m| m.0 == metric) else {
             let names: Vec<&str> = METRICS.iter().map(|m| m.0).collect();
             return Err(plot_err(
                 csv,
@@ -266,7 +295,7 @@ pub fn plot_results(
         if lines.iter().all(|(_, p)| p.is_empty()) {
             continue;
         }
-        let title = format!("{stem}: {}", ylabel.split(" (").next().unwrap_or(metric));
+        let title = format!("{stem}: {short}");
         let fig = Figure {
             title: &title,
             xlabel: &xlabel,
@@ -386,8 +415,19 @@ where
             ys.iter().cloned().fold(f64::MAX, f64::min),
             ys.iter().cloned().fold(f64::MIN, f64::max),
         );
-        let pad = ((b - a) * 0.08).max(1.0);
-        (a - pad, b + pad)
+        let span = b - a;
+        let pad = if span > 0.0 {
+            span * 0.08
+        } else {
+            (b.abs() * 0.1).max(1e-3)
+        };
+        // Quantities that cannot be negative keep zero as the floor.
+        let lo = if a >= 0.0 {
+            (a - pad).max(0.0)
+        } else {
+            a - pad
+        };
+        (lo, b + pad)
     };
     let cats: Vec<String> = categories.map(|c| c.to_vec()).unwrap_or_default();
     let xfmt = move |x: &f64| -> String {
@@ -434,13 +474,16 @@ where
                     chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
                 }
             }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 15))
-                .position(SeriesLabelPosition::UpperRight)
-                .draw()?;
+            // A one-point figure names its mappings on the x axis instead.
+            if categories.is_none() {
+                chart
+                    .configure_series_labels()
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK)
+                    .label_font(("sans-serif", 15))
+                    .position(SeriesLabelPosition::UpperRight)
+                    .draw()?;
+            }
         }};
     }
     match (log_x, log_y) {
