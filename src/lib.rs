@@ -17,6 +17,7 @@ pub mod error;
 pub mod experiment;
 pub mod inspect;
 pub mod model;
+pub mod network;
 pub mod output;
 pub mod plan;
 pub mod plot;

@@ -1,0 +1,195 @@
+//! Quantised networks: the im2col lowering equals a direct convolution, a
+//! small model loads and infers, and malformed models give clear errors.
+
+use safetensors::{serialize, Dtype, View};
+use std::borrow::Cow;
+use std::path::Path;
+use zebra_cim::network::{im2col, matmul, Activation, MatrixLayer, Network};
+use zebra_cim::rng::Address;
+
+fn words(n: usize, seed: u64) -> Vec<u32> {
+    let a = Address {
+        seed,
+        trial: 0,
+        stream: 9,
+    };
+    (0..n).map(|i| a.block(i as u64)[0]).collect()
+}
+
+#[test]
+fn im2col_equals_direct_convolution() {
+    for (c, h, w, k, stride, pad, out) in [
+        (3, 7, 6, 3, 2, 1, 4),
+        (1, 5, 5, 5, 1, 0, 2),
+        (2, 9, 4, 2, 1, 2, 3),
+    ] {
+        let data: Vec<u8> = words(c * h * w, 1)
+            .iter()
+            .map(|v| (v % 256) as u8)
+            .collect();
+        let a = Activation {
+            c,
+            h,
+            w,
+            data,
+            scale: 1.0,
+        };
+        let weights: Vec<i32> = words(out * c * k * k, 2)
+            .iter()
+            .map(|v| (v % 255) as i32 - 127)
+            .collect();
+        let m = MatrixLayer {
+            name: "t".into(),
+            outputs: out,
+            inputs: c * k * k,
+            weights: weights.clone(),
+            scales: vec![1.0; out],
+            bias: vec![0.0; out],
+            relu: false,
+            out_scale: None,
+        };
+        let (cols, oh, ow) = im2col(&a, k, stride, pad);
+        let got = matmul(&cols, &m);
+        for o in 0..out {
+            for y in 0..oh {
+                for x in 0..ow {
+                    let mut want = 0i64;
+                    for ci in 0..c {
+                        for i in 0..k {
+                            for j in 0..k {
+                                let (iy, ix) = (
+                                    (y * stride + i) as isize - pad as isize,
+                                    (x * stride + j) as isize - pad as isize,
+                                );
+                                if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
+                                    continue;
+                                }
+                                let v = a.data[(ci * h + iy as usize) * w + ix as usize] as i64;
+                                want += v * weights[((o * c + ci) * k + i) * k + j] as i64;
+                            }
+                        }
+                    }
+                    assert_eq!(got[(y * ow + x) * out + o], want, "out {o} at ({y}, {x})");
+                }
+            }
+        }
+    }
+}
+
+struct T(Dtype, Vec<usize>, Vec<u8>);
+impl View for &T {
+    fn dtype(&self) -> Dtype {
+        self.0
+    }
+    fn shape(&self) -> &[usize] {
+        &self.1
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.2)
+    }
+    fn data_len(&self) -> usize {
+        self.2.len()
+    }
+}
+
+fn f32s(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+const MODEL: &str = "version = 1\nweights = \"m.safetensors\"\ninput = { channels = 1, height = 6, width = 6, scale = 0.004 }\n\
+[[layer]]\nkind = \"conv2d\"\nname = \"conv\"\nout_channels = 2\nkernel = 3\npadding = 1\nrelu = true\nout_scale = 0.02\n\
+[[layer]]\nkind = \"maxpool\"\nsize = 2\n[[layer]]\nkind = \"flatten\"\n\
+[[layer]]\nkind = \"linear\"\nname = \"fc\"\nout_features = 3\n";
+
+fn write_model(dir: &Path, conv_w: Vec<u8>, fc_shape: Vec<usize>) -> std::path::PathBuf {
+    let tensors = [
+        (
+            "conv.weight".to_string(),
+            T(Dtype::I8, vec![2, 1, 3, 3], conv_w),
+        ),
+        (
+            "conv.scale".to_string(),
+            T(Dtype::F32, vec![2], f32s(&[0.01, 0.02])),
+        ),
+        (
+            "conv.bias".to_string(),
+            T(Dtype::F32, vec![2], f32s(&[0.0, 0.1])),
+        ),
+        (
+            "fc.weight".to_string(),
+            T(
+                Dtype::I8,
+                fc_shape.clone(),
+                (0..fc_shape.iter().product::<usize>())
+                    .map(|i| (i as i8 % 7) as u8)
+                    .collect(),
+            ),
+        ),
+        (
+            "fc.scale".to_string(),
+            T(Dtype::F32, vec![3], f32s(&[0.01, 0.01, 0.01])),
+        ),
+        (
+            "fc.bias".to_string(),
+            T(Dtype::F32, vec![3], f32s(&[0.0, 0.5, -0.5])),
+        ),
+    ];
+    let bytes = serialize(tensors.iter().map(|(n, t)| (n.clone(), t)), None).unwrap();
+    std::fs::write(dir.join("m.safetensors"), bytes).unwrap();
+    let p = dir.join("model.toml");
+    std::fs::write(&p, MODEL).unwrap();
+    p
+}
+
+#[test]
+fn a_small_model_loads_and_infers() {
+    let dir = tempfile::tempdir().unwrap();
+    let conv_w: Vec<u8> = (0..18).map(|i| ((i % 5) as i8 - 2) as u8).collect();
+    let net = Network::load(&write_model(dir.path(), conv_w, vec![3, 18])).unwrap();
+    assert_eq!(net.ops.len(), 4);
+    let image: Vec<u8> = (0..36).map(|i| (i * 7 % 256) as u8).collect();
+    let logits = net.infer(&image);
+    assert_eq!(logits.len(), 3);
+    assert!(logits.iter().all(|v| v.is_finite()));
+    // A different image gives different logits.
+    let other: Vec<u8> = image.iter().map(|v| 255 - v).collect();
+    assert_ne!(net.infer(&other), logits);
+}
+
+#[test]
+fn malformed_models_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let conv_w: Vec<u8> = vec![1; 18];
+    let err = Network::load(&write_model(dir.path(), conv_w.clone(), vec![3, 17]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`fc.weight` must be int8 of shape [3, 18]"),
+        "{err}"
+    );
+    let mut bad_w = conv_w.clone();
+    bad_w[4] = 0x80; // -128
+    let err = Network::load(&write_model(dir.path(), bad_w, vec![3, 18]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("element 4 is -128"), "{err}");
+    write_model(dir.path(), conv_w, vec![3, 18]);
+    std::fs::write(
+        dir.path().join("model.toml"),
+        MODEL.replace("[[layer]]\nkind = \"flatten\"\n", ""),
+    )
+    .unwrap();
+    let err = Network::load(&dir.path().join("model.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("linear needs a flatten before it"), "{err}");
+    std::fs::write(
+        dir.path().join("model.toml"),
+        MODEL.replace("kind = \"maxpool\"", "kind = \"minpool\""),
+    )
+    .unwrap();
+    let err = Network::load(&dir.path().join("model.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("minpool"), "{err}");
+}
