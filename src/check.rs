@@ -3,7 +3,7 @@
 use crate::error::Result;
 use crate::experiment::Experiment;
 use crate::plan::Plan;
-use crate::workload::Layer;
+use crate::workload::Layers;
 use std::fmt::Write;
 
 /// A report of the expanded sweep and the work it implies.
@@ -31,18 +31,10 @@ pub fn describe(exp: &Experiment) -> Result<String> {
         let _ = writeln!(out, "  sweep {axis}: {}", values.join(", "));
     }
     let (mut cell_macs, mut conversions, mut trials) = (0f64, 0f64, 0u64);
-    let mut layer_cache: Option<(crate::experiment::LayerParams, u64, Layer)> = None;
+    let layers = Layers::build(&exp.points)?;
     for p in &exp.points {
-        let layer = match &layer_cache {
-            Some((lp, s, l)) if *lp == p.params.layer && *s == p.params.seed => l.clone(),
-            _ => {
-                let l = Layer::build(&p.params.layer, p.params.seed)?;
-                layer_cache = Some((p.params.layer.clone(), p.params.seed, l.clone()));
-                l
-            }
-        };
         for m in &exp.mappings {
-            let plan = Plan::new(&p.params, &layer, m);
+            let plan = Plan::new(&p.params, layers.for_point(p.index), m);
             let t = p.params.trials as f64;
             trials += p.params.trials as u64;
             cell_macs += plan.counters.cell_macs as f64 * t;

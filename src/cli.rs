@@ -165,10 +165,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             // Inputs and existing results are checked before a GPU is opened.
             let prep = match runner::prepare(&exp, &opts) {
                 Ok(p) => p,
-                Err(e @ (Error::Config { .. } | Error::Npy { .. } | Error::Results { .. })) => {
-                    return bad_input(e)
-                }
-                Err(e @ Error::Io { .. }) if is_missing(&e) => return bad_input(e),
+                Err(e) if is_bad_input(&e) => return bad_input(e),
                 Err(e) => return Err(e).context("cannot read the inputs or results"),
             };
             let mut engine = match make_engine(engine, adapter.as_deref(), threads) {
@@ -178,14 +175,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            let report = match runner::run_experiment(&exp, prep, engine.as_mut(), &opts) {
-                Ok(r) => r,
-                Err(e @ (Error::Config { .. } | Error::Npy { .. } | Error::Results { .. })) => {
-                    return bad_input(e)
-                }
-                Err(e @ Error::Io { .. }) if is_missing(&e) => return bad_input(e),
-                Err(e) => return Err(e).context("simulation failed"),
-            };
+            // Inputs were checked by `prepare`: what fails now is the run itself.
+            let report = runner::run_experiment(&exp, prep, engine.as_mut(), &opts)
+                .context("simulation failed")?;
             print!("{}", runner::format_table(&exp, &report.rows));
             println!(
                 "{} (point, mapping) rows: {} computed, {} resumed; engine {}",
@@ -311,8 +303,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn is_missing(e: &Error) -> bool {
-    matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+/// Errors in what the user gave (exit code 2), as opposed to failures of the run.
+fn is_bad_input(e: &Error) -> bool {
+    match e {
+        Error::Config { .. } | Error::Npy { .. } | Error::Results { .. } => true,
+        Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
 }
 
 fn bad_input(e: Error) -> Result<ExitCode> {

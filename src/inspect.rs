@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::experiment::{Experiment, Overrides};
 use crate::model::{encode_planes, MappingSpec};
-use crate::workload::{read_npy_ints, Layer};
+use crate::workload::{read_weights, Layer};
 use std::fmt::Write;
 use std::path::Path;
 
@@ -33,28 +33,11 @@ pub fn inspect_npy(path: &Path, weight_bits: u32, parallelism: usize) -> Result<
     if parallelism == 0 {
         return Err(Error::config("--parallelism", "must be at least 1, got 0"));
     }
-    let (shape, data) = read_npy_ints(path)?;
-    if shape.len() != 2 {
-        return Err(Error::Npy {
-            path: path.into(),
-            msg: format!("weights must be 2-D (K, N), got shape {shape:?}"),
-        });
-    }
-    let q = (1i64 << (weight_bits - 1)) - 1;
-    if let Some((i, v)) = data.iter().enumerate().find(|(_, v)| v.abs() > q) {
-        return Err(Error::Npy {
-            path: path.into(),
-            msg: format!(
-                "element {i} is {v}; {weight_bits}-bit weights must be in [{}, {q}]",
-                -q
-            ),
-        });
-    }
-    let w: Vec<i32> = data.into_iter().map(|v| v as i32).collect();
+    let (k, n, w) = read_weights(path, weight_bits)?;
     Ok(report(
         &w,
-        shape[0],
-        shape[1],
+        k,
+        n,
         weight_bits,
         parallelism,
         &MappingSpec::presets(),

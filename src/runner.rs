@@ -3,11 +3,11 @@
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::experiment::{Experiment, LayerParams};
+use crate::experiment::Experiment;
 use crate::output::{self, RunInfo, COLUMNS, HIST_COLUMNS};
 use crate::plan::Plan;
 use crate::stats::{coarse_rows, Accumulator};
-use crate::workload::Layer;
+use crate::workload::Layers;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -54,21 +54,13 @@ pub struct Prepared {
     wanted: Vec<(usize, String)>,
     done: HashMap<String, Vec<String>>,
     done_hist: HashMap<String, Vec<Vec<String>>>,
+    layers: Layers,
 }
 
 /// Checks an experiment's inputs and existing results; touches nothing.
 pub fn prepare(exp: &Experiment, opts: &RunOptions) -> Result<Prepared> {
     // Every layer must build (files exist, shapes and values fit) before any result is touched.
-    let mut checked: Vec<(&LayerParams, u64)> = Vec::new();
-    for p in &exp.points {
-        if !checked
-            .iter()
-            .any(|(l, s)| **l == p.params.layer && *s == p.params.seed)
-        {
-            Layer::build(&p.params.layer, p.params.seed)?;
-            checked.push((&p.params.layer, p.params.seed));
-        }
-    }
+    let layers = Layers::build(&exp.points)?;
     let (csv_path, hist_path) = result_paths(exp, &opts.out_dir);
     let wanted: Vec<(usize, String)> = exp
         .points
@@ -124,6 +116,7 @@ pub fn prepare(exp: &Experiment, opts: &RunOptions) -> Result<Prepared> {
         wanted,
         done,
         done_hist,
+        layers,
     })
 }
 
@@ -140,6 +133,7 @@ pub fn run_experiment(
         wanted,
         done,
         done_hist,
+        layers,
     } = prep;
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
 
@@ -165,17 +159,9 @@ pub fn run_experiment(
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut hist_rows: Vec<Vec<String>> = Vec::new();
     let (mut computed, mut resumed) = (0, 0);
-    let mut layer_cache: Option<(LayerParams, u64, Layer)> = None;
     for point in &exp.points {
         let params = &point.params;
-        let layer = match &layer_cache {
-            Some((lp, seed, l)) if *lp == params.layer && *seed == params.seed => l.clone(),
-            _ => {
-                let l = Layer::build(&params.layer, params.seed)?;
-                layer_cache = Some((params.layer.clone(), params.seed, l.clone()));
-                l
-            }
-        };
+        let layer = layers.for_point(point.index);
         for mapping in &exp.mappings {
             let key = output::point_key(params, mapping);
             if let (Some(row), Some(h)) = (done.get(&key), done_hist.get(&key)) {
@@ -184,7 +170,7 @@ pub fn run_experiment(
                 resumed += 1;
                 continue;
             }
-            let plan = Plan::new(params, &layer, mapping);
+            let plan = Plan::new(params, layer, mapping);
             if let Some(b) = &bar {
                 let label: Vec<String> = point
                     .assignments

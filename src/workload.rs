@@ -1,7 +1,7 @@
 //! Workloads: the integer weights and inputs of one layer, synthetic or from `.npy` files.
 
 use crate::error::{Error, Result};
-use crate::experiment::{InputSource, LayerParams, WeightSource};
+use crate::experiment::{InputSource, LayerParams, Point, WeightSource};
 use crate::rng::{self, Address};
 use std::path::Path;
 
@@ -45,22 +45,9 @@ impl Layer {
         let mut n = p.n;
         let w = match &p.weights {
             WeightSource::File(path) => {
-                let (shape, data) = read_npy_ints(path)?;
-                if shape.len() != 2 {
-                    return Err(npy_err(
-                        path,
-                        format!("weights must be 2-D (K, N), got shape {shape:?}"),
-                    ));
-                }
-                (k, n) = (shape[0], shape[1]);
-                check_values(
-                    path,
-                    &data,
-                    -(qmax as i64),
-                    qmax as i64,
-                    &format!("{}-bit weights", p.weight_bits),
-                )?;
-                data.into_iter().map(|v| v as i32).collect()
+                let (kk, nn, w) = read_weights(path, p.weight_bits)?;
+                (k, n) = (kk, nn);
+                w
             }
             WeightSource::Gaussian | WeightSource::Laplace => synthetic_weights(p, seed, qmax),
         };
@@ -106,6 +93,40 @@ impl Layer {
             w,
             x,
         })
+    }
+}
+
+/// The layers of a sweep, each distinct (layer parameters, seed) built once.
+#[derive(Clone, Debug)]
+pub struct Layers {
+    layers: Vec<Layer>,
+    of_point: Vec<usize>,
+}
+
+impl Layers {
+    /// Builds every point's layer; fails on the first that cannot be built.
+    pub fn build(points: &[Point]) -> Result<Layers> {
+        let mut keys: Vec<(&LayerParams, u64)> = Vec::new();
+        let mut layers = Vec::new();
+        let mut of_point = Vec::with_capacity(points.len());
+        for p in points {
+            let key = (&p.params.layer, p.params.seed);
+            let at = match keys.iter().position(|k| *k == key) {
+                Some(at) => at,
+                None => {
+                    layers.push(Layer::build(key.0, key.1)?);
+                    keys.push(key);
+                    keys.len() - 1
+                }
+            };
+            of_point.push(at);
+        }
+        Ok(Layers { layers, of_point })
+    }
+
+    /// The layer of point `i` (in sweep order).
+    pub fn for_point(&self, i: usize) -> &Layer {
+        &self.layers[self.of_point[i]]
     }
 }
 
@@ -169,6 +190,30 @@ fn npy_err(path: &Path, msg: String) -> Error {
         path: path.to_path_buf(),
         msg,
     }
+}
+
+/// A `(K, N)` weight matrix from a `.npy` file, checked against `weight_bits`.
+pub fn read_weights(path: &Path, weight_bits: u32) -> Result<(usize, usize, Vec<i32>)> {
+    let qmax = (1i64 << (weight_bits - 1)) - 1;
+    let (shape, data) = read_npy_ints(path)?;
+    if shape.len() != 2 {
+        return Err(npy_err(
+            path,
+            format!("weights must be 2-D (K, N), got shape {shape:?}"),
+        ));
+    }
+    check_values(
+        path,
+        &data,
+        -qmax,
+        qmax,
+        &format!("{weight_bits}-bit weights"),
+    )?;
+    Ok((
+        shape[0],
+        shape[1],
+        data.into_iter().map(|v| v as i32).collect(),
+    ))
 }
 
 fn check_values(path: &Path, data: &[i64], lo: i64, hi: i64, what: &str) -> Result<()> {

@@ -127,14 +127,55 @@ impl Shared {
 
 /// Mean and standard deviation of every conversion's analog sum, `[b][c][i][j][n]`:
 /// the integer sum plus leak, and the summed variance of dynamic cell noise
-/// (aggregated) and read noise.
+/// Mean and standard deviation of every conversion's analog sum, `[b][c][i][j][n]`.
 fn conversion_moments(
     plan: &Plan,
     cws: &[Vec<(usize, u64)>],
     pos: &[u64],
     neg: &[u64],
 ) -> (Vec<f32>, Vec<f32>) {
-    let (n, j, words, xbits) = (plan.n, plan.j, plan.words, plan.xbits);
+    let (n, j, xbits) = (plan.n, plan.j, plan.xbits);
+    let total = plan.b * plan.chunks * xbits * j * n;
+    let (mut mean, mut sd) = (vec![0f32; total], vec![0f32; total]);
+    for b in 0..plan.b {
+        for c in 0..plan.chunks {
+            for i in 0..xbits {
+                for jj in 0..j {
+                    let row = (((b * plan.chunks + c) * xbits + i) * j + jj) * n;
+                    moments_row(
+                        plan,
+                        &cws[c],
+                        b,
+                        i,
+                        jj,
+                        pos,
+                        neg,
+                        &mut mean[row..row + n],
+                        &mut sd[row..row + n],
+                    );
+                }
+            }
+        }
+    }
+    (mean, sd)
+}
+
+/// The moments of one (input, chunk `cw`, bit, plane) row of conversions: the
+/// integer sum plus leak, and the standard deviation of dynamic cell noise
+/// (aggregated) and read noise together.
+#[allow(clippy::too_many_arguments)]
+fn moments_row(
+    plan: &Plan,
+    cw: &[(usize, u64)],
+    b: usize,
+    i: usize,
+    jj: usize,
+    pos: &[u64],
+    neg: &[u64],
+    mean: &mut [f32],
+    sd: &mut [f32],
+) {
+    let (n, words, xbits) = (plan.n, plan.words, plan.xbits);
     let sig2 = if plan.path == NoisePath::Aggregated {
         plan.noise.cell_sigma * plan.noise.cell_sigma
     } else {
@@ -142,34 +183,20 @@ fn conversion_moments(
     };
     let read2 = plan.noise.read_sigma * plan.noise.read_sigma;
     let leak = plan.noise.leak;
-    let total = plan.b * plan.chunks * xbits * j * n;
-    let (mut mean, mut sd) = (vec![0f32; total], vec![0f32; total]);
-    for b in 0..plan.b {
-        for c in 0..plan.chunks {
-            let cw = &cws[c];
-            for i in 0..xbits {
-                let xm = &plan.xmask[(b * xbits + i) * words..(b * xbits + i + 1) * words];
-                let ones: u32 = cw.iter().map(|&(w, m)| (xm[w] & m).count_ones()).sum();
-                for jj in 0..j {
-                    let row = (((b * plan.chunks + c) * xbits + i) * j + jj) * n;
-                    for nn in 0..n {
-                        let m = (jj * n + nn) * words;
-                        let (mut np, mut nm) = (0u32, 0u32);
-                        for &(w, mask) in cw {
-                            let x = xm[w] & mask;
-                            np += (x & pos[m + w]).count_ones();
-                            nm += (x & neg[m + w]).count_ones();
-                        }
-                        let zeros = (ones - np - nm) as f32;
-                        mean[row + nn] = np as f32 - nm as f32 + leak * zeros;
-                        sd[row + nn] =
-                            (sig2 * ((np + nm) as f32 + leak * leak * zeros) + read2).sqrt();
-                    }
-                }
-            }
+    let xm = &plan.xmask[(b * xbits + i) * words..(b * xbits + i + 1) * words];
+    let ones: u32 = cw.iter().map(|&(w, m)| (xm[w] & m).count_ones()).sum();
+    for nn in 0..n {
+        let m = (jj * n + nn) * words;
+        let (mut np, mut nm) = (0u32, 0u32);
+        for &(w, mask) in cw {
+            let x = xm[w] & mask;
+            np += (x & pos[m + w]).count_ones();
+            nm += (x & neg[m + w]).count_ones();
         }
+        let zeros = (ones - np - nm) as f32;
+        mean[nn] = np as f32 - nm as f32 + leak * zeros;
+        sd[nn] = (sig2 * ((np + nm) as f32 + leak * leak * zeros) + read2).sqrt();
     }
-    (mean, sd)
 }
 
 /// The conducting (non-zero digit) cells of every (row, plane), `[k][j]`, in
@@ -302,6 +329,8 @@ struct Scratch {
     acc: Vec<f32>,
     g: Vec<f32>,
     digits: Vec<i8>,
+    mean: Vec<f32>,
+    sd: Vec<f32>,
 }
 
 struct Partial {
@@ -413,12 +442,18 @@ fn simulate_trial(plan: &Plan, shared: &Shared, trial: u32, s: &mut Scratch) {
     match plan.path {
         NoisePath::Analytic | NoisePath::Aggregated => {
             if let Some((mean, sd)) = &shared.moments {
-                cached_trial(plan, shared, mean, sd, trial, s);
+                analytic_trial(plan, shared, Moments::Cached(mean, sd), trial, s);
             } else if faults {
                 let (pos, neg) = digit_masks(&s.digits, plan.j, plan.k, plan.n);
-                analytic_trial(plan, shared, &pos, &neg, trial, s);
+                analytic_trial(plan, shared, Moments::Masks(&pos, &neg), trial, s);
             } else {
-                analytic_trial(plan, shared, &shared.pos, &shared.neg, trial, s);
+                analytic_trial(
+                    plan,
+                    shared,
+                    Moments::Masks(&shared.pos, &shared.neg),
+                    trial,
+                    s,
+                );
             }
         }
         NoisePath::PerCellStatic | NoisePath::PerCellDynamic => {
@@ -433,15 +468,17 @@ fn simulate_trial(plan: &Plan, shared: &Shared, trial: u32, s: &mut Scratch) {
     }
 }
 
-/// The analytic paths with trial-invariant moments: one draw per conversion.
-fn cached_trial(
-    plan: &Plan,
-    shared: &Shared,
-    mean: &[f32],
-    sd: &[f32],
-    trial: u32,
-    s: &mut Scratch,
-) {
+/// Where the analytic paths take each conversion's moments from.
+enum Moments<'a> {
+    /// Trial-invariant, computed once (`[b][c][i][j][n]` mean and sd).
+    Cached(&'a [f32], &'a [f32]),
+    /// Computed row by row from this trial's digit masks.
+    Masks(&'a [u64], &'a [u64]),
+}
+
+/// Conversions from integer sums: no cell draws, or one aggregated draw
+/// (dynamic cell noise and read noise together) per conversion.
+fn analytic_trial(plan: &Plan, shared: &Shared, moments: Moments, trial: u32, s: &mut Scratch) {
     let (n, j, nb, xbits) = (plan.n, plan.j, plan.nb(), plan.xbits);
     let draws = plan.path == NoisePath::Aggregated || plan.noise.read_sigma > 0.0;
     let addr = Address {
@@ -453,7 +490,21 @@ fn cached_trial(
             stream::READ
         },
     };
-    s.acc.resize(n, 0.0);
+    let Scratch {
+        y,
+        z,
+        acc,
+        mean: mrow,
+        sd: srow,
+        ..
+    } = s;
+    acc.resize(n, 0.0);
+    mrow.resize(n, 0.0);
+    srow.resize(n, 0.0);
+    if !draws {
+        z.clear();
+        z.resize(n, 0.0);
+    }
     for b in 0..plan.b {
         for c in 0..plan.chunks {
             for i in 0..xbits {
@@ -462,21 +513,28 @@ fn cached_trial(
                 }
                 for jj in 0..j {
                     let conv = (((b * plan.chunks + c) * xbits + i) * j + jj) * n;
-                    let g0 = plan.group(c, jj, 0);
-                    let (m, d) = (&mean[conv..conv + n], &sd[conv..conv + n]);
+                    let (m, d): (&[f32], &[f32]) = match moments {
+                        Moments::Cached(mean, sd) => (&mean[conv..conv + n], &sd[conv..conv + n]),
+                        Moments::Masks(pos, neg) => {
+                            moments_row(plan, &shared.cws[c], b, i, jj, pos, neg, mrow, srow);
+                            (mrow, srow)
+                        }
+                    };
                     if draws {
-                        gaussian_row(&addr, (conv / n * nb) as u64, nb, &mut s.z);
-                    } else {
-                        s.z.clear();
-                        s.z.resize(n, 0.0);
+                        gaussian_row(&addr, (conv / n * nb) as u64, nb, z);
                     }
-                    let z = &s.z[..n];
-                    let acc = &mut s.acc[..n];
                     for nn in 0..n {
                         acc[nn] = m[nn] + d[nn] * z[nn];
                     }
                     let scale = (1u64 << i) as f64 * plan.scales[jj] as f64;
-                    convert_row(plan, shared, g0, acc, &mut s.y[b * n..(b + 1) * n], scale);
+                    convert_row(
+                        plan,
+                        shared,
+                        plan.group(c, jj, 0),
+                        acc,
+                        &mut y[b * n..(b + 1) * n],
+                        scale,
+                    );
                 }
             }
         }
@@ -500,77 +558,6 @@ fn convert_row(plan: &Plan, shared: &Shared, g0: usize, a: &mut [f32], y: &mut [
     }
     for nn in 0..n {
         y[nn] += scale * (a[nn] * live[nn]) as f64;
-    }
-}
-
-/// Conversions from integer sums: no cell draws, or one aggregated draw per conversion.
-fn analytic_trial(
-    plan: &Plan,
-    shared: &Shared,
-    pos: &[u64],
-    neg: &[u64],
-    trial: u32,
-    s: &mut Scratch,
-) {
-    let (n, j, words, nb, xbits) = (plan.n, plan.j, plan.words, plan.nb(), plan.xbits);
-    let sig2 = if plan.path == NoisePath::Aggregated {
-        plan.noise.cell_sigma * plan.noise.cell_sigma
-    } else {
-        0.0
-    };
-    let read2 = plan.noise.read_sigma * plan.noise.read_sigma;
-    let leak = plan.noise.leak;
-    let draws = sig2 > 0.0 || read2 > 0.0;
-    let addr = Address {
-        seed: plan.seed,
-        trial,
-        stream: if sig2 > 0.0 {
-            stream::AGGREGATED
-        } else {
-            stream::READ
-        },
-    };
-    for b in 0..plan.b {
-        for c in 0..plan.chunks {
-            let cw = &shared.cws[c];
-            for i in 0..xbits {
-                if !plan.row_active[(b * plan.chunks + c) * xbits + i] {
-                    continue;
-                }
-                let xm = &plan.xmask[(b * xbits + i) * words..(b * xbits + i + 1) * words];
-                let ones: u32 = cw.iter().map(|&(w, m)| (xm[w] & m).count_ones()).sum();
-                let weight = (1u64 << i) as f64;
-                for jj in 0..j {
-                    if draws {
-                        let first = ((((b * plan.chunks + c) * xbits + i) * j + jj) * nb) as u64;
-                        gaussian_row(&addr, first, nb, &mut s.z);
-                    }
-                    let scale = weight * plan.scales[jj] as f64;
-                    for nn in 0..n {
-                        let g = plan.group(c, jj, nn);
-                        if !plan.converted[g] {
-                            continue;
-                        }
-                        let m = (jj * n + nn) * words;
-                        let (mut np, mut nm) = (0u32, 0u32);
-                        for &(w, mask) in cw {
-                            let x = xm[w] & mask;
-                            np += (x & pos[m + w]).count_ones();
-                            nm += (x & neg[m + w]).count_ones();
-                        }
-                        let nonzero = (np + nm) as f32;
-                        let zeros = (ones - np - nm) as f32;
-                        let mut a = np as f32 - nm as f32 + leak * zeros;
-                        if draws {
-                            let var = sig2 * (nonzero + leak * leak * zeros) + read2;
-                            a += var.sqrt() * s.z[nn];
-                        }
-                        let v = plan.adc.convert(a, plan.lo[g], plan.hi[g]);
-                        s.y[b * n + nn] += scale * v as f64;
-                    }
-                }
-            }
-        }
     }
 }
 
