@@ -1,6 +1,7 @@
 //! The command line: parses arguments into validated experiments, picks an
 //! engine, and reports. `main.rs` only calls [`run`].
 
+use crate::accuracy;
 use crate::bench;
 use crate::engine::cpu::CpuEngine;
 use crate::engine::gpu::{self, GpuEngine};
@@ -36,18 +37,24 @@ pub enum EngineChoice {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run an experiment file and write results/NAME.csv and results/NAME_hist.csv.
+    /// Run an experiment file and write results/NAME.csv and results/NAME_hist.csv
+    /// (an accuracy experiment, with a `[network]` section: results/NAME.csv and
+    /// results/NAME_trials.csv).
     ///
     /// Results are rewritten after every sweep point. Re-running the same
     /// experiment resumes: (point, mapping) rows already in the CSV whose
     /// parameters are unchanged are kept, not recomputed. Pass --fresh to
     /// recompute everything.
+    #[command(visible_alias = "accuracy")]
     Run {
         /// Experiment file (TOML).
         file: PathBuf,
         /// Trials per point (overrides the file).
         #[arg(long)]
         trials: Option<u32>,
+        /// Accuracy experiments: use only the first N test images (overrides `network.limit`).
+        #[arg(long)]
+        images: Option<usize>,
         /// Random seed (overrides the file).
         #[arg(long)]
         seed: Option<u64>,
@@ -145,6 +152,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run {
             file,
             trials,
+            images,
             seed,
             out,
             engine,
@@ -153,10 +161,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             fresh,
             quiet,
         } => {
-            let exp = match Experiment::load(&file, Overrides { trials, seed }) {
+            let exp = match Experiment::load(&file, Overrides { trials, seed, images }) {
                 Ok(e) => e,
                 Err(e) => return bad_input(e),
             };
+            if exp.network.is_some() {
+                return run_accuracy(&exp, out, fresh, quiet, engine, adapter.as_deref(), threads);
+            }
             let opts = RunOptions {
                 out_dir: out,
                 fresh,
@@ -194,7 +205,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { file, trials, seed } => {
-            let exp = match Experiment::load(&file, Overrides { trials, seed }) {
+            let exp = match Experiment::load(&file, Overrides { trials, seed, images: None }) {
                 Ok(e) => e,
                 Err(e) => return bad_input(e),
             };
@@ -301,6 +312,65 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `zebra run` on an accuracy experiment.
+fn run_accuracy(
+    exp: &Experiment,
+    out: PathBuf,
+    fresh: bool,
+    quiet: bool,
+    choice: EngineChoice,
+    adapter: Option<&str>,
+    threads: Option<usize>,
+) -> Result<ExitCode> {
+    let opts = accuracy::Options {
+        out_dir: out,
+        fresh,
+        progress: !quiet,
+    };
+    let prep = match accuracy::prepare(exp, &opts) {
+        Ok(p) => p,
+        Err(e) if is_bad_input(&e) => return bad_input(e),
+        Err(e) => return Err(e).context("cannot read the model, images or results"),
+    };
+    let mut engine = match make_engine(choice, adapter, threads) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    // The CPU runs chips in parallel, each on one thread; a GPU runs them in turn.
+    let report = if engine.name() == "cpu" {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.unwrap_or(0))
+            .build()
+            .context("cannot start CPU threads")?;
+        pool.install(|| accuracy::run(exp, prep, None, &opts))
+    } else {
+        accuracy::run(exp, prep, Some(engine.as_mut()), &opts)
+    }
+    .context("simulation failed")?;
+    println!(
+        "clean int8 accuracy {:.2}% on {} images",
+        100.0 * report.clean_accuracy,
+        report.images
+    );
+    print!("{}", accuracy::format_table(exp, &report.rows));
+    println!(
+        "{} (point, mapping) rows: {} computed, {} resumed; engine {}",
+        report.rows.len(),
+        report.computed,
+        report.resumed,
+        engine.device()
+    );
+    println!(
+        "wrote {} and {}",
+        report.csv.display(),
+        report.trials_csv.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Errors in what the user gave (exit code 2), as opposed to failures of the run.

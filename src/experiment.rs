@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Top-level keys a sweep may not vary.
-const UNSWEEPABLE: [&str; 6] = [
+const UNSWEEPABLE: [&str; 7] = [
     "version",
+    "network",
     "name",
     "description",
     "mappings",
@@ -47,7 +48,39 @@ struct RawFile {
     #[serde(default)]
     energy: RawEnergy,
     #[serde(default)]
+    network: Option<RawNetwork>,
+    #[serde(default)]
     sweep: toml::Table,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    model: PathBuf,
+    images: PathBuf,
+    labels: PathBuf,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default = "default_calibration_images")]
+    calibration_images: i64,
+}
+
+fn default_calibration_images() -> i64 {
+    16
+}
+
+/// A whole-network accuracy experiment: which model on which images.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetworkParams {
+    /// The model's TOML file (docs/NETWORK.md).
+    pub model: PathBuf,
+    /// Images and labels: IDX files (gzipped or not) or a `.npy` pair.
+    pub images: PathBuf,
+    pub labels: PathBuf,
+    /// Use only the first `limit` images.
+    pub limit: Option<usize>,
+    /// Images whose clean activations calibrate `calibrated` ADC ranges.
+    pub calibration_images: usize,
 }
 
 fn default_trials() -> i64 {
@@ -320,6 +353,8 @@ pub struct Experiment {
     /// Swept keys, outermost first.
     pub axes: Vec<String>,
     pub points: Vec<Point>,
+    /// Set for whole-network accuracy experiments (a `[network]` section).
+    pub network: Option<NetworkParams>,
 }
 
 /// Values the command line may impose on every point.
@@ -327,6 +362,8 @@ pub struct Experiment {
 pub struct Overrides {
     pub trials: Option<u32>,
     pub seed: Option<u64>,
+    /// Network experiments: use only the first N images.
+    pub images: Option<usize>,
 }
 
 impl Experiment {
@@ -354,6 +391,27 @@ impl Experiment {
         table.remove("sweep");
 
         let mappings = resolve_mappings(&raw).map_err(err)?;
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let network = match &raw.network {
+            None => None,
+            Some(n) => {
+                if table.contains_key("layer") {
+                    return Err(err("give `[layer]` (a matrix-vector experiment) or `[network]` (an accuracy experiment), not both".into()));
+                }
+                let limit = match overrides.images.map(|v| v as i64).or(n.limit) {
+                    None => None,
+                    Some(v) => Some(in_range("network.limit", v, 1, 100_000_000).map_err(err)? as usize),
+                };
+                Some(NetworkParams {
+                    model: base_dir.join(&n.model),
+                    images: base_dir.join(&n.images),
+                    labels: base_dir.join(&n.labels),
+                    limit,
+                    calibration_images: in_range("network.calibration_images", n.calibration_images, 1, 100_000)
+                        .map_err(err)? as usize,
+                })
+            }
+        };
         let mut axes = Vec::new();
         for (key, values) in &raw.sweep {
             if UNSWEEPABLE.contains(&key.as_str()) {
@@ -376,7 +434,6 @@ impl Experiment {
             axes.push((key.clone(), values));
         }
 
-        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let total: usize = axes.iter().map(|(_, v)| v.len()).product();
         let mut points = Vec::with_capacity(total);
         for index in 0..total {
@@ -426,6 +483,7 @@ impl Experiment {
             mappings,
             axes: axes.into_iter().map(|(k, _)| k).collect(),
             points,
+            network,
         })
     }
 }

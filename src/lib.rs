@@ -8,6 +8,7 @@
 // layouts docs/MODEL.md defines; iterator chains would hide those layouts.
 #![allow(clippy::needless_range_loop)]
 
+pub mod accuracy;
 pub mod bench;
 pub mod check;
 pub mod cli;

@@ -180,65 +180,91 @@ impl Network {
 
     /// Exact int8 inference of one image (`[c][h][w]` u8): the logits.
     pub fn infer(&self, image: &[u8]) -> Vec<f32> {
-        let mut act = Activation {
-            c: self.channels,
-            h: self.height,
-            w: self.width,
-            data: image.to_vec(),
-            scale: self.input_scale,
-        };
+        let out: Result<Vec<Vec<f32>>> =
+            self.forward(image, 1, |_, m, rows| Ok(matmul(rows, m)));
+        out.expect("exact products cannot fail").remove(0)
+    }
+
+    /// Runs `count` images (`[count][c][h][w]` u8) through the network,
+    /// taking every matrix layer's products from `product(matrix index,
+    /// layer, input rows [rows][in])`, which returns sums `[rows][out]`.
+    /// Conv layers give it every output position of every image (im2col).
+    /// Returns each image's logits.
+    pub fn forward(
+        &self,
+        images: &[u8],
+        count: usize,
+        mut product: impl FnMut(usize, &MatrixLayer, &[u8]) -> Result<Vec<f64>>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let size = self.channels * self.height * self.width;
+        let mut acts: Vec<Activation> = (0..count)
+            .map(|i| Activation {
+                c: self.channels,
+                h: self.height,
+                w: self.width,
+                data: images[i * size..(i + 1) * size].to_vec(),
+                scale: self.input_scale,
+            })
+            .collect();
+        let mut index = 0;
         for op in &self.ops {
-            match op {
-                Op::Conv {
-                    m,
-                    kernel,
-                    stride,
-                    padding,
-                    ..
-                } => {
-                    let (cols, oh, ow) = im2col(&act, *kernel, *stride, *padding);
-                    let acc = matmul(&cols, m);
-                    match finish(m, &acc, act.scale, oh * ow) {
-                        Ok(next) => {
-                            act = Activation {
-                                c: m.outputs,
-                                h: oh,
-                                w: ow,
-                                data: next.0,
-                                scale: next.1,
-                            }
-                        }
-                        Err(logits) => return logits,
-                    }
+            let (m, lowered): (&MatrixLayer, Vec<(Vec<u8>, usize, usize)>) = match op {
+                Op::Conv { m, kernel, stride, padding, .. } => {
+                    (m, acts.iter().map(|a| im2col(a, *kernel, *stride, *padding)).collect())
                 }
-                Op::Linear(m) => {
-                    let acc = matmul(&act.data, m);
-                    match finish(m, &acc, act.scale, 1) {
-                        Ok(next) => {
-                            act = Activation {
-                                c: m.outputs,
-                                h: 1,
-                                w: 1,
-                                data: next.0,
-                                scale: next.1,
-                            }
-                        }
-                        Err(logits) => return logits,
-                    }
+                Op::Linear(m) => (m, acts.iter().map(|a| (a.data.clone(), 1, 1)).collect()),
+                Op::MaxPool(s) | Op::AvgPool(s) => {
+                    let max = matches!(op, Op::MaxPool(_));
+                    acts = acts.iter().map(|a| pool(a, *s, max)).collect();
+                    continue;
                 }
-                Op::MaxPool(s) => act = pool(&act, *s, true),
-                Op::AvgPool(s) => act = pool(&act, *s, false),
                 Op::Flatten => {
-                    act = Activation {
-                        c: act.c * act.h * act.w,
-                        h: 1,
-                        w: 1,
-                        ..act
+                    for a in &mut acts {
+                        (a.c, a.h, a.w) = (a.c * a.h * a.w, 1, 1);
                     }
+                    continue;
+                }
+            };
+            let rows: Vec<u8> = lowered.iter().flat_map(|(r, _, _)| r.iter().copied()).collect();
+            let sums = product(index, m, &rows)?;
+            index += 1;
+            let mut at = 0;
+            let mut logits = Vec::new();
+            for (a, (_, oh, ow)) in acts.iter_mut().zip(&lowered) {
+                let positions = oh * ow;
+                let acc = &sums[at * m.outputs..(at + positions) * m.outputs];
+                at += positions;
+                match finish(m, acc, a.scale, positions) {
+                    Ok((data, scale)) => {
+                        *a = Activation { c: m.outputs, h: *oh, w: *ow, data, scale }
+                    }
+                    Err(l) => logits.push(l),
                 }
             }
+            if !logits.is_empty() {
+                return Ok(logits);
+            }
         }
-        act.data.iter().map(|&v| v as f32 * act.scale).collect()
+        Ok(acts
+            .iter()
+            .map(|a| a.data.iter().map(|&v| v as f32 * a.scale).collect())
+            .collect())
+    }
+
+    /// The matrix layers, in order.
+    pub fn matrices(&self) -> Vec<&MatrixLayer> {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Conv { m, .. } | Op::Linear(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Values per input image.
+    pub fn image_size(&self) -> usize {
+        self.channels * self.height * self.width
     }
 }
 
@@ -330,24 +356,39 @@ pub fn im2col(a: &Activation, k: usize, stride: usize, pad: usize) -> (Vec<u8>, 
 }
 
 /// Integer products of rows of inputs `[rows][in]` with the layer: `[rows][out]`.
-pub fn matmul(rows: &[u8], m: &MatrixLayer) -> Vec<i64> {
+pub fn matmul(rows: &[u8], m: &MatrixLayer) -> Vec<f64> {
     let n = rows.len() / m.inputs;
-    let mut out = vec![0i64; n * m.outputs];
+    let mut out = vec![0f64; n * m.outputs];
     for r in 0..n {
         let x = &rows[r * m.inputs..(r + 1) * m.inputs];
         for o in 0..m.outputs {
             let w = &m.weights[o * m.inputs..(o + 1) * m.inputs];
-            out[r * m.outputs + o] = x.iter().zip(w).map(|(&a, &b)| a as i64 * b as i64).sum();
+            out[r * m.outputs + o] =
+                x.iter().zip(w).map(|(&a, &b)| a as i64 * b as i64).sum::<i64>() as f64;
         }
     }
     out
 }
 
-/// Scales, bias, ReLU and requantisation of integer sums `[positions][out]`:
-/// the next activation `[out][positions]` with its scale, or the logits.
+impl MatrixLayer {
+    /// The weights as the simulated arrays hold them: `[in][out]` (K x N).
+    pub fn kn(&self) -> Vec<i32> {
+        let mut w = vec![0i32; self.inputs * self.outputs];
+        for o in 0..self.outputs {
+            for k in 0..self.inputs {
+                w[k * self.outputs + o] = self.weights[o * self.inputs + k];
+            }
+        }
+        w
+    }
+}
+
+/// Scales, bias, ReLU and requantisation of sums `[positions][out]` (exact
+/// integers, or what simulated arrays read): the next activation
+/// `[out][positions]` with its scale, or the logits.
 pub fn finish(
     m: &MatrixLayer,
-    acc: &[i64],
+    acc: &[f64],
     in_scale: f32,
     positions: usize,
 ) -> std::result::Result<(Vec<u8>, f32), Vec<f32>> {

@@ -151,6 +151,51 @@ pub fn popcount_and(a: &[u64], b: &[u64], cw: &[(usize, u64)]) -> u32 {
         .sum()
 }
 
+
+/// Input bit masks `[b][i][words]` of inputs `x` `[b][k]`.
+pub fn input_masks(x: &[u32], k: usize, xbits: usize) -> Vec<u64> {
+    let words = k.div_ceil(64);
+    let b = x.len() / k.max(1);
+    let mut xmask = vec![0u64; b * xbits * words];
+    for (bb, xs) in x.chunks_exact(k).enumerate() {
+        for (kk, &v) in xs.iter().enumerate() {
+            let mut v = v & ((1u64 << xbits) - 1) as u32;
+            while v != 0 {
+                let i = v.trailing_zeros() as usize;
+                v &= v - 1;
+                xmask[(bb * xbits + i) * words + kk / 64] |= 1u64 << (kk % 64);
+            }
+        }
+    }
+    xmask
+}
+
+/// Whether each (input, chunk, input bit) plane is converted `[b][c][i]`:
+/// with `skip`, planes whose input bits are all zero in the chunk are not.
+pub fn active_rows(xmask: &[u64], b: usize, k: usize, p: usize, xbits: usize, skip: bool) -> Vec<bool> {
+    let (chunks, words) = (k.div_ceil(p), k.div_ceil(64));
+    let mut row_active = vec![true; b * chunks * xbits];
+    if skip {
+        let cws = chunk_words(k, p);
+        for bb in 0..b {
+            for (c, cw) in cws.iter().enumerate() {
+                for i in 0..xbits {
+                    let xm = &xmask[(bb * xbits + i) * words..(bb * xbits + i + 1) * words];
+                    row_active[(bb * chunks + c) * xbits + i] =
+                        cw.iter().any(|&(w, m)| xm[w] & m != 0);
+                }
+            }
+        }
+    }
+    row_active
+}
+
+/// Population standard deviation.
+fn std_dev(v: &[i64]) -> f64 {
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
+    (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt()
+}
+
 impl Plan {
     /// Builds the plan of one mapping at one sweep point.
     pub fn new(params: &Params, layer: &Layer, mapping: &MappingSpec) -> Plan {
@@ -163,17 +208,7 @@ impl Plan {
         let words = k.div_ceil(64);
         let cws = chunk_words(k, p);
 
-        let mut xmask = vec![0u64; b * xbits * words];
-        for bb in 0..b {
-            for kk in 0..k {
-                let v = layer.x[bb * k + kk];
-                for i in 0..xbits {
-                    if (v >> i) & 1 == 1 {
-                        xmask[(bb * xbits + i) * words + kk / 64] |= 1u64 << (kk % 64);
-                    }
-                }
-            }
-        }
+        let xmask = input_masks(&layer.x, k, xbits);
         let (pos, neg) = digit_masks(&planes.digits, j, k, n);
         let nz: Vec<u64> = pos.iter().zip(&neg).map(|(a, b)| a | b).collect();
         let allk = vec![u64::MAX; words];
@@ -206,18 +241,8 @@ impl Plan {
             }
         }
 
-        let mut row_active = vec![true; b * chunks * xbits];
-        for bb in 0..b {
-            for c in 0..chunks {
-                for i in 0..xbits {
-                    let xm = &xmask[(bb * xbits + i) * words..(bb * xbits + i + 1) * words];
-                    if mapping.skip_zero_inputs && popcount_and(xm, &allk, &cws[c]) == 0 {
-                        row_active[(bb * chunks + c) * xbits + i] = false;
-                        counters.skipped_input_planes += 1;
-                    }
-                }
-            }
-        }
+        let row_active = active_rows(&xmask, b, k, p, xbits, mapping.skip_zero_inputs);
+        counters.skipped_input_planes = row_active.iter().filter(|a| !**a).count() as u64;
 
         // Clean sums: cost counters, and calibration of the ADC range.
         let calibrate = mapping.adc_range == AdcRange::Calibrated;
@@ -277,13 +302,7 @@ impl Plan {
             })
             .collect();
         let exact = layer.exact();
-        let mean = exact.iter().map(|&v| v as f64).sum::<f64>() / exact.len() as f64;
-        let exact_std = (exact
-            .iter()
-            .map(|&v| (v as f64 - mean).powi(2))
-            .sum::<f64>()
-            / exact.len() as f64)
-            .sqrt();
+        let exact_std = std_dev(&exact);
 
         let noise = params.noise;
         let path = if noise.cell_sigma == 0.0 {
@@ -325,6 +344,52 @@ impl Plan {
             noise,
             path,
             counters,
+        }
+    }
+
+    /// The same arrays (weights, mapping, ADC ranges, noise, seed) driven by
+    /// other inputs `x` `[b][k]`: what a network layer sees on each pass.
+    /// ADC ranges stay as built (calibrated ranges keep their calibration
+    /// inputs); the cost counters count conversions but not active reads.
+    pub fn with_inputs(&self, x: Vec<u32>) -> Plan {
+        let (k, n, j) = (self.k, self.n, self.j);
+        let b = x.len() / k;
+        assert_eq!(b * k, x.len(), "inputs must be whole vectors of K");
+        let mut w = vec![0i32; k * n];
+        for (jj, &s) in self.scales.iter().enumerate() {
+            for (wv, &d) in w.iter_mut().zip(&self.digits[jj * k * n..(jj + 1) * k * n]) {
+                *wv += s * d as i32;
+            }
+        }
+        let xmask = input_masks(&x, k, self.xbits);
+        let row_active = active_rows(&xmask, b, k, self.p, self.xbits, self.mapping.skip_zero_inputs);
+        let per_chunk: Vec<u64> = (0..self.chunks)
+            .map(|c| self.converted[c * j * n..(c + 1) * j * n].iter().filter(|v| **v).count() as u64)
+            .collect();
+        let mut counters = Counters {
+            skipped_groups: self.counters.skipped_groups,
+            macs: (b * k * n) as u64,
+            ..Counters::default()
+        };
+        counters.cell_macs = counters.macs * (self.xbits * j) as u64;
+        for (r, &a) in row_active.iter().enumerate() {
+            if a {
+                counters.conversions += per_chunk[(r / self.xbits) % self.chunks];
+            } else {
+                counters.skipped_input_planes += 1;
+            }
+        }
+        let exact = crate::workload::exact_product(&x, &w, k, n);
+        Plan {
+            id: crate::engine::gpu::next_plan_id(),
+            b,
+            exact_std: std_dev(&exact),
+            exact,
+            x,
+            xmask,
+            row_active,
+            counters,
+            ..self.clone()
         }
     }
 

@@ -308,6 +308,13 @@ pub fn format_table(exp: &Experiment, rows: &[Vec<String>]) -> String {
         line.push(short(&r[ca]));
         table.push(line);
     }
+    out.push_str(&align(&table));
+    out
+}
+
+/// Right-aligned columns, two spaces apart, one line per row.
+pub fn align(table: &[Vec<String>]) -> String {
+    let mut out = String::new();
     let widths: Vec<usize> = (0..table[0].len())
         .map(|c| {
             table
@@ -317,7 +324,7 @@ pub fn format_table(exp: &Experiment, rows: &[Vec<String>]) -> String {
                 .unwrap_or(0)
         })
         .collect();
-    for line in &table {
+    for line in table {
         let cells: Vec<String> = line
             .iter()
             .enumerate()

@@ -20,20 +20,7 @@ pub struct Layer {
 impl Layer {
     /// Exact products `Y = X W`, `[inputs][n]`.
     pub fn exact(&self) -> Vec<i64> {
-        let mut y = vec![0i64; self.inputs * self.n];
-        for b in 0..self.inputs {
-            for k in 0..self.k {
-                let x = self.x[b * self.k + k] as i64;
-                if x == 0 {
-                    continue;
-                }
-                let row = &self.w[k * self.n..(k + 1) * self.n];
-                for (yv, &w) in y[b * self.n..(b + 1) * self.n].iter_mut().zip(row) {
-                    *yv += x * w as i64;
-                }
-            }
-        }
-        y
+        exact_product(&self.x, &self.w, self.k, self.n)
     }
 
     /// Builds the layer a sweep point describes. Synthetic layers depend only
@@ -307,4 +294,22 @@ mod tests {
         assert!((0.45..0.7).contains(&zeros), "zero fraction {zeros}");
         assert_eq!(l, Layer::build(&params(), 3).unwrap());
     }
+}
+
+/// Exact integer products of inputs `x` `[b][k]` with weights `w` `[k][n]`: `[b][n]`.
+pub fn exact_product(x: &[u32], w: &[i32], k: usize, n: usize) -> Vec<i64> {
+    let b = x.len() / k.max(1);
+    let mut y = vec![0i64; b * n];
+    for (xs, ys) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
+        for (kk, &xv) in xs.iter().enumerate() {
+            if xv == 0 {
+                continue;
+            }
+            let row = &w[kk * n..(kk + 1) * n];
+            for (yv, &wv) in ys.iter_mut().zip(row) {
+                *yv += xv as i64 * wv as i64;
+            }
+        }
+    }
+    y
 }

@@ -69,7 +69,7 @@ fn im2col_equals_direct_convolution() {
                             }
                         }
                     }
-                    assert_eq!(got[(y * ow + x) * out + o], want, "out {o} at ({y}, {x})");
+                    assert_eq!(got[(y * ow + x) * out + o], want as f64, "out {o} at ({y}, {x})");
                 }
             }
         }

@@ -1,0 +1,451 @@
+//! Whole-network accuracy: a quantised network's test accuracy when every
+//! conv and linear layer runs through simulated CIM arrays.
+//!
+//! A trial is one manufactured chip: each matrix layer gets its own plan
+//! (its own seed, derived from the experiment's seed and the layer's name)
+//! and the chip's static noise and faults are drawn once per trial and
+//! layer, then every image of the trial goes through the same arrays. Conv
+//! layers are lowered by im2col onto the same plan, one input vector per
+//! output position.
+
+use crate::engine::cpu::CpuEngine;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::experiment::{stable_hash, Experiment, NetworkParams, Params, Point};
+use crate::model::MappingSpec;
+use crate::network::Network;
+use crate::output;
+use crate::plan::Plan;
+use crate::workload::Layer;
+use crate::dataset::Dataset;
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Columns of `results/NAME.csv` for accuracy experiments, in order.
+pub const COLUMNS: [&str; 27] = [
+    "experiment",
+    "point",
+    "mapping",
+    "model",
+    "images",
+    "parallelism",
+    "adc_bits",
+    "adc_range",
+    "encoding",
+    "cell_sigma",
+    "noise_mode",
+    "read_sigma",
+    "leak",
+    "p_sa0",
+    "p_sa1",
+    "trials",
+    "seed",
+    "clean_accuracy",
+    "mean_accuracy",
+    "std_accuracy",
+    "min_accuracy",
+    "max_accuracy",
+    "accuracy_drop",
+    "engine",
+    "images_per_s",
+    "seconds",
+    "point_key",
+];
+
+/// Columns of `results/NAME_trials.csv`: one accuracy per simulated chip.
+pub const TRIAL_COLUMNS: [&str; 5] = ["experiment", "point", "mapping", "trial", "accuracy"];
+
+/// A network, its test images and its clean int8 accuracy.
+pub struct Workload {
+    pub net: Network,
+    pub data: Dataset,
+    /// Images used (the first `count` of the dataset).
+    pub count: usize,
+    pub clean_accuracy: f64,
+}
+
+impl Workload {
+    /// Loads and checks the model and the images, and runs the exact int8 reference.
+    pub fn load(p: &NetworkParams) -> Result<Workload> {
+        let net = Network::load(&p.model)?;
+        let npy = p.images.extension().is_some_and(|e| e == "npy");
+        let data = if npy {
+            Dataset::from_npy(&p.images, &p.labels)?
+        } else {
+            Dataset::from_idx(&p.images, &p.labels)?
+        };
+        if (data.channels, data.rows, data.cols) != (net.channels, net.height, net.width) {
+            return Err(Error::Npy {
+                path: p.images.clone(),
+                msg: format!(
+                    "images are {}x{}x{} (channels x rows x cols) but {} takes {}x{}x{}",
+                    data.channels,
+                    data.rows,
+                    data.cols,
+                    p.model.display(),
+                    net.channels,
+                    net.height,
+                    net.width
+                ),
+            });
+        }
+        let count = p.limit.unwrap_or(data.n).min(data.n);
+        let size = net.image_size();
+        let correct: usize = (0..count)
+            .into_par_iter()
+            .filter(|&i| argmax(&net.infer(&data.pixels[i * size..(i + 1) * size])) == data.labels[i] as usize)
+            .count();
+        Ok(Workload {
+            clean_accuracy: correct as f64 / count.max(1) as f64,
+            net,
+            data,
+            count,
+        })
+    }
+
+    fn images(&self) -> &[u8] {
+        &self.data.pixels[..self.count * self.net.image_size()]
+    }
+}
+
+/// Index of the largest logit (the first on ties).
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The simulated arrays of a network at one sweep point under one mapping:
+/// one plan per matrix layer.
+pub struct SimNetwork {
+    pub plans: Vec<Plan>,
+}
+
+impl SimNetwork {
+    /// Builds every matrix layer's plan. Calibrated ADC ranges are set from
+    /// the clean activations of the first `calibration_images` images.
+    pub fn new(w: &Workload, params: &Params, mapping: &MappingSpec, calibration_images: usize) -> Result<SimNetwork> {
+        let calib = calibration_images.min(w.count).max(1);
+        let mut inputs: Vec<Vec<u32>> = Vec::new();
+        w.net.forward(&w.images()[..calib * w.net.image_size()], calib, |_, m, rows| {
+            inputs.push(rows.iter().map(|&v| v as u32).collect());
+            Ok(crate::network::matmul(rows, m))
+        })?;
+        let plans = w
+            .net
+            .matrices()
+            .iter()
+            .zip(inputs)
+            .map(|(m, x)| {
+                let layer = Layer {
+                    k: m.inputs,
+                    n: m.outputs,
+                    inputs: x.len() / m.inputs,
+                    weight_bits: 8,
+                    input_bits: 8,
+                    w: m.kn(),
+                    x,
+                };
+                let p = Params {
+                    seed: layer_seed(params.seed, &m.name),
+                    ..params.clone()
+                };
+                Plan::new(&p, &layer, mapping)
+            })
+            .collect();
+        Ok(SimNetwork { plans })
+    }
+
+    /// Logits of `count` images on chip `trial`.
+    pub fn logits(&self, net: &Network, engine: &mut dyn Engine, trial: u32, images: &[u8], count: usize) -> Result<Vec<Vec<f32>>> {
+        net.forward(images, count, |i, _, rows| {
+            let plan = self.plans[i].with_inputs(rows.iter().map(|&v| v as u32).collect());
+            let batch = engine.run(&plan, trial..trial + 1, true)?;
+            let e = batch.raw.expect("raw errors were asked for");
+            Ok(plan.exact.iter().zip(&e).map(|(&y, &e)| y as f64 + e as f64).collect())
+        })
+    }
+
+    /// Accuracy of the workload's images on chip `trial`.
+    pub fn accuracy(&self, w: &Workload, engine: &mut dyn Engine, trial: u32) -> Result<f64> {
+        let logits = self.logits(&w.net, engine, trial, w.images(), w.count)?;
+        let correct = logits
+            .iter()
+            .zip(&w.data.labels)
+            .filter(|(l, &y)| argmax(l) == y as usize)
+            .count();
+        Ok(correct as f64 / w.count.max(1) as f64)
+    }
+}
+
+/// Each layer's seed: the experiment's seed and the layer's name, hashed.
+pub fn layer_seed(seed: u64, name: &str) -> u64 {
+    stable_hash(&format!("{seed}/{name}"))
+}
+
+/// How to run an accuracy experiment.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub out_dir: PathBuf,
+    pub fresh: bool,
+    pub progress: bool,
+}
+
+/// What a run did.
+pub struct Report {
+    pub csv: PathBuf,
+    pub trials_csv: PathBuf,
+    pub rows: Vec<Vec<String>>,
+    pub computed: usize,
+    pub resumed: usize,
+    pub clean_accuracy: f64,
+    pub images: usize,
+}
+
+/// Everything checked before an engine is opened.
+pub struct Prepared {
+    work: Workload,
+    csv: PathBuf,
+    trials_csv: PathBuf,
+    done: HashMap<String, (Vec<String>, Vec<Vec<String>>)>,
+}
+
+fn key(exp: &Experiment, net: &NetworkParams, count: usize, point: &Point, mapping: &MappingSpec) -> Result<String> {
+    // The model's files are part of the key: retraining invalidates old rows.
+    let model = std::fs::read(&net.model).map_err(|e| Error::io(&net.model, e))?;
+    let text = format!(
+        "{}|{}|{count}|{}|{}",
+        output::point_key(&point.params, mapping),
+        String::from_utf8_lossy(&model),
+        net.images.display(),
+        net.calibration_images
+    );
+    let _ = exp;
+    Ok(format!("{:016x}", stable_hash(&text)))
+}
+
+/// Loads the network and images and reads existing results; touches nothing.
+pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
+    let net = exp.network.as_ref().expect("an accuracy experiment");
+    let work = Workload::load(net)?;
+    let csv = opts.out_dir.join(format!("{}.csv", exp.name));
+    let trials_csv = opts.out_dir.join(format!("{}_trials.csv", exp.name));
+    let mut wanted = Vec::new();
+    for p in &exp.points {
+        for m in &exp.mappings {
+            wanted.push(key(exp, net, work.count, p, m)?);
+        }
+    }
+    let mut done = HashMap::new();
+    if !opts.fresh {
+        if let Some((header, rows)) = output::read_csv(&csv)? {
+            if header != COLUMNS {
+                return Err(Error::Results {
+                    path: csv,
+                    msg: "has other columns than an accuracy experiment writes; pass --fresh to overwrite it or --out DIR to write elsewhere".into(),
+                });
+            }
+            let kc = COLUMNS.len() - 1;
+            let stale = rows.iter().filter(|r| !wanted.contains(&r[kc])).count();
+            if stale > 0 {
+                return Err(Error::Results {
+                    path: csv,
+                    msg: format!("holds {stale} row(s) from other parameters than this experiment now has; pass --fresh to overwrite them or --out DIR to write elsewhere"),
+                });
+            }
+            let trial_rows = output::read_csv(&trials_csv)?
+                .filter(|(h, _)| h == &TRIAL_COLUMNS)
+                .map(|(_, r)| r)
+                .unwrap_or_default();
+            for r in rows {
+                let t: Vec<Vec<String>> = trial_rows
+                    .iter()
+                    .filter(|t| t[1] == r[1] && t[2] == r[2])
+                    .cloned()
+                    .collect();
+                let trials: usize = r[15].parse().unwrap_or(0);
+                if t.len() == trials {
+                    done.insert(r[kc].clone(), (r, t));
+                }
+            }
+        }
+    }
+    Ok(Prepared { work, csv, trials_csv, done })
+}
+
+/// Runs every (point, mapping) of an accuracy experiment not already in
+/// the results. `engine` `None` runs the CPU engine, trials in parallel.
+pub fn run(exp: &Experiment, prep: Prepared, mut engine: Option<&mut dyn Engine>, opts: &Options) -> Result<Report> {
+    let Prepared { work, csv, trials_csv, done } = prep;
+    let net = exp.network.as_ref().expect("an accuracy experiment");
+    std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
+    let device = match &engine {
+        Some(e) => e.device(),
+        None => CpuEngine::new().device(),
+    };
+    let mut keys = Vec::new();
+    for p in &exp.points {
+        for m in &exp.mappings {
+            keys.push(key(exp, net, work.count, p, m)?);
+        }
+    }
+    let todo: u64 = exp
+        .points
+        .iter()
+        .flat_map(|p| exp.mappings.iter().map(move |_| p.params.trials as u64))
+        .zip(&keys)
+        .filter(|(_, k)| !done.contains_key(*k))
+        .map(|(t, _)| t)
+        .sum();
+    let bar = (opts.progress && std::io::stderr().is_terminal() && todo > 0).then(|| {
+        let b = ProgressBar::new(todo);
+        b.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} chips  ETA {eta}  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    });
+
+    let (mut rows, mut trial_rows) = (Vec::new(), Vec::new());
+    let (mut computed, mut resumed) = (0, 0);
+    let mut keys = keys.into_iter();
+    for point in &exp.points {
+        let params = &point.params;
+        for mapping in &exp.mappings {
+            let key = keys.next().expect("a key per row");
+            if let Some((r, t)) = done.get(&key) {
+                rows.push(r.clone());
+                trial_rows.extend(t.iter().cloned());
+                resumed += 1;
+                continue;
+            }
+            if let Some(b) = &bar {
+                let label: Vec<String> = point.assignments.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                b.set_message(format!("point {} {} {}", point.index, mapping.name, label.join(" ")));
+            }
+            let sim = SimNetwork::new(&work, params, mapping, net.calibration_images)?;
+            let start = Instant::now();
+            let accs: Vec<f64> = match engine.as_deref_mut() {
+                Some(e) => (0..params.trials)
+                    .map(|t| {
+                        let a = sim.accuracy(&work, e, t);
+                        if let Some(b) = &bar {
+                            b.inc(1);
+                        }
+                        a
+                    })
+                    .collect::<Result<_>>()?,
+                None => (0..params.trials)
+                    .into_par_iter()
+                    .map(|t| {
+                        let a = sim.accuracy(&work, &mut CpuEngine::new(), t);
+                        if let Some(b) = &bar {
+                            b.inc(1);
+                        }
+                        a
+                    })
+                    .collect::<Result<_>>()?,
+            };
+            let seconds = start.elapsed().as_secs_f64();
+            let n = accs.len() as f64;
+            let mean = accs.iter().sum::<f64>() / n;
+            let std = (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+            let min = accs.iter().cloned().fold(f64::INFINITY, f64::min);
+            let max = accs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let g = |v: f64| format!("{v:.6}");
+            let nz = &params.noise;
+            rows.push(vec![
+                exp.name.clone(),
+                point.index.to_string(),
+                mapping.name.clone(),
+                net.model.display().to_string(),
+                work.count.to_string(),
+                params.parallelism.to_string(),
+                params.adc_bits.map_or("ideal".into(), |b| b.to_string()),
+                mapping.adc_range.label().into(),
+                mapping.encoding.label().into(),
+                nz.cell_sigma.to_string(),
+                format!("{:?}", nz.mode).to_lowercase(),
+                nz.read_sigma.to_string(),
+                nz.leak.to_string(),
+                nz.p_sa0.to_string(),
+                nz.p_sa1.to_string(),
+                params.trials.to_string(),
+                params.seed.to_string(),
+                g(work.clean_accuracy),
+                g(mean),
+                g(std),
+                g(min),
+                g(max),
+                g(work.clean_accuracy - mean),
+                device.clone(),
+                format!("{:.1}", n * work.count as f64 / seconds),
+                format!("{seconds:.2}"),
+                key,
+            ]);
+            for (t, a) in accs.iter().enumerate() {
+                trial_rows.push(vec![exp.name.clone(), point.index.to_string(), mapping.name.clone(), t.to_string(), g(*a)]);
+            }
+            computed += 1;
+            // Results so far are on disk after every (point, mapping).
+            output::write_csv_atomic(&csv, &COLUMNS, &rows)?;
+            output::write_csv_atomic(&trials_csv, &TRIAL_COLUMNS, &trial_rows)?;
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    output::write_csv_atomic(&csv, &COLUMNS, &rows)?;
+    output::write_csv_atomic(&trials_csv, &TRIAL_COLUMNS, &trial_rows)?;
+    Ok(Report {
+        csv,
+        trials_csv,
+        rows,
+        computed,
+        resumed,
+        clean_accuracy: work.clean_accuracy,
+        images: work.count,
+    })
+}
+
+/// The console table: one line per (point, mapping).
+pub fn format_table(exp: &Experiment, rows: &[Vec<String>]) -> String {
+    let col = |name: &str| COLUMNS.iter().position(|c| *c == name).unwrap();
+    let mut header = vec!["point".to_string()];
+    header.extend(exp.axes.iter().cloned());
+    header.extend(["mapping", "mean acc", "std", "min", "drop", "images/s"].map(String::from));
+    let mut table = vec![header];
+    for r in rows {
+        let idx: usize = r[col("point")].parse().unwrap_or(0);
+        let mut line = vec![r[col("point")].clone()];
+        if let Some(p) = exp.points.get(idx) {
+            line.extend(p.assignments.iter().map(|(_, v)| v.clone()));
+        }
+        let pct = |name: &str| {
+            r[col(name)].parse::<f64>().map_or("?".into(), |v| format!("{:.2}%", 100.0 * v))
+        };
+        line.extend([
+            r[col("mapping")].clone(),
+            pct("mean_accuracy"),
+            pct("std_accuracy"),
+            pct("min_accuracy"),
+            pct("accuracy_drop"),
+            r[col("images_per_s")].clone(),
+        ]);
+        table.push(line);
+    }
+    crate::runner::align(&table)
+}
+
+/// Where a network experiment's results go.
+pub fn result_path(exp: &Experiment, out_dir: &Path) -> PathBuf {
+    out_dir.join(format!("{}.csv", exp.name))
+}
