@@ -1,23 +1,44 @@
 #!/usr/bin/env bash
 # One prepared benchmark run for a machine with a real GPU (e.g. the device
-# tool's H100): builds, lists adapters, then measures both engines on the
-# standard workloads in one run so the CPU/GPU ratio is like for like.
+# tool's H100): lists adapters, measures both engines on the standard
+# workloads in one run so the CPU/GPU ratio is like for like, then runs the
+# accuracy sweeps on the GPU (and the sigma sweep on the CPU) for images/s.
 # The device machine has no network: build a portable binary here first and
 # carry it, e.g.
 #   RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release --target-dir target/portable
-#   (device tool: carry ["target/portable/release/zebra"],
+#   (device tool: carry ["target/portable/release/zebra", ".gl"],
 #    command "ZEBRA_BIN=target/portable/release/zebra bash benches/device_bench.sh")
+# where .gl holds the Vulkan loader's .deb files (see the device tool's notes).
 # Usage: bash benches/device_bench.sh [trials]   (writes to $OUT if set)
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 trials="${1:-1000}"
 out="${OUT:-/tmp}"
 bin="${ZEBRA_BIN:-./target/release/zebra}"
 [ -x "$bin" ] || cargo build --release --offline 2>&1 | tail -1
+if [ -d .gl ]; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+[ -f "$icd" ] && export VK_DRIVER_FILES="$icd"
+export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}" XDG_RUNTIME_DIR=/tmp
 {
-    echo "== $(date -u) $(uname -m) $(nproc) cores"
+    echo "== $(date -u) $(uname -m) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo)"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
     "$bin" devices
     "$bin" bench --workload S --engine auto --trials "$trials" --repeats 5
     "$bin" bench --workload D --engine auto --trials "$trials" --repeats 5
+    # Each sweep is cut off after its time limit; rows finished by then are kept.
+    for exp in "accuracy_sigma ${ACC_LIMIT:-200}" "accuracy_parallelism ${ACC_LIMIT_P:-120}"; do
+        set -- $exp
+        echo "== $1 on the GPU (limit $2 s)"
+        start=$(date +%s%N)
+        timeout "$2" "$bin" run "experiments/$1.toml" --engine gpu --out "$out/gpu" --quiet --fresh
+        echo "exit $?, $(( ($(date +%s%N) - start) / 1000000 )) ms"
+    done
+    echo "== accuracy_sigma on the CPU ($(nproc) threads, limit ${ACC_LIMIT_CPU:-100} s)"
+    start=$(date +%s%N)
+    timeout "${ACC_LIMIT_CPU:-100}" "$bin" run experiments/accuracy_sigma.toml --engine cpu --out "$out/cpu" --quiet --fresh
+    echo "exit $?, $(( ($(date +%s%N) - start) / 1000000 )) ms"
 } 2>&1 | tee "$out/device_bench.txt"

@@ -114,7 +114,8 @@ pub enum Command {
         out: Option<PathBuf>,
         /// Metric to draw against the sweep, one figure each (repeatable): rmse, snr_db,
         /// p99_abs, trial_rmse_std, conversions_per_mac, reads_per_mac, energy_fj_per_mac,
-        /// skipped_plane_fraction, digit_density.
+        /// skipped_plane_fraction, digit_density; for accuracy experiments mean_accuracy,
+        /// min_accuracy, accuracy_drop (default there: mean_accuracy and min_accuracy).
         #[arg(long, default_values_t = ["rmse".to_string(), "snr_db".to_string()])]
         metric: Vec<String>,
         /// Swept parameter on the x axis (default: the first swept one), e.g. layer.weight_bits.

@@ -154,19 +154,23 @@ pub fn popcount_and(a: &[u64], b: &[u64], cw: &[(usize, u64)]) -> u32 {
 
 /// Input bit masks `[b][i][words]` of inputs `x` `[b][k]`.
 pub fn input_masks(x: &[u32], k: usize, xbits: usize) -> Vec<u64> {
+    use rayon::prelude::*;
     let words = k.div_ceil(64);
     let b = x.len() / k.max(1);
     let mut xmask = vec![0u64; b * xbits * words];
-    for (bb, xs) in x.chunks_exact(k).enumerate() {
-        for (kk, &v) in xs.iter().enumerate() {
-            let mut v = v & ((1u64 << xbits) - 1) as u32;
-            while v != 0 {
-                let i = v.trailing_zeros() as usize;
-                v &= v - 1;
-                xmask[(bb * xbits + i) * words + kk / 64] |= 1u64 << (kk % 64);
+    xmask
+        .par_chunks_mut(xbits * words)
+        .zip(x.par_chunks(k))
+        .for_each(|(m, xs)| {
+            for (kk, &v) in xs.iter().enumerate() {
+                let mut v = v & ((1u64 << xbits) - 1) as u32;
+                while v != 0 {
+                    let i = v.trailing_zeros() as usize;
+                    v &= v - 1;
+                    m[i * words + kk / 64] |= 1u64 << (kk % 64);
+                }
             }
-        }
-    }
+        });
     xmask
 }
 

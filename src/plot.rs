@@ -87,7 +87,25 @@ struct Figure<'a> {
 
 /// Axis labels of the metrics `zebra plot --metric` accepts.
 /// (column, axis label, log axis, figure title).
-pub const METRICS: [(&str, &str, bool, &str); 9] = [
+pub const METRICS: [(&str, &str, bool, &str); 12] = [
+    (
+        "mean_accuracy",
+        "test accuracy (fraction, mean over chips)",
+        false,
+        "network accuracy",
+    ),
+    (
+        "min_accuracy",
+        "test accuracy of the worst chip (fraction)",
+        false,
+        "worst-chip accuracy",
+    ),
+    (
+        "accuracy_drop",
+        "accuracy drop from clean int8 (fraction, mean over chips)",
+        false,
+        "accuracy drop",
+    ),
     (
         "rmse",
         "RMSE of y (units of the exact integer output)",
@@ -180,7 +198,14 @@ pub fn plot_results(
         Err(e) => return Err(e),
     };
     let data = Data { header, rows };
-    for needed in ["point", "mapping", "rmse", "snr_db"] {
+    // Accuracy experiments have their own columns and default figures.
+    let accuracy = data.col("mean_accuracy").is_some();
+    let needed: &[&str] = if accuracy {
+        &["point", "mapping", "mean_accuracy"]
+    } else {
+        &["point", "mapping", "rmse", "snr_db"]
+    };
+    for needed in needed {
         if data.col(needed).is_none() {
             return Err(plot_err(
                 csv,
@@ -188,6 +213,12 @@ pub fn plot_results(
             ));
         }
     }
+    let default_metrics = PlotOptions::default().metrics;
+    let metrics: Vec<String> = if accuracy && opts.metrics == default_metrics {
+        vec!["mean_accuracy".into(), "min_accuracy".into()]
+    } else {
+        opts.metrics.clone()
+    };
     if data.rows.is_empty() {
         return Err(plot_err(csv, "has no rows"));
     }
@@ -231,7 +262,7 @@ pub fn plot_results(
     }
     let mut written = Vec::new();
     let mcol = data.col("mapping").unwrap();
-    for metric in &opts.metrics {
+    for metric in &metrics {
         let Some(&(metric, ylabel, log_y, short)) = METRICS.iter().find(|m| m.0 == metric) else {
             let names: Vec<&str> = METRICS.iter().map(|m| m.0).collect();
             return Err(plot_err(

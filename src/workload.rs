@@ -298,9 +298,10 @@ mod tests {
 
 /// Exact integer products of inputs `x` `[b][k]` with weights `w` `[k][n]`: `[b][n]`.
 pub fn exact_product(x: &[u32], w: &[i32], k: usize, n: usize) -> Vec<i64> {
+    use rayon::prelude::*;
     let b = x.len() / k.max(1);
     let mut y = vec![0i64; b * n];
-    for (xs, ys) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
+    y.par_chunks_mut(n).zip(x.par_chunks(k)).for_each(|(ys, xs)| {
         for (kk, &xv) in xs.iter().enumerate() {
             if xv == 0 {
                 continue;
@@ -310,6 +311,6 @@ pub fn exact_product(x: &[u32], w: &[i32], k: usize, n: usize) -> Vec<i64> {
                 *yv += xv as i64 * wv as i64;
             }
         }
-    }
+    });
     y
 }

@@ -329,3 +329,57 @@ fn plot_draws_svg_and_png_figures() {
         .code(2)
         .stderr(predicate::str::contains("zebra run"));
 }
+
+/// An accuracy experiment end to end: `zebra accuracy` writes both CSVs, a
+/// rerun resumes every row, and `zebra plot` draws the accuracy figures.
+#[test]
+fn accuracy_experiment_runs_resumes_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::env::current_dir().unwrap();
+    let exp = dir.path().join("acc.toml");
+    fs::write(
+        &exp,
+        format!(
+            "version = 1\ntrials = 3\nseed = 5\nmappings = [\"dense\", \"zebra\"]\n\
+             [network]\nmodel = \"{0}/models/fmnist_cnn/model.toml\"\n\
+             images = \"{0}/data/fashion-mnist/t10k-images-idx3-ubyte.gz\"\n\
+             labels = \"{0}/data/fashion-mnist/t10k-labels-idx1-ubyte.gz\"\nlimit = 40\n\
+             [sweep]\n\"noise.cell_sigma\" = [0.0, 0.1]\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("res");
+    let args = ["accuracy", exp.to_str().unwrap(), "--out", out.to_str().unwrap(), "--engine", "cpu"];
+    zebra()
+        .args(args)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("clean int8 accuracy").and(predicate::str::contains("4 computed, 0 resumed")));
+    let csv = fs::read_to_string(out.join("acc.csv")).unwrap();
+    assert_eq!(csv.lines().next().unwrap(), zebra_cim::accuracy::COLUMNS.join(","));
+    assert_eq!(csv.lines().count(), 5);
+    let trials = fs::read_to_string(out.join("acc_trials.csv")).unwrap();
+    assert_eq!(trials.lines().count(), 1 + 4 * 3);
+    zebra()
+        .args(args)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("0 computed, 4 resumed"));
+    assert_eq!(fs::read_to_string(out.join("acc.csv")).unwrap(), csv);
+    zebra()
+        .args(["plot", out.join("acc.csv").to_str().unwrap()])
+        .assert()
+        .success();
+    for f in ["acc_mean_accuracy.svg", "acc_mean_accuracy.png", "acc_min_accuracy.png"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    // A model that is not there is a one-line bad-input error.
+    let broken = fs::read_to_string(&exp).unwrap().replace("model.toml", "missing.toml");
+    fs::write(&exp, broken).unwrap();
+    zebra()
+        .args(args)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("missing.toml"));
+}

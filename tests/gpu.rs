@@ -374,3 +374,48 @@ fn gpu_static_variance_matches_closed_form() {
         }
     }
 }
+
+/// A whole network on the GPU: with no noise and a lossless ADC its logits
+/// equal the int8 inference; with static noise its accuracy on each chip is
+/// the CPU engine's, within one image in a hundred.
+#[test]
+fn gpu_network_is_exact_without_noise_and_matches_the_cpu_with_noise() {
+    use zebra_cim::accuracy::{SimNetwork, Workload};
+    let Some(mut g) = engine() else { return };
+    let text = |extra: &str| {
+        format!(
+            "version = 1\nseed = 3\nmappings = [\"dense\", \"zebra\"]\n[network]\n\
+             model = \"../models/fmnist_cnn/model.toml\"\n\
+             images = \"../data/fashion-mnist/t10k-images-idx3-ubyte.gz\"\n\
+             labels = \"../data/fashion-mnist/t10k-labels-idx1-ubyte.gz\"\nlimit = 100\n{extra}"
+        )
+    };
+    let load = |extra: &str| {
+        zebra_cim::experiment::Experiment::parse(
+            &text(extra),
+            std::path::Path::new("experiments/t.toml"),
+            Default::default(),
+        )
+        .unwrap()
+    };
+    let exp = load("[array]\nparallelism = 64\n[adc]\nbits = 8\n");
+    let work = Workload::load(exp.network.as_ref().unwrap()).unwrap();
+    let size = work.net.image_size();
+    let images = &work.data.pixels[..8 * size];
+    for m in &exp.mappings {
+        let sim = SimNetwork::new(&work, &exp.points[0].params, m, 4).unwrap();
+        let got = sim.logits(&work.net, &mut g, 0, images, 8).unwrap();
+        for (i, l) in got.iter().enumerate() {
+            assert_eq!(l, &work.net.infer(&images[i * size..(i + 1) * size]), "{} image {i}", m.name);
+        }
+    }
+    let exp = load("[noise]\ncell_sigma = 0.05\n");
+    for m in &exp.mappings {
+        let sim = SimNetwork::new(&work, &exp.points[0].params, m, 4).unwrap();
+        for trial in 0..2 {
+            let cpu = sim.accuracy(&work, &mut CpuEngine::new(), trial).unwrap();
+            let gpu = sim.accuracy(&work, &mut g, trial).unwrap();
+            assert!((cpu - gpu).abs() <= 0.01, "{} chip {trial}: cpu {cpu}, gpu {gpu}", m.name);
+        }
+    }
+}

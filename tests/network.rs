@@ -193,3 +193,125 @@ fn malformed_models_say_what_is_wrong() {
         .to_string();
     assert!(err.contains("minpool"), "{err}");
 }
+
+const SHIPPED: &str = "models/fmnist_cnn/model.toml";
+
+fn shipped_experiment(extra: &str) -> zebra_cim::experiment::Experiment {
+    let text = format!(
+        "version = 1\ntrials = 2\nseed = 7\nmappings = [\"dense\", \"zebra\", \"dense-cal\", \"csd\", \"signmag-skip\"]\n\
+         [network]\nmodel = \"../{SHIPPED}\"\n\
+         images = \"../data/fashion-mnist/t10k-images-idx3-ubyte.gz\"\n\
+         labels = \"../data/fashion-mnist/t10k-labels-idx1-ubyte.gz\"\nlimit = 12\n{extra}"
+    );
+    zebra_cim::experiment::Experiment::parse(
+        &text,
+        Path::new("experiments/t.toml"),
+        Default::default(),
+    )
+    .unwrap()
+}
+
+/// The shipped model's int8 logits equal those the exporter's NumPy
+/// reference computed (experiments/export_pytorch.py, first 100 test images).
+#[test]
+fn shipped_model_matches_the_exporters_int8_reference() {
+    let net = Network::load(Path::new(SHIPPED)).unwrap();
+    let data = zebra_cim::dataset::Dataset::from_idx(
+        Path::new("data/fashion-mnist/t10k-images-idx3-ubyte.gz"),
+        Path::new("data/fashion-mnist/t10k-labels-idx1-ubyte.gz"),
+    )
+    .unwrap();
+    let file = std::fs::File::open("models/fmnist_cnn/reference_logits.npy").unwrap();
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(file)).unwrap();
+    assert_eq!(npy.shape(), &[100, 10]);
+    let want: Vec<f32> = npy.into_vec().unwrap();
+    for i in 0..100 {
+        let got = net.infer(data.image(i));
+        for (o, (&g, &w)) in got.iter().zip(&want[i * 10..(i + 1) * 10]).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                "image {i} logit {o}: zebra {g}, NumPy {w}"
+            );
+        }
+    }
+}
+
+/// With no noise and a lossless ADC (8 bits hold the 129 levels of a signed
+/// full-scale range [-64, 64], so P = 64, or an ideal ADC), every mapping's
+/// simulated arrays reproduce the plain int8 inference: the logits are equal.
+#[test]
+fn noiseless_lossless_network_equals_int8_inference() {
+    use zebra_cim::accuracy::{SimNetwork, Workload};
+    use zebra_cim::engine::cpu::CpuEngine;
+    for adc in ["8", "\"ideal\""] {
+        let exp = shipped_experiment(&format!("[array]\nparallelism = 64\n[adc]\nbits = {adc}\n"));
+        let work = Workload::load(exp.network.as_ref().unwrap()).unwrap();
+        let size = work.net.image_size();
+        let images = &work.data.pixels[..12 * size];
+        let want: Vec<Vec<f32>> = (0..12)
+            .map(|i| work.net.infer(&images[i * size..(i + 1) * size]))
+            .collect();
+        for m in &exp.mappings {
+            let sim = SimNetwork::new(&work, &exp.points[0].params, m, 4).unwrap();
+            let got = sim
+                .logits(&work.net, &mut CpuEngine::new(), 1, images, 12)
+                .unwrap();
+            assert_eq!(got, want, "mapping {} with a {adc}-bit ADC", m.name);
+        }
+    }
+}
+
+/// A lossy ADC changes the logits (so the test above can fail), and static
+/// noise gives different chips different answers.
+#[test]
+fn lossy_adc_and_noise_change_the_logits() {
+    use zebra_cim::accuracy::{SimNetwork, Workload};
+    use zebra_cim::engine::cpu::CpuEngine;
+    let exp = shipped_experiment("[adc]\nbits = 3\n[noise]\ncell_sigma = 0.1\n");
+    let work = Workload::load(exp.network.as_ref().unwrap()).unwrap();
+    let images = &work.data.pixels[..4 * work.net.image_size()];
+    let sim = SimNetwork::new(&work, &exp.points[0].params, &exp.mappings[0], 4).unwrap();
+    let chip0 = sim.logits(&work.net, &mut CpuEngine::new(), 0, images, 4).unwrap();
+    let chip1 = sim.logits(&work.net, &mut CpuEngine::new(), 1, images, 4).unwrap();
+    let exact = work.net.infer(&images[..work.net.image_size()]);
+    assert_ne!(chip0[0], exact);
+    assert_ne!(chip0, chip1);
+    // The same chip twice is the same answer.
+    assert_eq!(chip0, sim.logits(&work.net, &mut CpuEngine::new(), 0, images, 4).unwrap());
+}
+
+#[test]
+fn images_that_do_not_fit_the_model_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs: Vec<u8> = vec![0; 2 * 5 * 5];
+    let write = |name: &str, shape: &[u64], data: &[u8]| {
+        let f = std::fs::File::create(dir.path().join(name)).unwrap();
+        use npyz::WriterBuilder;
+        let mut w = npyz::WriteOptions::<u8>::new()
+            .default_dtype()
+            .shape(shape)
+            .writer(f)
+            .begin_nd()
+            .unwrap();
+        w.extend(data.iter().copied()).unwrap();
+        w.finish().unwrap();
+    };
+    write("x.npy", &[2, 5, 5], &imgs);
+    write("y.npy", &[2], &[0, 1]);
+    let model = std::fs::canonicalize(SHIPPED).unwrap();
+    let text = format!(
+        "version = 1\n[network]\nmodel = \"{}\"\nimages = \"x.npy\"\nlabels = \"y.npy\"\n",
+        model.display()
+    );
+    let exp = zebra_cim::experiment::Experiment::parse(
+        &text,
+        &dir.path().join("e.toml"),
+        Default::default(),
+    )
+    .unwrap();
+    let err = zebra_cim::accuracy::Workload::load(exp.network.as_ref().unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("images are 1x5x5") && err.contains("takes 1x28x28"), "{err}");
+}

@@ -56,6 +56,13 @@ impl Engine for CpuEngine {
             None => work(),
         })
     }
+
+    fn outputs(&mut self, plan: &Plan, trial: u32) -> Result<Vec<f64>> {
+        let shared = Shared::new(plan);
+        let mut s = Scratch::default();
+        simulate_trial(plan, &shared, trial, &mut s);
+        Ok(s.y)
+    }
 }
 
 /// Trial-invariant buffers derived from the plan.
@@ -561,6 +568,36 @@ fn convert_row(plan: &Plan, shared: &Shared, g0: usize, a: &mut [f32], y: &mut [
     }
 }
 
+/// Digitises the analog sums `a` `[j][n]` of every plane of chunk `c` (all
+/// planes at once, the same arithmetic as [`convert_row`]) and adds
+/// `weight * s_j * value` of the converted groups to `y`, plane by plane.
+fn convert_chunk(plan: &Plan, shared: &Shared, c: usize, a: &mut [f32], y: &mut [f64], weight: f64) {
+    let (n, j) = (plan.n, plan.j);
+    let g0 = plan.group(c, 0, 0);
+    let jn = j * n;
+    let (lo, step, live) = (
+        &plan.lo[g0..g0 + jn],
+        &shared.step[g0..g0 + jn],
+        &shared.live[g0..g0 + jn],
+    );
+    if let Some(bits) = plan.adc.bits {
+        let top = Adc::top(bits);
+        for g in 0..jn {
+            a[g] = Adc::quantize(a[g], lo[g], step[g], top);
+        }
+    }
+    for jj in 0..j {
+        if !shared.plane_live[c * j + jj] {
+            continue;
+        }
+        let scale = weight * plan.scales[jj] as f64;
+        let (a, live) = (&a[jj * n..(jj + 1) * n], &live[jj * n..(jj + 1) * n]);
+        for ((yv, &av), &lv) in y.iter_mut().zip(a).zip(live) {
+            *yv += scale * (av * lv) as f64;
+        }
+    }
+}
+
 /// Per-cell sampling: static cells drawn once per trial, or dynamic cells per read.
 fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mut Scratch) {
     let (k, n, j, words, nb, xbits) = (plan.k, plan.n, plan.j, plan.words, plan.nb(), plan.xbits);
@@ -651,31 +688,19 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
                         }
                     }
                 }
-                let weight = (1u64 << i) as f64;
-                for jj in 0..j {
-                    if !shared.plane_live[c * j + jj] {
-                        continue;
-                    }
-                    if read > 0.0 {
+                if read > 0.0 {
+                    for jj in 0..j {
+                        if !shared.plane_live[c * j + jj] {
+                            continue;
+                        }
                         let first = ((((b * plan.chunks + c) * xbits + i) * j + jj) * nb) as u64;
                         gaussian_row(&read_addr, first, nb, &mut zr);
-                    }
-                    let scale = weight * plan.scales[jj] as f64;
-                    let a = &mut s.acc[jj * n..(jj + 1) * n];
-                    if read > 0.0 {
-                        for (av, &z) in a.iter_mut().zip(&zr) {
+                        for (av, &z) in s.acc[jj * n..(jj + 1) * n].iter_mut().zip(&zr) {
                             *av += read * z;
                         }
                     }
-                    convert_row(
-                        plan,
-                        shared,
-                        plan.group(c, jj, 0),
-                        a,
-                        &mut s.y[b * n..(b + 1) * n],
-                        scale,
-                    );
                 }
+                convert_chunk(plan, shared, c, &mut s.acc, &mut s.y[b * n..(b + 1) * n], (1u64 << i) as f64);
             }
         }
     }

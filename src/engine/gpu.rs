@@ -628,45 +628,9 @@ impl Engine for GpuEngine {
         let mut t = trials.start;
         while t < trials.end {
             let count = (trials.end - t).min(batch_cap);
-            let params = Self::params(plan, t, count);
-            self.queue
-                .write_buffer(&self.params, 0, bytemuck::bytes_of(&params));
+            self.dispatch(plan, t, count, true, raw);
             let work = self.work.as_ref().expect("work");
-            let bind = &self.loaded.as_ref().expect("loaded").bind;
-            let mut enc = self
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("trials"),
-                });
-            enc.clear_buffer(&work.hist, 0, None);
-            {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("trials"),
-                    timestamp_writes: None,
-                });
-                pass.set_bind_group(0, bind, &[]);
-                pass.set_pipeline(&self.cells);
-                let (x, y) = self.grid(count as u64 * (plan.j * plan.k * plan.nb()) as u64);
-                pass.dispatch_workgroups(x, y, 1);
-                let (pipeline, vectors) = if plan.path == NoisePath::PerCellDynamic {
-                    (&self.simulate_dynamic, plan.b)
-                } else {
-                    (&self.simulate, plan.b.div_ceil(4))
-                };
-                pass.set_pipeline(pipeline);
-                let (x, y) = self.grid(count as u64 * (vectors * plan.n) as u64);
-                pass.dispatch_workgroups(x, y, 1);
-                pass.set_pipeline(&self.reduce);
-                pass.dispatch_workgroups(count, 1, 1);
-            }
             let mom_bytes = count as u64 * 12;
-            let y_bytes = count as u64 * (plan.b * plan.n * 4) as u64;
-            enc.copy_buffer_to_buffer(&work.moments, 0, &work.read_moments, 0, mom_bytes);
-            enc.copy_buffer_to_buffer(&work.hist, 0, &work.read_hist, 0, BINS as u64 * 4);
-            if raw {
-                enc.copy_buffer_to_buffer(&work.y, 0, &work.read_y, 0, y_bytes);
-            }
-            self.queue.submit([enc.finish()]);
             let mom: Vec<f32> =
                 bytemuck::cast_slice(&self.read(&work.read_moments, mom_bytes)?).to_vec();
             let hist: Vec<u32> =
@@ -682,10 +646,11 @@ impl Engine for GpuEngine {
                 *a += h as u64;
             }
             if raw {
+                let y_bytes = count as u64 * (plan.b * plan.n * 4) as u64;
                 let ys: Vec<f32> =
                     bytemuck::cast_slice(&self.read(&work.read_y, y_bytes)?).to_vec();
-                for (i, &yv) in ys.iter().enumerate() {
-                    raw_out.push((yv as f64 - plan.exact[i % plan.exact.len()] as f64) as f32);
+                for (yv, ex) in ys.chunks(plan.exact.len()).flat_map(|t| t.iter().zip(&plan.exact)) {
+                    raw_out.push((*yv as f64 - *ex as f64) as f32);
                 }
             }
             t += count;
@@ -694,5 +659,64 @@ impl Engine for GpuEngine {
             out.raw = Some(raw_out);
         }
         Ok(out)
+    }
+
+    fn outputs(&mut self, plan: &Plan, trial: u32) -> Result<Vec<f64>> {
+        self.load(plan)?;
+        self.dispatch(plan, trial, 1, false, true);
+        let work = self.work.as_ref().expect("work");
+        let ys = self.read(&work.read_y, (plan.b * plan.n * 4) as u64)?;
+        Ok(bytemuck::cast_slice::<u8, f32>(&ys).iter().map(|&v| v as f64).collect())
+    }
+}
+
+impl GpuEngine {
+    /// Submits `count` trials from `t0`: cells, simulation and, with
+    /// `stats`, the reduction; copies what is to be read back.
+    fn dispatch(&self, plan: &Plan, t0: u32, count: u32, stats: bool, y: bool) {
+        let params = Self::params(plan, t0, count);
+        self.queue
+            .write_buffer(&self.params, 0, bytemuck::bytes_of(&params));
+        let work = self.work.as_ref().expect("work");
+        let bind = &self.loaded.as_ref().expect("loaded").bind;
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("trials"),
+            });
+        if stats {
+            enc.clear_buffer(&work.hist, 0, None);
+        }
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("trials"),
+                timestamp_writes: None,
+            });
+            pass.set_bind_group(0, bind, &[]);
+            pass.set_pipeline(&self.cells);
+            let (x, y) = self.grid(count as u64 * (plan.j * plan.k * plan.nb()) as u64);
+            pass.dispatch_workgroups(x, y, 1);
+            let (pipeline, vectors) = if plan.path == NoisePath::PerCellDynamic {
+                (&self.simulate_dynamic, plan.b)
+            } else {
+                (&self.simulate, plan.b.div_ceil(4))
+            };
+            pass.set_pipeline(pipeline);
+            let (x, y) = self.grid(count as u64 * (vectors * plan.n) as u64);
+            pass.dispatch_workgroups(x, y, 1);
+            if stats {
+                pass.set_pipeline(&self.reduce);
+                pass.dispatch_workgroups(count, 1, 1);
+            }
+        }
+        if stats {
+            enc.copy_buffer_to_buffer(&work.moments, 0, &work.read_moments, 0, count as u64 * 12);
+            enc.copy_buffer_to_buffer(&work.hist, 0, &work.read_hist, 0, BINS as u64 * 4);
+        }
+        if y {
+            let y_bytes = count as u64 * (plan.b * plan.n * 4) as u64;
+            enc.copy_buffer_to_buffer(&work.y, 0, &work.read_y, 0, y_bytes);
+        }
+        self.queue.submit([enc.finish()]);
     }
 }
