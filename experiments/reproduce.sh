@@ -17,4 +17,5 @@ done
     --metric skipped_plane_fraction --metric digit_density --metric reads_per_mac > /dev/null
 "$zebra" plot results/cost.csv --x array.parallelism \
     --metric conversions_per_mac --metric reads_per_mac --metric energy_fj_per_mac --metric rmse > /dev/null
+bash experiments/accuracy.sh "$@" | grep -v "^figures"
 echo "figures and CSVs are in results/"

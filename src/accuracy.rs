@@ -383,7 +383,8 @@ pub fn run(exp: &Experiment, prep: Prepared, mut engine: Option<&mut dyn Engine>
                 g(std),
                 g(min),
                 g(max),
-                g(work.clean_accuracy - mean),
+                // + 0.0 turns a -0 drop into 0.
+                g(work.clean_accuracy - mean + 0.0),
                 device.clone(),
                 format!("{:.1}", n * work.count as f64 / seconds),
                 format!("{seconds:.2}"),

@@ -517,11 +517,21 @@ where
             }
         }};
     }
+    // A log x axis over a few swept values labels those values themselves.
+    let mut xkeys = xs.clone();
+    xkeys.sort_by(f64::total_cmp);
+    xkeys.dedup();
+    if xkeys.len() > 12 {
+        // Many values (histogram bins): label the decades.
+        let (lo, hi) = (xr.0.max(f64::MIN_POSITIVE).log10().ceil(), xr.1.log10().floor());
+        xkeys = (lo as i32..=hi as i32).map(|e| 10f64.powi(e)).collect();
+    }
+    let log_xr = || (xr.0..xr.1).log_scale().with_key_points(xkeys.clone());
     match (log_x, log_y) {
         (true, true) => {
-            finish!(builder.build_cartesian_2d((xr.0..xr.1).log_scale(), (ylo..yhi).log_scale())?)
+            finish!(builder.build_cartesian_2d(log_xr(), (ylo..yhi).log_scale())?)
         }
-        (true, false) => finish!(builder.build_cartesian_2d((xr.0..xr.1).log_scale(), ylo..yhi)?),
+        (true, false) => finish!(builder.build_cartesian_2d(log_xr(), ylo..yhi)?),
         (false, true) => finish!(builder.build_cartesian_2d(xr.0..xr.1, (ylo..yhi).log_scale())?),
         (false, false) => {
             let c: ChartContext<DB, Cartesian2d<RangedCoordf64, RangedCoordf64>> =

@@ -49,7 +49,7 @@ impl Engine for CpuEngine {
     }
 
     fn run(&mut self, plan: &Plan, trials: Range<u32>, raw: bool) -> Result<Batch> {
-        let shared = Shared::new(plan);
+        let shared = Shared::new(plan, true);
         let work = || run_trials(plan, &shared, trials.clone(), raw);
         Ok(match &self.pool {
             Some(pool) => pool.install(work),
@@ -58,7 +58,8 @@ impl Engine for CpuEngine {
     }
 
     fn outputs(&mut self, plan: &Plan, trial: u32) -> Result<Vec<f64>> {
-        let shared = Shared::new(plan);
+        // One trial per plan: caching per-conversion moments would not pay.
+        let shared = Shared::new(plan, false);
         let mut s = Scratch::default();
         simulate_trial(plan, &shared, trial, &mut s);
         Ok(s.y)
@@ -70,6 +71,8 @@ struct Shared {
     cws: Vec<Vec<(usize, u64)>>,
     pos: Vec<u64>,
     neg: Vec<u64>,
+    /// Noiseless conversions are summed from `base` row by row (one-trial plans).
+    row_sums: bool,
     /// Nominal cell weights `[k][j][n]` for the per-cell paths: the digit, or `leak` for a zero digit.
     base: Vec<f32>,
     /// Compact dynamic draws: per (row, plane) the conducting columns.
@@ -89,12 +92,22 @@ struct Shared {
 const MOMENT_CACHE_LIMIT: usize = 1 << 26;
 
 impl Shared {
-    fn new(plan: &Plan) -> Shared {
+    /// `cache`: precompute the analytic paths' per-conversion moments (pays
+    /// off when several trials share the plan).
+    fn new(plan: &Plan, cache: bool) -> Shared {
         let (pos, neg) = digit_masks(&plan.digits, plan.j, plan.k, plan.n);
+        // Without cell noise, leak or faults, summing the digits row by row is
+        // the same integer sum as the analytic popcounts, and faster when a
+        // plan serves one trial only.
+        let row_sums = !cache
+            && plan.path == NoisePath::Analytic
+            && plan.noise.leak == 0.0
+            && !plan.has_faults();
         let base = match plan.path {
             NoisePath::PerCellStatic | NoisePath::PerCellDynamic => {
                 base_weights(plan, &plan.digits)
             }
+            NoisePath::Analytic if row_sums => base_weights(plan, &plan.digits),
             _ => Vec::new(),
         };
         let mut plane_live = vec![false; plan.chunks * plan.j];
@@ -107,7 +120,7 @@ impl Shared {
         let cws = chunk_words(plan.k, plan.p);
         let conversions = plan.b * plan.chunks * plan.xbits * plan.j * plan.n;
         let analytic = matches!(plan.path, NoisePath::Analytic | NoisePath::Aggregated);
-        let moments = (analytic && !plan.has_faults() && conversions <= MOMENT_CACHE_LIMIT)
+        let moments = (cache && analytic && !plan.has_faults() && conversions <= MOMENT_CACHE_LIMIT)
             .then(|| conversion_moments(plan, &cws, &pos, &neg));
         let top = plan.adc.bits.map_or(1.0, Adc::top);
         let step = plan
@@ -119,6 +132,7 @@ impl Shared {
         let live = plan.converted.iter().map(|&c| c as u32 as f32).collect();
         let compact = plan.compact_draws().then(|| CompactRows::new(plan));
         Shared {
+            row_sums,
             cws,
             pos,
             neg,
@@ -447,6 +461,7 @@ fn simulate_trial(plan: &Plan, shared: &Shared, trial: u32, s: &mut Scratch) {
         faulted_digits(plan, trial, &mut s.digits);
     }
     match plan.path {
+        NoisePath::Analytic if shared.row_sums => per_cell_trial(plan, shared, &shared.base, trial, s),
         NoisePath::Analytic | NoisePath::Aggregated => {
             if let Some((mean, sd)) = &shared.moments {
                 analytic_trial(plan, shared, Moments::Cached(mean, sd), trial, s);
@@ -604,7 +619,8 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
     let jn = j * n;
     let sigma = plan.noise.cell_sigma;
     let read = plan.noise.read_sigma;
-    let static_noise = plan.path == NoisePath::PerCellStatic;
+    // Noiseless row sums (`Shared::row_sums`) take the static path with G = base.
+    let static_noise = matches!(plan.path, NoisePath::PerCellStatic | NoisePath::Analytic);
     let cell_addr = Address {
         seed: plan.seed,
         trial,
@@ -620,7 +636,10 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
         stream: stream::READ,
     };
 
-    if static_noise {
+    if static_noise && sigma == 0.0 {
+        s.g.clear();
+        s.g.extend_from_slice(base);
+    } else if static_noise {
         // G[k][j][n] = base * (1 + sigma z), z addressed by (plane, row, column).
         s.g.resize(k * jn, 0.0);
         for kk in 0..k {

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Whole-network accuracy: the shipped Fashion-MNIST CNN under simulated CIM
+# noise, swept over cell mismatch and over parallelism, with its figures in
+# results/. About 10 minutes on 2 CPU cores; resumes finished points.
+#   bash experiments/accuracy.sh [--fresh] [--engine cpu|gpu|auto]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+zebra=./target/release/zebra
+for exp in accuracy_sigma accuracy_parallelism; do
+    echo "== $exp"
+    "$zebra" run "experiments/$exp.toml" --quiet "$@"
+    "$zebra" plot "results/$exp.csv" --metric mean_accuracy --metric min_accuracy \
+        --metric accuracy_drop > /dev/null
+done
+echo "figures and CSVs are in results/"
