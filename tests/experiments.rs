@@ -1,5 +1,6 @@
-//! Every shipped experiment parses, runs at least 1000 trials per point, and
-//! has committed results with the columns the plots need.
+//! Every shipped experiment parses, runs at least 1000 trials per point (20
+//! simulated chips for whole-network accuracy), and has committed results
+//! with the columns the plots need.
 
 use std::path::Path;
 use zebra_cim::experiment::{Experiment, Overrides};
@@ -14,18 +15,25 @@ fn shipped_experiments_parse_and_have_committed_results() {
             continue;
         }
         let exp = Experiment::load(&path, Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+        let network = exp.network.is_some();
+        let least = if network { 20 } else { 1000 };
         assert!(
-            exp.points.iter().all(|p| p.params.trials >= 1000),
-            "{}: fewer than 1000 trials",
+            exp.points.iter().all(|p| p.params.trials >= least),
+            "{}: fewer than {least} trials",
             path.display()
         );
         let csv = Path::new("results").join(format!("{}.csv", exp.name));
+        let (columns, companion, companion_columns): (&[&str], &str, &[&str]) = if network {
+            (&zebra_cim::accuracy::COLUMNS, "trials", &zebra_cim::accuracy::TRIAL_COLUMNS)
+        } else {
+            (&COLUMNS, "hist", &HIST_COLUMNS)
+        };
         let (header, rows) = read_csv(&csv)
             .unwrap()
             .unwrap_or_else(|| panic!("{} is not committed", csv.display()));
         assert_eq!(
             header,
-            COLUMNS,
+            columns,
             "{}: columns differ from this version's",
             csv.display()
         );
@@ -35,11 +43,11 @@ fn shipped_experiments_parse_and_have_committed_results() {
             "{}: one row per (point, mapping)",
             csv.display()
         );
-        let hist = Path::new("results").join(format!("{}_hist.csv", exp.name));
+        let hist = Path::new("results").join(format!("{}_{companion}.csv", exp.name));
         let (hheader, hrows) = read_csv(&hist)
             .unwrap()
             .unwrap_or_else(|| panic!("{} is not committed", hist.display()));
-        assert_eq!(hheader, HIST_COLUMNS);
+        assert_eq!(hheader, companion_columns);
         assert!(!hrows.is_empty());
         // Figures drawn by experiments/reproduce.sh: SVG and PNG of each.
         let figures: Vec<String> = std::fs::read_dir("results")
@@ -54,5 +62,5 @@ fn shipped_experiments_parse_and_have_committed_results() {
         }
         seen += 1;
     }
-    assert!(seen >= 7, "found {seen} experiment files");
+    assert!(seen >= 9, "found {seen} experiment files");
 }
