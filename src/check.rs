@@ -30,6 +30,10 @@ pub fn describe(exp: &Experiment) -> Result<String> {
         }
         let _ = writeln!(out, "  sweep {axis}: {}", values.join(", "));
     }
+    if let Some(net) = &exp.network {
+        network_work(exp, net, &mut out)?;
+        return Ok(out);
+    }
     let (mut cell_macs, mut conversions, mut trials) = (0f64, 0f64, 0u64);
     let layers = Layers::build(&exp.points)?;
     for p in &exp.points {
@@ -46,4 +50,42 @@ pub fn describe(exp: &Experiment) -> Result<String> {
         "total: {trials} trials, {cell_macs:.3e} cell-MACs, {conversions:.3e} ADC conversions"
     );
     Ok(out)
+}
+
+/// An accuracy experiment: its network, images and the work per chip.
+fn network_work(exp: &Experiment, net: &crate::experiment::NetworkParams, out: &mut String) -> Result<()> {
+    let work = crate::accuracy::Workload::load(net)?;
+    let _ = writeln!(
+        out,
+        "network {}: clean int8 accuracy {:.2}% on {} images ({})",
+        net.model.display(),
+        100.0 * work.clean_accuracy,
+        work.count,
+        net.images.display()
+    );
+    // Input vectors per image of each matrix layer: run one image and count.
+    let mut shapes = Vec::new();
+    work.net.forward(&work.data.pixels[..work.net.image_size()], 1, |_, m, rows| {
+        shapes.push((m.name.clone(), m.inputs, m.outputs, rows.len() / m.inputs));
+        Ok(crate::network::matmul(rows, m))
+    })?;
+    let mut macs = 0f64;
+    for (name, k, n, vectors) in &shapes {
+        let _ = writeln!(out, "  layer {name}: K = {k}, N = {n}, {vectors} input vector(s) per image");
+        macs += (k * n * vectors) as f64;
+    }
+    let (mut cell_macs, mut chips) = (0f64, 0u64);
+    for p in &exp.points {
+        for m in &exp.mappings {
+            let planes = crate::model::plane_count(m.encoding, 8) as f64;
+            cell_macs += macs * 8.0 * planes * work.count as f64 * p.params.trials as f64;
+            chips += p.params.trials as u64;
+        }
+    }
+    let _ = writeln!(
+        out,
+        "total: {chips} chips x {} images, {cell_macs:.3e} cell-MACs",
+        work.count
+    );
+    Ok(())
 }

@@ -11,6 +11,17 @@ use std::path::Path;
 pub fn inspect_experiment(file: &Path, parallelism: Option<usize>) -> Result<String> {
     let exp = Experiment::load(file, Overrides::default())?;
     let p = &exp.points[0].params;
+    if let Some(net) = &exp.network {
+        // An accuracy experiment: every matrix layer of its network.
+        let model = crate::network::Network::load(&net.model)?;
+        let mut out = String::new();
+        for m in model.matrices() {
+            let _ = writeln!(out, "layer `{}` (K = {} inputs, N = {} outputs)", m.name, m.inputs, m.outputs);
+            out.push_str(&report(&m.kn(), m.inputs, m.outputs, 8, parallelism.unwrap_or(p.parallelism), &exp.mappings));
+            out.push('\n');
+        }
+        return Ok(out);
+    }
     let layer = Layer::build(&p.layer, p.seed)?;
     Ok(report(
         &layer.w,
