@@ -167,7 +167,7 @@ impl SimNetwork {
     /// Logits of `count` images on chip `trial`.
     pub fn logits(&self, net: &Network, engine: &mut dyn Engine, trial: u32, images: &[u8], count: usize) -> Result<Vec<Vec<f32>>> {
         net.forward(images, count, |i, _, rows| {
-            let plan = self.plans[i].with_inputs(rows.iter().map(|&v| v as u32).collect());
+            let plan = self.plans[i].with_inputs(rows.par_iter().map(|&v| v as u32).collect());
             engine.outputs(&plan, trial)
         })
     }

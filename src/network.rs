@@ -4,6 +4,7 @@
 //! products the simulated arrays compute.
 
 use crate::error::{Error, Result};
+use rayon::prelude::*;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -209,13 +210,14 @@ impl Network {
         let mut index = 0;
         for op in &self.ops {
             let (m, lowered): (&MatrixLayer, Vec<(Vec<u8>, usize, usize)>) = match op {
-                Op::Conv { m, kernel, stride, padding, .. } => {
-                    (m, acts.iter().map(|a| im2col(a, *kernel, *stride, *padding)).collect())
-                }
+                Op::Conv { m, kernel, stride, padding, .. } => (
+                    m,
+                    acts.par_iter().map(|a| im2col(a, *kernel, *stride, *padding)).collect(),
+                ),
                 Op::Linear(m) => (m, acts.iter().map(|a| (a.data.clone(), 1, 1)).collect()),
                 Op::MaxPool(s) | Op::AvgPool(s) => {
                     let max = matches!(op, Op::MaxPool(_));
-                    acts = acts.iter().map(|a| pool(a, *s, max)).collect();
+                    acts = acts.par_iter().map(|a| pool(a, *s, max)).collect();
                     continue;
                 }
                 Op::Flatten => {
@@ -228,13 +230,27 @@ impl Network {
             let rows: Vec<u8> = lowered.iter().flat_map(|(r, _, _)| r.iter().copied()).collect();
             let sums = product(index, m, &rows)?;
             index += 1;
-            let mut at = 0;
+            // Each image's sums start after the positions of the images before it.
+            let starts: Vec<usize> = lowered
+                .iter()
+                .scan(0, |at, (_, oh, ow)| {
+                    let start = *at;
+                    *at += oh * ow;
+                    Some(start)
+                })
+                .collect();
+            let done: Vec<std::result::Result<(Vec<u8>, f32), Vec<f32>>> = acts
+                .par_iter()
+                .zip(&lowered)
+                .zip(&starts)
+                .map(|((a, (_, oh, ow)), &at)| {
+                    let positions = oh * ow;
+                    finish(m, &sums[at * m.outputs..(at + positions) * m.outputs], a.scale, positions)
+                })
+                .collect();
             let mut logits = Vec::new();
-            for (a, (_, oh, ow)) in acts.iter_mut().zip(&lowered) {
-                let positions = oh * ow;
-                let acc = &sums[at * m.outputs..(at + positions) * m.outputs];
-                at += positions;
-                match finish(m, acc, a.scale, positions) {
+            for ((a, (_, oh, ow)), d) in acts.iter_mut().zip(&lowered).zip(done) {
+                match d {
                     Ok((data, scale)) => {
                         *a = Activation { c: m.outputs, h: *oh, w: *ow, data, scale }
                     }

@@ -177,19 +177,22 @@ pub fn input_masks(x: &[u32], k: usize, xbits: usize) -> Vec<u64> {
 /// Whether each (input, chunk, input bit) plane is converted `[b][c][i]`:
 /// with `skip`, planes whose input bits are all zero in the chunk are not.
 pub fn active_rows(xmask: &[u64], b: usize, k: usize, p: usize, xbits: usize, skip: bool) -> Vec<bool> {
+    use rayon::prelude::*;
     let (chunks, words) = (k.div_ceil(p), k.div_ceil(64));
     let mut row_active = vec![true; b * chunks * xbits];
     if skip {
         let cws = chunk_words(k, p);
-        for bb in 0..b {
-            for (c, cw) in cws.iter().enumerate() {
-                for i in 0..xbits {
-                    let xm = &xmask[(bb * xbits + i) * words..(bb * xbits + i + 1) * words];
-                    row_active[(bb * chunks + c) * xbits + i] =
-                        cw.iter().any(|&(w, m)| xm[w] & m != 0);
+        row_active
+            .par_chunks_mut(chunks * xbits)
+            .zip(xmask.par_chunks(xbits * words))
+            .for_each(|(active, xm)| {
+                for (c, cw) in cws.iter().enumerate() {
+                    for i in 0..xbits {
+                        let xi = &xm[i * words..(i + 1) * words];
+                        active[c * xbits + i] = cw.iter().any(|&(w, m)| xi[w] & m != 0);
+                    }
                 }
-            }
-        }
+            });
     }
     row_active
 }

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::plan::{NoisePath, Plan};
 use crate::stats::{Batch, TrialMoments, BINS, SIDE};
 use bytemuck::{Pod, Zeroable};
+use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -504,9 +505,9 @@ impl GpuEngine {
                 ]
             })
             .collect();
-        let active: Vec<u32> = plan.row_active.iter().map(|&a| a as u32).collect();
+        let active: Vec<u32> = plan.row_active.par_iter().map(|&a| a as u32).collect();
         let scales: Vec<f32> = plan.scales.iter().map(|&s| s as f32).collect();
-        let exact: Vec<f32> = plan.exact.iter().map(|&e| e as f32).collect();
+        let exact: Vec<f32> = plan.exact.par_iter().map(|&e| e as f32).collect();
         let buffers = vec![
             self.storage_buffer("digits", bytemuck::cast_slice(&digits)),
             self.storage_buffer("sa1", bytemuck::cast_slice(&sa1)),
@@ -666,7 +667,7 @@ impl Engine for GpuEngine {
         self.dispatch(plan, trial, 1, false, true);
         let work = self.work.as_ref().expect("work");
         let ys = self.read(&work.read_y, (plan.b * plan.n * 4) as u64)?;
-        Ok(bytemuck::cast_slice::<u8, f32>(&ys).iter().map(|&v| v as f64).collect())
+        Ok(bytemuck::cast_slice::<u8, f32>(&ys).par_iter().map(|&v| v as f64).collect())
     }
 }
 
