@@ -8,6 +8,7 @@
 //! layers are lowered by im2col onto the same plan, one input vector per
 //! output position.
 
+use crate::dataset::Dataset;
 use crate::engine::cpu::CpuEngine;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -17,7 +18,6 @@ use crate::network::Network;
 use crate::output;
 use crate::plan::Plan;
 use crate::workload::Layer;
-use crate::dataset::Dataset;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -97,7 +97,10 @@ impl Workload {
         let size = net.image_size();
         let correct: usize = (0..count)
             .into_par_iter()
-            .filter(|&i| argmax(&net.infer(&data.pixels[i * size..(i + 1) * size])) == data.labels[i] as usize)
+            .filter(|&i| {
+                argmax(&net.infer(&data.pixels[i * size..(i + 1) * size]))
+                    == data.labels[i] as usize
+            })
             .count();
         Ok(Workload {
             clean_accuracy: correct as f64 / count.max(1) as f64,
@@ -132,13 +135,22 @@ pub struct SimNetwork {
 impl SimNetwork {
     /// Builds every matrix layer's plan. Calibrated ADC ranges are set from
     /// the clean activations of the first `calibration_images` images.
-    pub fn new(w: &Workload, params: &Params, mapping: &MappingSpec, calibration_images: usize) -> Result<SimNetwork> {
+    pub fn new(
+        w: &Workload,
+        params: &Params,
+        mapping: &MappingSpec,
+        calibration_images: usize,
+    ) -> Result<SimNetwork> {
         let calib = calibration_images.min(w.count).max(1);
         let mut inputs: Vec<Vec<u32>> = Vec::new();
-        w.net.forward(&w.images()[..calib * w.net.image_size()], calib, |_, m, rows| {
-            inputs.push(rows.iter().map(|&v| v as u32).collect());
-            Ok(crate::network::matmul(rows, m))
-        })?;
+        w.net.forward(
+            &w.images()[..calib * w.net.image_size()],
+            calib,
+            |_, m, rows| {
+                inputs.push(rows.iter().map(|&v| v as u32).collect());
+                Ok(crate::network::matmul(rows, m))
+            },
+        )?;
         let plans = w
             .net
             .matrices()
@@ -165,7 +177,14 @@ impl SimNetwork {
     }
 
     /// Logits of `count` images on chip `trial`.
-    pub fn logits(&self, net: &Network, engine: &mut dyn Engine, trial: u32, images: &[u8], count: usize) -> Result<Vec<Vec<f32>>> {
+    pub fn logits(
+        &self,
+        net: &Network,
+        engine: &mut dyn Engine,
+        trial: u32,
+        images: &[u8],
+        count: usize,
+    ) -> Result<Vec<Vec<f32>>> {
         net.forward(images, count, |i, _, rows| {
             let plan = self.plans[i].with_inputs(rows.par_iter().map(|&v| v as u32).collect());
             engine.outputs(&plan, trial)
@@ -216,7 +235,13 @@ pub struct Prepared {
     done: HashMap<String, (Vec<String>, Vec<Vec<String>>)>,
 }
 
-fn key(exp: &Experiment, net: &NetworkParams, count: usize, point: &Point, mapping: &MappingSpec) -> Result<String> {
+fn key(
+    exp: &Experiment,
+    net: &NetworkParams,
+    count: usize,
+    point: &Point,
+    mapping: &MappingSpec,
+) -> Result<String> {
     // The model's files are part of the key: retraining invalidates old rows.
     let model = std::fs::read(&net.model).map_err(|e| Error::io(&net.model, e))?;
     let text = format!(
@@ -276,13 +301,28 @@ pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
             }
         }
     }
-    Ok(Prepared { work, csv, trials_csv, done })
+    Ok(Prepared {
+        work,
+        csv,
+        trials_csv,
+        done,
+    })
 }
 
 /// Runs every (point, mapping) of an accuracy experiment not already in
 /// the results. `engine` `None` runs the CPU engine, trials in parallel.
-pub fn run(exp: &Experiment, prep: Prepared, mut engine: Option<&mut dyn Engine>, opts: &Options) -> Result<Report> {
-    let Prepared { work, csv, trials_csv, done } = prep;
+pub fn run(
+    exp: &Experiment,
+    prep: Prepared,
+    mut engine: Option<&mut dyn Engine>,
+    opts: &Options,
+) -> Result<Report> {
+    let Prepared {
+        work,
+        csv,
+        trials_csv,
+        done,
+    } = prep;
     let net = exp.network.as_ref().expect("an accuracy experiment");
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
     let device = match &engine {
@@ -306,8 +346,10 @@ pub fn run(exp: &Experiment, prep: Prepared, mut engine: Option<&mut dyn Engine>
     let bar = (opts.progress && std::io::stderr().is_terminal() && todo > 0).then(|| {
         let b = ProgressBar::new(todo);
         b.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} chips  ETA {eta}  {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} chips  ETA {eta}  {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         b
     });
@@ -326,8 +368,17 @@ pub fn run(exp: &Experiment, prep: Prepared, mut engine: Option<&mut dyn Engine>
                 continue;
             }
             if let Some(b) = &bar {
-                let label: Vec<String> = point.assignments.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                b.set_message(format!("point {} {} {}", point.index, mapping.name, label.join(" ")));
+                let label: Vec<String> = point
+                    .assignments
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                b.set_message(format!(
+                    "point {} {} {}",
+                    point.index,
+                    mapping.name,
+                    label.join(" ")
+                ));
             }
             let sim = SimNetwork::new(&work, params, mapping, net.calibration_images)?;
             let start = Instant::now();
@@ -355,7 +406,8 @@ pub fn run(exp: &Experiment, prep: Prepared, mut engine: Option<&mut dyn Engine>
             let seconds = start.elapsed().as_secs_f64();
             let n = accs.len() as f64;
             let mean = accs.iter().sum::<f64>() / n;
-            let std = (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+            let std =
+                (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
             let min = accs.iter().cloned().fold(f64::INFINITY, f64::min);
             let max = accs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let g = |v: f64| format!("{v:.6}");
@@ -391,7 +443,13 @@ pub fn run(exp: &Experiment, prep: Prepared, mut engine: Option<&mut dyn Engine>
                 key,
             ]);
             for (t, a) in accs.iter().enumerate() {
-                trial_rows.push(vec![exp.name.clone(), point.index.to_string(), mapping.name.clone(), t.to_string(), g(*a)]);
+                trial_rows.push(vec![
+                    exp.name.clone(),
+                    point.index.to_string(),
+                    mapping.name.clone(),
+                    t.to_string(),
+                    g(*a),
+                ]);
             }
             computed += 1;
             // Results so far are on disk after every (point, mapping).
@@ -429,7 +487,9 @@ pub fn format_table(exp: &Experiment, rows: &[Vec<String>]) -> String {
             line.extend(p.assignments.iter().map(|(_, v)| v.clone()));
         }
         let pct = |name: &str| {
-            r[col(name)].parse::<f64>().map_or("?".into(), |v| format!("{:.2}%", 100.0 * v))
+            r[col(name)]
+                .parse::<f64>()
+                .map_or("?".into(), |v| format!("{:.2}%", 100.0 * v))
         };
         line.extend([
             r[col("mapping")].clone(),

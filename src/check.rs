@@ -53,7 +53,11 @@ pub fn describe(exp: &Experiment) -> Result<String> {
 }
 
 /// An accuracy experiment: its network, images and the work per chip.
-fn network_work(exp: &Experiment, net: &crate::experiment::NetworkParams, out: &mut String) -> Result<()> {
+fn network_work(
+    exp: &Experiment,
+    net: &crate::experiment::NetworkParams,
+    out: &mut String,
+) -> Result<()> {
     let work = crate::accuracy::Workload::load(net)?;
     let _ = writeln!(
         out,
@@ -65,13 +69,20 @@ fn network_work(exp: &Experiment, net: &crate::experiment::NetworkParams, out: &
     );
     // Input vectors per image of each matrix layer: run one image and count.
     let mut shapes = Vec::new();
-    work.net.forward(&work.data.pixels[..work.net.image_size()], 1, |_, m, rows| {
-        shapes.push((m.name.clone(), m.inputs, m.outputs, rows.len() / m.inputs));
-        Ok(crate::network::matmul(rows, m))
-    })?;
+    work.net.forward(
+        &work.data.pixels[..work.net.image_size()],
+        1,
+        |_, m, rows| {
+            shapes.push((m.name.clone(), m.inputs, m.outputs, rows.len() / m.inputs));
+            Ok(crate::network::matmul(rows, m))
+        },
+    )?;
     let mut macs = 0f64;
     for (name, k, n, vectors) in &shapes {
-        let _ = writeln!(out, "  layer {name}: K = {k}, N = {n}, {vectors} input vector(s) per image");
+        let _ = writeln!(
+            out,
+            "  layer {name}: K = {k}, N = {n}, {vectors} input vector(s) per image"
+        );
         macs += (k * n * vectors) as f64;
     }
     let (mut cell_macs, mut chips) = (0f64, 0u64);

@@ -162,7 +162,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             fresh,
             quiet,
         } => {
-            let exp = match Experiment::load(&file, Overrides { trials, seed, images }) {
+            let exp = match Experiment::load(
+                &file,
+                Overrides {
+                    trials,
+                    seed,
+                    images,
+                },
+            ) {
                 Ok(e) => e,
                 Err(e) => return bad_input(e),
             };
@@ -191,22 +198,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let report = runner::run_experiment(&exp, prep, engine.as_mut(), &opts)
                 .context("simulation failed")?;
             print!("{}", runner::format_table(&exp, &report.rows));
-            println!(
-                "{} (point, mapping) rows: {} computed, {} resumed; engine {}",
-                report.rows.len(),
-                report.computed,
-                report.resumed,
-                engine.device()
-            );
-            println!(
-                "wrote {} and {}",
-                report.csv.display(),
-                report.hist_csv.display()
-            );
+            let counts = (report.rows.len(), report.computed, report.resumed);
+            summary(counts, &engine.device(), &report.csv, &report.hist_csv);
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { file, trials, seed } => {
-            let exp = match Experiment::load(&file, Overrides { trials, seed, images: None }) {
+            let exp = match Experiment::load(
+                &file,
+                Overrides {
+                    trials,
+                    seed,
+                    images: None,
+                },
+            ) {
                 Ok(e) => e,
                 Err(e) => return bad_input(e),
             };
@@ -359,19 +363,22 @@ fn run_accuracy(
         report.images
     );
     print!("{}", accuracy::format_table(exp, &report.rows));
-    println!(
-        "{} (point, mapping) rows: {} computed, {} resumed; engine {}",
-        report.rows.len(),
-        report.computed,
-        report.resumed,
-        engine.device()
-    );
-    println!(
-        "wrote {} and {}",
-        report.csv.display(),
-        report.trials_csv.display()
-    );
+    let counts = (report.rows.len(), report.computed, report.resumed);
+    summary(counts, &engine.device(), &report.csv, &report.trials_csv);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The closing lines of `run`: rows computed and resumed, and the files written.
+fn summary(
+    (rows, computed, resumed): (usize, usize, usize),
+    device: &str,
+    csv: &std::path::Path,
+    companion: &std::path::Path,
+) {
+    println!(
+        "{rows} (point, mapping) rows: {computed} computed, {resumed} resumed; engine {device}"
+    );
+    println!("wrote {} and {}", csv.display(), companion.display());
 }
 
 /// Errors in what the user gave (exit code 2), as opposed to failures of the run.

@@ -400,15 +400,22 @@ impl Experiment {
                 }
                 let limit = match overrides.images.map(|v| v as i64).or(n.limit) {
                     None => None,
-                    Some(v) => Some(in_range("network.limit", v, 1, 100_000_000).map_err(err)? as usize),
+                    Some(v) => {
+                        Some(in_range("network.limit", v, 1, 100_000_000).map_err(err)? as usize)
+                    }
                 };
                 Some(NetworkParams {
                     model: base_dir.join(&n.model),
                     images: base_dir.join(&n.images),
                     labels: base_dir.join(&n.labels),
                     limit,
-                    calibration_images: in_range("network.calibration_images", n.calibration_images, 1, 100_000)
-                        .map_err(err)? as usize,
+                    calibration_images: in_range(
+                        "network.calibration_images",
+                        n.calibration_images,
+                        1,
+                        100_000,
+                    )
+                    .map_err(err)? as usize,
                 })
             }
         };

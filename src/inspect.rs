@@ -16,8 +16,19 @@ pub fn inspect_experiment(file: &Path, parallelism: Option<usize>) -> Result<Str
         let model = crate::network::Network::load(&net.model)?;
         let mut out = String::new();
         for m in model.matrices() {
-            let _ = writeln!(out, "layer `{}` (K = {} inputs, N = {} outputs)", m.name, m.inputs, m.outputs);
-            out.push_str(&report(&m.kn(), m.inputs, m.outputs, 8, parallelism.unwrap_or(p.parallelism), &exp.mappings));
+            let _ = writeln!(
+                out,
+                "layer `{}` (K = {} inputs, N = {} outputs)",
+                m.name, m.inputs, m.outputs
+            );
+            out.push_str(&report(
+                &m.kn(),
+                m.inputs,
+                m.outputs,
+                8,
+                parallelism.unwrap_or(p.parallelism),
+                &exp.mappings,
+            ));
             out.push('\n');
         }
         return Ok(out);

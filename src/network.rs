@@ -181,8 +181,7 @@ impl Network {
 
     /// Exact int8 inference of one image (`[c][h][w]` u8): the logits.
     pub fn infer(&self, image: &[u8]) -> Vec<f32> {
-        let out: Result<Vec<Vec<f32>>> =
-            self.forward(image, 1, |_, m, rows| Ok(matmul(rows, m)));
+        let out: Result<Vec<Vec<f32>>> = self.forward(image, 1, |_, m, rows| Ok(matmul(rows, m)));
         out.expect("exact products cannot fail").remove(0)
     }
 
@@ -210,9 +209,17 @@ impl Network {
         let mut index = 0;
         for op in &self.ops {
             let (m, lowered): (&MatrixLayer, Vec<(Vec<u8>, usize, usize)>) = match op {
-                Op::Conv { m, kernel, stride, padding, .. } => (
+                Op::Conv {
                     m,
-                    acts.par_iter().map(|a| im2col(a, *kernel, *stride, *padding)).collect(),
+                    kernel,
+                    stride,
+                    padding,
+                    ..
+                } => (
+                    m,
+                    acts.par_iter()
+                        .map(|a| im2col(a, *kernel, *stride, *padding))
+                        .collect(),
                 ),
                 Op::Linear(m) => (m, acts.iter().map(|a| (a.data.clone(), 1, 1)).collect()),
                 Op::MaxPool(s) | Op::AvgPool(s) => {
@@ -227,7 +234,10 @@ impl Network {
                     continue;
                 }
             };
-            let rows: Vec<u8> = lowered.iter().flat_map(|(r, _, _)| r.iter().copied()).collect();
+            let rows: Vec<u8> = lowered
+                .iter()
+                .flat_map(|(r, _, _)| r.iter().copied())
+                .collect();
             let sums = product(index, m, &rows)?;
             index += 1;
             // Each image's sums start after the positions of the images before it.
@@ -245,14 +255,25 @@ impl Network {
                 .zip(&starts)
                 .map(|((a, (_, oh, ow)), &at)| {
                     let positions = oh * ow;
-                    finish(m, &sums[at * m.outputs..(at + positions) * m.outputs], a.scale, positions)
+                    finish(
+                        m,
+                        &sums[at * m.outputs..(at + positions) * m.outputs],
+                        a.scale,
+                        positions,
+                    )
                 })
                 .collect();
             let mut logits = Vec::new();
             for ((a, (_, oh, ow)), d) in acts.iter_mut().zip(&lowered).zip(done) {
                 match d {
                     Ok((data, scale)) => {
-                        *a = Activation { c: m.outputs, h: *oh, w: *ow, data, scale }
+                        *a = Activation {
+                            c: m.outputs,
+                            h: *oh,
+                            w: *ow,
+                            data,
+                            scale,
+                        }
                     }
                     Err(l) => logits.push(l),
                 }
@@ -379,8 +400,11 @@ pub fn matmul(rows: &[u8], m: &MatrixLayer) -> Vec<f64> {
         let x = &rows[r * m.inputs..(r + 1) * m.inputs];
         for o in 0..m.outputs {
             let w = &m.weights[o * m.inputs..(o + 1) * m.inputs];
-            out[r * m.outputs + o] =
-                x.iter().zip(w).map(|(&a, &b)| a as i64 * b as i64).sum::<i64>() as f64;
+            out[r * m.outputs + o] = x
+                .iter()
+                .zip(w)
+                .map(|(&a, &b)| a as i64 * b as i64)
+                .sum::<i64>() as f64;
         }
     }
     out

@@ -151,7 +151,6 @@ pub fn popcount_and(a: &[u64], b: &[u64], cw: &[(usize, u64)]) -> u32 {
         .sum()
 }
 
-
 /// Input bit masks `[b][i][words]` of inputs `x` `[b][k]`.
 pub fn input_masks(x: &[u32], k: usize, xbits: usize) -> Vec<u64> {
     use rayon::prelude::*;
@@ -176,7 +175,14 @@ pub fn input_masks(x: &[u32], k: usize, xbits: usize) -> Vec<u64> {
 
 /// Whether each (input, chunk, input bit) plane is converted `[b][c][i]`:
 /// with `skip`, planes whose input bits are all zero in the chunk are not.
-pub fn active_rows(xmask: &[u64], b: usize, k: usize, p: usize, xbits: usize, skip: bool) -> Vec<bool> {
+pub fn active_rows(
+    xmask: &[u64],
+    b: usize,
+    k: usize,
+    p: usize,
+    xbits: usize,
+    skip: bool,
+) -> Vec<bool> {
     use rayon::prelude::*;
     let (chunks, words) = (k.div_ceil(p), k.div_ceil(64));
     let mut row_active = vec![true; b * chunks * xbits];
@@ -369,9 +375,21 @@ impl Plan {
             }
         }
         let xmask = input_masks(&x, k, self.xbits);
-        let row_active = active_rows(&xmask, b, k, self.p, self.xbits, self.mapping.skip_zero_inputs);
+        let row_active = active_rows(
+            &xmask,
+            b,
+            k,
+            self.p,
+            self.xbits,
+            self.mapping.skip_zero_inputs,
+        );
         let per_chunk: Vec<u64> = (0..self.chunks)
-            .map(|c| self.converted[c * j * n..(c + 1) * j * n].iter().filter(|v| **v).count() as u64)
+            .map(|c| {
+                self.converted[c * j * n..(c + 1) * j * n]
+                    .iter()
+                    .filter(|v| **v)
+                    .count() as u64
+            })
             .collect();
         let mut counters = Counters {
             skipped_groups: self.counters.skipped_groups,

@@ -523,7 +523,10 @@ where
     xkeys.dedup();
     if xkeys.len() > 12 {
         // Many values (histogram bins): label the decades.
-        let (lo, hi) = (xr.0.max(f64::MIN_POSITIVE).log10().ceil(), xr.1.log10().floor());
+        let (lo, hi) = (
+            xr.0.max(f64::MIN_POSITIVE).log10().ceil(),
+            xr.1.log10().floor(),
+        );
         xkeys = (lo as i32..=hi as i32).map(|e| 10f64.powi(e)).collect();
     }
     let log_xr = || (xr.0..xr.1).log_scale().with_key_points(xkeys.clone());

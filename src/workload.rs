@@ -301,16 +301,18 @@ pub fn exact_product(x: &[u32], w: &[i32], k: usize, n: usize) -> Vec<i64> {
     use rayon::prelude::*;
     let b = x.len() / k.max(1);
     let mut y = vec![0i64; b * n];
-    y.par_chunks_mut(n).zip(x.par_chunks(k)).for_each(|(ys, xs)| {
-        for (kk, &xv) in xs.iter().enumerate() {
-            if xv == 0 {
-                continue;
+    y.par_chunks_mut(n)
+        .zip(x.par_chunks(k))
+        .for_each(|(ys, xs)| {
+            for (kk, &xv) in xs.iter().enumerate() {
+                if xv == 0 {
+                    continue;
+                }
+                let row = &w[kk * n..(kk + 1) * n];
+                for (yv, &wv) in ys.iter_mut().zip(row) {
+                    *yv += xv as i64 * wv as i64;
+                }
             }
-            let row = &w[kk * n..(kk + 1) * n];
-            for (yv, &wv) in ys.iter_mut().zip(row) {
-                *yv += xv as i64 * wv as i64;
-            }
-        }
-    });
+        });
     y
 }

@@ -350,14 +350,23 @@ fn accuracy_experiment_runs_resumes_and_plots() {
     )
     .unwrap();
     let out = dir.path().join("res");
-    let args = ["accuracy", exp.to_str().unwrap(), "--out", out.to_str().unwrap(), "--engine", "cpu"];
-    zebra()
-        .args(args)
-        .assert()
-        .success()
-        .stdout(predicate::str::contains("clean int8 accuracy").and(predicate::str::contains("4 computed, 0 resumed")));
+    let args = [
+        "accuracy",
+        exp.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--engine",
+        "cpu",
+    ];
+    zebra().args(args).assert().success().stdout(
+        predicate::str::contains("clean int8 accuracy")
+            .and(predicate::str::contains("4 computed, 0 resumed")),
+    );
     let csv = fs::read_to_string(out.join("acc.csv")).unwrap();
-    assert_eq!(csv.lines().next().unwrap(), zebra_cim::accuracy::COLUMNS.join(","));
+    assert_eq!(
+        csv.lines().next().unwrap(),
+        zebra_cim::accuracy::COLUMNS.join(",")
+    );
     assert_eq!(csv.lines().count(), 5);
     let trials = fs::read_to_string(out.join("acc_trials.csv")).unwrap();
     assert_eq!(trials.lines().count(), 1 + 4 * 3);
@@ -371,11 +380,17 @@ fn accuracy_experiment_runs_resumes_and_plots() {
         .args(["plot", out.join("acc.csv").to_str().unwrap()])
         .assert()
         .success();
-    for f in ["acc_mean_accuracy.svg", "acc_mean_accuracy.png", "acc_min_accuracy.png"] {
+    for f in [
+        "acc_mean_accuracy.svg",
+        "acc_mean_accuracy.png",
+        "acc_min_accuracy.png",
+    ] {
         assert!(out.join(f).exists(), "{f}");
     }
     // A model that is not there is a one-line bad-input error.
-    let broken = fs::read_to_string(&exp).unwrap().replace("model.toml", "missing.toml");
+    let broken = fs::read_to_string(&exp)
+        .unwrap()
+        .replace("model.toml", "missing.toml");
     fs::write(&exp, broken).unwrap();
     zebra()
         .args(args)

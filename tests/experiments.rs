@@ -24,7 +24,11 @@ fn shipped_experiments_parse_and_have_committed_results() {
         );
         let csv = Path::new("results").join(format!("{}.csv", exp.name));
         let (columns, companion, companion_columns): (&[&str], &str, &[&str]) = if network {
-            (&zebra_cim::accuracy::COLUMNS, "trials", &zebra_cim::accuracy::TRIAL_COLUMNS)
+            (
+                &zebra_cim::accuracy::COLUMNS,
+                "trials",
+                &zebra_cim::accuracy::TRIAL_COLUMNS,
+            )
         } else {
             (&COLUMNS, "hist", &HIST_COLUMNS)
         };

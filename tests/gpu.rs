@@ -406,7 +406,12 @@ fn gpu_network_is_exact_without_noise_and_matches_the_cpu_with_noise() {
         let sim = SimNetwork::new(&work, &exp.points[0].params, m, 4).unwrap();
         let got = sim.logits(&work.net, &mut g, 0, images, 8).unwrap();
         for (i, l) in got.iter().enumerate() {
-            assert_eq!(l, &work.net.infer(&images[i * size..(i + 1) * size]), "{} image {i}", m.name);
+            assert_eq!(
+                l,
+                &work.net.infer(&images[i * size..(i + 1) * size]),
+                "{} image {i}",
+                m.name
+            );
         }
     }
     let exp = load("[noise]\ncell_sigma = 0.05\n");
@@ -415,7 +420,11 @@ fn gpu_network_is_exact_without_noise_and_matches_the_cpu_with_noise() {
         for trial in 0..2 {
             let cpu = sim.accuracy(&work, &mut CpuEngine::new(), trial).unwrap();
             let gpu = sim.accuracy(&work, &mut g, trial).unwrap();
-            assert!((cpu - gpu).abs() <= 0.01, "{} chip {trial}: cpu {cpu}, gpu {gpu}", m.name);
+            assert!(
+                (cpu - gpu).abs() <= 0.01,
+                "{} chip {trial}: cpu {cpu}, gpu {gpu}",
+                m.name
+            );
         }
     }
 }

@@ -69,7 +69,11 @@ fn im2col_equals_direct_convolution() {
                             }
                         }
                     }
-                    assert_eq!(got[(y * ow + x) * out + o], want as f64, "out {o} at ({y}, {x})");
+                    assert_eq!(
+                        got[(y * ow + x) * out + o],
+                        want as f64,
+                        "out {o} at ({y}, {x})"
+                    );
                 }
             }
         }
@@ -271,13 +275,21 @@ fn lossy_adc_and_noise_change_the_logits() {
     let work = Workload::load(exp.network.as_ref().unwrap()).unwrap();
     let images = &work.data.pixels[..4 * work.net.image_size()];
     let sim = SimNetwork::new(&work, &exp.points[0].params, &exp.mappings[0], 4).unwrap();
-    let chip0 = sim.logits(&work.net, &mut CpuEngine::new(), 0, images, 4).unwrap();
-    let chip1 = sim.logits(&work.net, &mut CpuEngine::new(), 1, images, 4).unwrap();
+    let chip0 = sim
+        .logits(&work.net, &mut CpuEngine::new(), 0, images, 4)
+        .unwrap();
+    let chip1 = sim
+        .logits(&work.net, &mut CpuEngine::new(), 1, images, 4)
+        .unwrap();
     let exact = work.net.infer(&images[..work.net.image_size()]);
     assert_ne!(chip0[0], exact);
     assert_ne!(chip0, chip1);
     // The same chip twice is the same answer.
-    assert_eq!(chip0, sim.logits(&work.net, &mut CpuEngine::new(), 0, images, 4).unwrap());
+    assert_eq!(
+        chip0,
+        sim.logits(&work.net, &mut CpuEngine::new(), 0, images, 4)
+            .unwrap()
+    );
 }
 
 #[test]
@@ -313,5 +325,8 @@ fn images_that_do_not_fit_the_model_are_refused() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("images are 1x5x5") && err.contains("takes 1x28x28"), "{err}");
+    assert!(
+        err.contains("images are 1x5x5") && err.contains("takes 1x28x28"),
+        "{err}"
+    );
 }

@@ -120,8 +120,9 @@ impl Shared {
         let cws = chunk_words(plan.k, plan.p);
         let conversions = plan.b * plan.chunks * plan.xbits * plan.j * plan.n;
         let analytic = matches!(plan.path, NoisePath::Analytic | NoisePath::Aggregated);
-        let moments = (cache && analytic && !plan.has_faults() && conversions <= MOMENT_CACHE_LIMIT)
-            .then(|| conversion_moments(plan, &cws, &pos, &neg));
+        let moments =
+            (cache && analytic && !plan.has_faults() && conversions <= MOMENT_CACHE_LIMIT)
+                .then(|| conversion_moments(plan, &cws, &pos, &neg));
         let top = plan.adc.bits.map_or(1.0, Adc::top);
         let step = plan
             .lo
@@ -461,7 +462,9 @@ fn simulate_trial(plan: &Plan, shared: &Shared, trial: u32, s: &mut Scratch) {
         faulted_digits(plan, trial, &mut s.digits);
     }
     match plan.path {
-        NoisePath::Analytic if shared.row_sums => per_cell_trial(plan, shared, &shared.base, trial, s),
+        NoisePath::Analytic if shared.row_sums => {
+            per_cell_trial(plan, shared, &shared.base, trial, s)
+        }
         NoisePath::Analytic | NoisePath::Aggregated => {
             if let Some((mean, sd)) = &shared.moments {
                 analytic_trial(plan, shared, Moments::Cached(mean, sd), trial, s);
@@ -566,49 +569,48 @@ fn analytic_trial(plan: &Plan, shared: &Shared, moments: Moments, trial: u32, s:
 /// Digitises the analog sums `a` of one (chunk, plane) row of columns starting
 /// at group `g0`, and adds `scale * value` of the converted groups to `y`.
 fn convert_row(plan: &Plan, shared: &Shared, g0: usize, a: &mut [f32], y: &mut [f64], scale: f64) {
-    let n = a.len();
-    let (lo, step, live) = (
-        &plan.lo[g0..g0 + n],
-        &shared.step[g0..g0 + n],
-        &shared.live[g0..g0 + n],
-    );
+    quantize_groups(plan, shared, g0, a);
+    add_scaled(y, a, &shared.live[g0..g0 + a.len()], scale);
+}
+
+/// The ADC: replaces the analog sums `a` of the groups from `g0` on by the values read.
+fn quantize_groups(plan: &Plan, shared: &Shared, g0: usize, a: &mut [f32]) {
     if let Some(bits) = plan.adc.bits {
         let top = Adc::top(bits);
-        for nn in 0..n {
-            a[nn] = Adc::quantize(a[nn], lo[nn], step[nn], top);
+        let g = g0..g0 + a.len();
+        for ((av, &lo), &step) in a.iter_mut().zip(&plan.lo[g.clone()]).zip(&shared.step[g]) {
+            *av = Adc::quantize(*av, lo, step, top);
         }
     }
-    for nn in 0..n {
-        y[nn] += scale * (a[nn] * live[nn]) as f64;
+}
+
+/// `y += scale * a` for the converted groups (`live` is 1 or 0).
+#[inline]
+fn add_scaled(y: &mut [f64], a: &[f32], live: &[f32], scale: f64) {
+    for ((yv, &av), &lv) in y.iter_mut().zip(a).zip(live) {
+        *yv += scale * (av * lv) as f64;
     }
 }
 
 /// Digitises the analog sums `a` `[j][n]` of every plane of chunk `c` (all
 /// planes at once, the same arithmetic as [`convert_row`]) and adds
 /// `weight * s_j * value` of the converted groups to `y`, plane by plane.
-fn convert_chunk(plan: &Plan, shared: &Shared, c: usize, a: &mut [f32], y: &mut [f64], weight: f64) {
+fn convert_chunk(
+    plan: &Plan,
+    shared: &Shared,
+    c: usize,
+    a: &mut [f32],
+    y: &mut [f64],
+    weight: f64,
+) {
     let (n, j) = (plan.n, plan.j);
     let g0 = plan.group(c, 0, 0);
-    let jn = j * n;
-    let (lo, step, live) = (
-        &plan.lo[g0..g0 + jn],
-        &shared.step[g0..g0 + jn],
-        &shared.live[g0..g0 + jn],
-    );
-    if let Some(bits) = plan.adc.bits {
-        let top = Adc::top(bits);
-        for g in 0..jn {
-            a[g] = Adc::quantize(a[g], lo[g], step[g], top);
-        }
-    }
+    quantize_groups(plan, shared, g0, &mut a[..j * n]);
     for jj in 0..j {
-        if !shared.plane_live[c * j + jj] {
-            continue;
-        }
-        let scale = weight * plan.scales[jj] as f64;
-        let (a, live) = (&a[jj * n..(jj + 1) * n], &live[jj * n..(jj + 1) * n]);
-        for ((yv, &av), &lv) in y.iter_mut().zip(a).zip(live) {
-            *yv += scale * (av * lv) as f64;
+        if shared.plane_live[c * j + jj] {
+            let at = jj * n..(jj + 1) * n;
+            let live = &shared.live[g0 + jj * n..g0 + (jj + 1) * n];
+            add_scaled(y, &a[at], live, weight * plan.scales[jj] as f64);
         }
     }
 }
@@ -719,7 +721,14 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
                         }
                     }
                 }
-                convert_chunk(plan, shared, c, &mut s.acc, &mut s.y[b * n..(b + 1) * n], (1u64 << i) as f64);
+                convert_chunk(
+                    plan,
+                    shared,
+                    c,
+                    &mut s.acc,
+                    &mut s.y[b * n..(b + 1) * n],
+                    (1u64 << i) as f64,
+                );
             }
         }
     }

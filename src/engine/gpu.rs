@@ -650,7 +650,10 @@ impl Engine for GpuEngine {
                 let y_bytes = count as u64 * (plan.b * plan.n * 4) as u64;
                 let ys: Vec<f32> =
                     bytemuck::cast_slice(&self.read(&work.read_y, y_bytes)?).to_vec();
-                for (yv, ex) in ys.chunks(plan.exact.len()).flat_map(|t| t.iter().zip(&plan.exact)) {
+                for (yv, ex) in ys
+                    .chunks(plan.exact.len())
+                    .flat_map(|t| t.iter().zip(&plan.exact))
+                {
                     raw_out.push((*yv as f64 - *ex as f64) as f32);
                 }
             }
@@ -667,7 +670,10 @@ impl Engine for GpuEngine {
         self.dispatch(plan, trial, 1, false, true);
         let work = self.work.as_ref().expect("work");
         let ys = self.read(&work.read_y, (plan.b * plan.n * 4) as u64)?;
-        Ok(bytemuck::cast_slice::<u8, f32>(&ys).par_iter().map(|&v| v as f64).collect())
+        Ok(bytemuck::cast_slice::<u8, f32>(&ys)
+            .par_iter()
+            .map(|&v| v as f64)
+            .collect())
     }
 }
 

@@ -22,7 +22,15 @@ pub trait Engine {
     /// plus the simulated error), for callers that feed them on, such as a
     /// network's next layer. No statistics are gathered.
     fn outputs(&mut self, plan: &Plan, trial: u32) -> Result<Vec<f64>> {
-        let e = self.run(plan, trial..trial + 1, true)?.raw.unwrap_or_default();
-        Ok(plan.exact.iter().zip(&e).map(|(&y, &e)| y as f64 + e as f64).collect())
+        let e = self
+            .run(plan, trial..trial + 1, true)?
+            .raw
+            .unwrap_or_default();
+        Ok(plan
+            .exact
+            .iter()
+            .zip(&e)
+            .map(|(&y, &e)| y as f64 + e as f64)
+            .collect())
     }
 }
