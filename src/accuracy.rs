@@ -310,11 +310,13 @@ pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
 }
 
 /// Runs every (point, mapping) of an accuracy experiment not already in
-/// the results. `engine` `None` runs the CPU engine, trials in parallel.
+/// the results. With no `engines` the CPU engine runs chips in parallel, one
+/// per thread; otherwise each engine (say, one per GPU queue) runs every
+/// k-th chip on its own host thread. Results do not depend on which.
 pub fn run(
     exp: &Experiment,
     prep: Prepared,
-    mut engine: Option<&mut dyn Engine>,
+    engines: &mut [Box<dyn Engine + Send>],
     opts: &Options,
 ) -> Result<Report> {
     let Prepared {
@@ -325,9 +327,10 @@ pub fn run(
     } = prep;
     let net = exp.network.as_ref().expect("an accuracy experiment");
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
-    let device = match &engine {
-        Some(e) => e.device(),
-        None => CpuEngine::new().device(),
+    let device = match engines {
+        [] => CpuEngine::new().device(),
+        [e] => e.device(),
+        [e, ..] => format!("{} x{}", e.device(), engines.len()),
     };
     let mut keys = Vec::new();
     for p in &exp.points {
@@ -382,26 +385,49 @@ pub fn run(
             }
             let sim = SimNetwork::new(&work, params, mapping, net.calibration_images)?;
             let start = Instant::now();
-            let accs: Vec<f64> = match engine.as_deref_mut() {
-                Some(e) => (0..params.trials)
-                    .map(|t| {
-                        let a = sim.accuracy(&work, e, t);
-                        if let Some(b) = &bar {
-                            b.inc(1);
-                        }
-                        a
-                    })
-                    .collect::<Result<_>>()?,
-                None => (0..params.trials)
+            let tick = || {
+                if let Some(b) = &bar {
+                    b.inc(1);
+                }
+            };
+            let accs: Vec<f64> = if engines.is_empty() {
+                (0..params.trials)
                     .into_par_iter()
                     .map(|t| {
                         let a = sim.accuracy(&work, &mut CpuEngine::new(), t);
-                        if let Some(b) = &bar {
-                            b.inc(1);
-                        }
+                        tick();
                         a
                     })
-                    .collect::<Result<_>>()?,
+                    .collect::<Result<_>>()?
+            } else {
+                let k = engines.len();
+                let (sim, work, tick) = (&sim, &work, &tick);
+                let parts: Vec<Result<Vec<(u32, f64)>>> = std::thread::scope(|s| {
+                    let handles: Vec<_> = engines
+                        .iter_mut()
+                        .enumerate()
+                        .map(|(e, engine)| {
+                            s.spawn(move || {
+                                let mut out = Vec::new();
+                                for t in (e as u32..params.trials).step_by(k) {
+                                    out.push((t, sim.accuracy(work, engine.as_mut(), t)?));
+                                    tick();
+                                }
+                                Ok(out)
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().expect("engine thread"))
+                        .collect()
+                });
+                let mut all = Vec::new();
+                for p in parts {
+                    all.extend(p?);
+                }
+                all.sort_by_key(|p| p.0);
+                all.into_iter().map(|p| p.1).collect()
             };
             let seconds = start.elapsed().as_secs_f64();
             let n = accs.len() as f64;

@@ -319,6 +319,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// GPU engines (queues) an accuracy run uses on a hardware adapter.
+const GPU_STREAMS: usize = 4;
+
 /// `zebra run` on an accuracy experiment.
 fn run_accuracy(
     exp: &Experiment,
@@ -339,24 +342,35 @@ fn run_accuracy(
         Err(e) if is_bad_input(&e) => return bad_input(e),
         Err(e) => return Err(e).context("cannot read the model, images or results"),
     };
-    let mut engine = match make_engine(choice, adapter, threads) {
+    let engine = match make_engine(choice, adapter, threads) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(ExitCode::FAILURE);
         }
     };
-    // The CPU runs chips in parallel, each on one thread; a GPU runs them in turn.
-    let report = if engine.name() == "cpu" {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.unwrap_or(0))
-            .build()
-            .context("cannot start CPU threads")?;
-        pool.install(|| accuracy::run(exp, prep, None, &opts))
-    } else {
-        accuracy::run(exp, prep, Some(engine.as_mut()), &opts)
+    // The CPU runs chips in parallel, each on one thread. A hardware GPU gets
+    // several engines (queues), each fed chips by its own host thread, so
+    // lowering and requantising on the host overlap with the device.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.unwrap_or(0))
+        .build()
+        .context("cannot start CPU threads")?;
+    let device = engine.device();
+    let mut engines: Vec<Box<dyn Engine + Send>> = Vec::new();
+    if engine.name() == "gpu" {
+        engines.push(engine);
+        let streams = GPU_STREAMS.min(std::thread::available_parallelism().map_or(1, |n| n.get()));
+        for _ in 1..streams {
+            match GpuEngine::new(adapter, true) {
+                Ok(g) if !g.adapter().software => engines.push(Box::new(g)),
+                _ => break,
+            }
+        }
     }
-    .context("simulation failed")?;
+    let report = pool
+        .install(|| accuracy::run(exp, prep, &mut engines, &opts))
+        .context("simulation failed")?;
     println!(
         "clean int8 accuracy {:.2}% on {} images",
         100.0 * report.clean_accuracy,
@@ -364,7 +378,7 @@ fn run_accuracy(
     );
     print!("{}", accuracy::format_table(exp, &report.rows));
     let counts = (report.rows.len(), report.computed, report.resumed);
-    summary(counts, &engine.device(), &report.csv, &report.trials_csv);
+    summary(counts, &device, &report.csv, &report.trials_csv);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -401,8 +415,8 @@ pub fn make_engine(
     choice: EngineChoice,
     adapter: Option<&str>,
     threads: Option<usize>,
-) -> Result<Box<dyn Engine>> {
-    let cpu = || -> Box<dyn Engine> {
+) -> Result<Box<dyn Engine + Send>> {
+    let cpu = || -> Box<dyn Engine + Send> {
         match threads {
             Some(t) => Box::new(CpuEngine::with_threads(t.max(1))),
             None => Box::new(CpuEngine::new()),

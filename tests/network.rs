@@ -330,3 +330,30 @@ fn images_that_do_not_fit_the_model_are_refused() {
         "{err}"
     );
 }
+
+/// Chips spread over several engines on their own threads give the same
+/// per-chip accuracies as the CPU's parallel path.
+#[test]
+fn chips_over_several_engines_match_the_parallel_cpu_path() {
+    use zebra_cim::accuracy::{prepare, run, Options};
+    use zebra_cim::engine::{cpu::CpuEngine, Engine};
+    let exp = shipped_experiment("[noise]\ncell_sigma = 0.2\n");
+    let accuracies = |engines: &mut [Box<dyn Engine + Send>]| {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            out_dir: dir.path().to_path_buf(),
+            fresh: true,
+            progress: false,
+        };
+        let prep = prepare(&exp, &opts).unwrap();
+        run(&exp, prep, engines, &opts).unwrap();
+        std::fs::read_to_string(dir.path().join(format!("{}_trials.csv", exp.name))).unwrap()
+    };
+    let parallel = accuracies(&mut []);
+    let mut two: Vec<Box<dyn Engine + Send>> = vec![
+        Box::new(CpuEngine::with_threads(1)),
+        Box::new(CpuEngine::with_threads(1)),
+    ];
+    assert_eq!(accuracies(&mut two), parallel);
+    assert_eq!(parallel.lines().count(), 1 + 2 * exp.mappings.len());
+}

@@ -455,7 +455,9 @@ impl GpuEngine {
         });
     }
 
-    fn load(&mut self, plan: &Plan) -> Result<()> {
+    /// Uploads a plan's buffers (once per plan) and sizes the work buffers
+    /// for up to `max_trials` trials per dispatch.
+    fn load(&mut self, plan: &Plan, max_trials: u32) -> Result<()> {
         if self.loaded.as_ref().is_some_and(|l| l.plan_id == plan.id) {
             return Ok(());
         }
@@ -486,6 +488,7 @@ impl GpuEngine {
             .min(limit / per_trial_y)
             .min(65_535)
             .min(by_work)
+            .min(max_trials as u64)
             .clamp(1, 4096) as u32;
         self.ensure_work(
             per_trial_w * batch as u64,
@@ -622,7 +625,7 @@ impl Engine for GpuEngine {
     }
 
     fn run(&mut self, plan: &Plan, trials: Range<u32>, raw: bool) -> Result<Batch> {
-        self.load(plan)?;
+        self.load(plan, trials.len() as u32)?;
         let batch_cap = self.loaded.as_ref().expect("loaded").batch;
         let mut out = Batch::empty(trials.start);
         let mut raw_out: Vec<f32> = Vec::new();
@@ -666,7 +669,7 @@ impl Engine for GpuEngine {
     }
 
     fn outputs(&mut self, plan: &Plan, trial: u32) -> Result<Vec<f64>> {
-        self.load(plan)?;
+        self.load(plan, 1)?;
         self.dispatch(plan, trial, 1, false, true);
         let work = self.work.as_ref().expect("work");
         let ys = self.read(&work.read_y, (plan.b * plan.n * 4) as u64)?;
