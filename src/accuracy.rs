@@ -12,7 +12,9 @@ use crate::dataset::Dataset;
 use crate::engine::cpu::CpuEngine;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::experiment::{stable_hash, Experiment, NetworkParams, Params, Point};
+use crate::experiment::{
+    stable_hash, stable_hash_bytes, Experiment, NetworkParams, Params, Point, FNV_OFFSET,
+};
 use crate::model::MappingSpec;
 use crate::network::Network;
 use crate::output;
@@ -230,29 +232,45 @@ pub struct Report {
 /// Everything checked before an engine is opened.
 pub struct Prepared {
     work: Workload,
+    /// Hash of the model, weights, images and labels files (see [`inputs_hash`]).
+    inputs: u64,
     csv: PathBuf,
     trials_csv: PathBuf,
     done: HashMap<String, (Vec<String>, Vec<Vec<String>>)>,
 }
 
+/// A hash of the bytes of the files an accuracy experiment reads: the
+/// model's TOML and weights, the images and the labels. Retraining the model
+/// or changing the data invalidates old rows; moving the files does not.
+fn inputs_hash(net: &NetworkParams) -> Result<u64> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io(p, e));
+    let model = read(&net.model)?;
+    let weights = toml::from_str::<toml::Table>(&String::from_utf8_lossy(&model))
+        .ok()
+        .and_then(|t| t.get("weights").and_then(|w| w.as_str()).map(PathBuf::from))
+        .map(|w| net.model.parent().unwrap_or(Path::new(".")).join(w));
+    let mut h = stable_hash_bytes(FNV_OFFSET, &model);
+    if let Some(w) = weights {
+        h = stable_hash_bytes(h, &read(&w)?);
+    }
+    h = stable_hash_bytes(h, &read(&net.images)?);
+    Ok(stable_hash_bytes(h, &read(&net.labels)?))
+}
+
+/// The resume key of one (point, mapping) of an accuracy experiment.
 fn key(
-    exp: &Experiment,
+    inputs: u64,
     net: &NetworkParams,
     count: usize,
     point: &Point,
     mapping: &MappingSpec,
-) -> Result<String> {
-    // The model's files are part of the key: retraining invalidates old rows.
-    let model = std::fs::read(&net.model).map_err(|e| Error::io(&net.model, e))?;
+) -> String {
     let text = format!(
-        "{}|{}|{count}|{}|{}",
+        "{}|{inputs:016x}|{count}|{}",
         output::point_key(&point.params, mapping),
-        String::from_utf8_lossy(&model),
-        net.images.display(),
         net.calibration_images
     );
-    let _ = exp;
-    Ok(format!("{:016x}", stable_hash(&text)))
+    format!("{:016x}", stable_hash(&text))
 }
 
 /// Loads the network and images and reads existing results; touches nothing.
@@ -261,10 +279,11 @@ pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
     let work = Workload::load(net)?;
     let csv = opts.out_dir.join(format!("{}.csv", exp.name));
     let trials_csv = opts.out_dir.join(format!("{}_trials.csv", exp.name));
+    let inputs = inputs_hash(net)?;
     let mut wanted = Vec::new();
     for p in &exp.points {
         for m in &exp.mappings {
-            wanted.push(key(exp, net, work.count, p, m)?);
+            wanted.push(key(inputs, net, work.count, p, m));
         }
     }
     let mut done = HashMap::new();
@@ -303,6 +322,7 @@ pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
     }
     Ok(Prepared {
         work,
+        inputs,
         csv,
         trials_csv,
         done,
@@ -321,6 +341,7 @@ pub fn run(
 ) -> Result<Report> {
     let Prepared {
         work,
+        inputs,
         csv,
         trials_csv,
         done,
@@ -335,7 +356,7 @@ pub fn run(
     let mut keys = Vec::new();
     for p in &exp.points {
         for m in &exp.mappings {
-            keys.push(key(exp, net, work.count, p, m)?);
+            keys.push(key(inputs, net, work.count, p, m));
         }
     }
     let todo: u64 = exp

@@ -720,8 +720,15 @@ impl Params {
 
 /// FNV-1a: a hash that is stable across builds and platforms.
 pub fn stable_hash(text: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
+    stable_hash_bytes(FNV_OFFSET, text.as_bytes())
+}
+
+/// The FNV-1a offset basis: where a [`stable_hash_bytes`] chain starts.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a over `bytes`, continuing from `h` ([`FNV_OFFSET`] starts afresh).
+pub fn stable_hash_bytes(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
         h ^= b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
