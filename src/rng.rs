@@ -125,13 +125,22 @@ impl Address {
             let (mut z0, mut z1, mut z2, mut z3) = ([0f32; L], [0f32; L], [0f32; L], [0f32; L]);
             box_muller_lanes(&words[0], &words[1], &mut z0, &mut z1);
             box_muller_lanes(&words[2], &words[3], &mut z2, &mut z3);
+            // A whole batch goes straight to `out`; a partial one through `batch`.
+            let whole = take == L;
+            let dst: &mut [f32; 4 * L] = if whole {
+                (&mut out[done * 4..(done + L) * 4]).try_into().expect("64 draws")
+            } else {
+                &mut batch
+            };
             for l in 0..L {
-                batch[4 * l] = z0[l];
-                batch[4 * l + 1] = z1[l];
-                batch[4 * l + 2] = z2[l];
-                batch[4 * l + 3] = z3[l];
+                dst[4 * l] = z0[l];
+                dst[4 * l + 1] = z1[l];
+                dst[4 * l + 2] = z2[l];
+                dst[4 * l + 3] = z3[l];
             }
-            out[done * 4..(done + take) * 4].copy_from_slice(&batch[..take * 4]);
+            if !whole {
+                out[done * 4..(done + take) * 4].copy_from_slice(&batch[..take * 4]);
+            }
             done += take;
         }
     }
