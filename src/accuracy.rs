@@ -20,10 +20,8 @@ use crate::network::Network;
 use crate::output;
 use crate::plan::Plan;
 use crate::workload::Layer;
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -367,16 +365,7 @@ pub fn run(
         .filter(|(_, k)| !done.contains_key(*k))
         .map(|(t, _)| t)
         .sum();
-    let bar = (opts.progress && std::io::stderr().is_terminal() && todo > 0).then(|| {
-        let b = ProgressBar::new(todo);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} chips  ETA {eta}  {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
-    });
+    let bar = crate::runner::progress_bar(opts.progress, todo, "chips");
 
     let (mut rows, mut trial_rows) = (Vec::new(), Vec::new());
     let (mut computed, mut resumed) = (0, 0);
@@ -392,17 +381,7 @@ pub fn run(
                 continue;
             }
             if let Some(b) = &bar {
-                let label: Vec<String> = point
-                    .assignments
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
-                b.set_message(format!(
-                    "point {} {} {}",
-                    point.index,
-                    mapping.name,
-                    label.join(" ")
-                ));
+                b.set_message(crate::runner::progress_message(point, mapping));
             }
             let sim = SimNetwork::new(&work, params, mapping, net.calibration_images)?;
             let start = Instant::now();

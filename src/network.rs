@@ -105,6 +105,12 @@ fn bad(path: &Path, msg: impl Into<String>) -> Error {
     Error::config(path.display().to_string(), msg)
 }
 
+/// One image's input rows for a matrix layer, with its output height and width.
+type Lowered = (Vec<u8>, usize, usize);
+
+/// What [`finish`] gives: the next activation and its scale, or the logits.
+type Finished = std::result::Result<(Vec<u8>, f32), Vec<f32>>;
+
 /// A uint8 activation tensor `[c][h][w]` with its real-value scale.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Activation {
@@ -208,7 +214,7 @@ impl Network {
             .collect();
         let mut index = 0;
         for op in &self.ops {
-            let (m, lowered): (&MatrixLayer, Vec<(Vec<u8>, usize, usize)>) = match op {
+            let (m, lowered): (&MatrixLayer, Vec<Lowered>) = match op {
                 Op::Conv {
                     m,
                     kernel,
@@ -249,7 +255,7 @@ impl Network {
                     Some(start)
                 })
                 .collect();
-            let done: Vec<std::result::Result<(Vec<u8>, f32), Vec<f32>>> = acts
+            let done: Vec<Finished> = acts
                 .par_iter()
                 .zip(&lowered)
                 .zip(&starts)
@@ -426,12 +432,7 @@ impl MatrixLayer {
 /// Scales, bias, ReLU and requantisation of sums `[positions][out]` (exact
 /// integers, or what simulated arrays read): the next activation
 /// `[out][positions]` with its scale, or the logits.
-pub fn finish(
-    m: &MatrixLayer,
-    acc: &[f64],
-    in_scale: f32,
-    positions: usize,
-) -> std::result::Result<(Vec<u8>, f32), Vec<f32>> {
+pub fn finish(m: &MatrixLayer, acc: &[f64], in_scale: f32, positions: usize) -> Finished {
     let real = |p: usize, o: usize| {
         let v = in_scale * m.scales[o] * acc[p * m.outputs + o] as f32 + m.bias[o];
         if m.relu {

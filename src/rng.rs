@@ -128,7 +128,9 @@ impl Address {
             // A whole batch goes straight to `out`; a partial one through `batch`.
             let whole = take == L;
             let dst: &mut [f32; 4 * L] = if whole {
-                (&mut out[done * 4..(done + L) * 4]).try_into().expect("64 draws")
+                (&mut out[done * 4..(done + L) * 4])
+                    .try_into()
+                    .expect("64 draws")
             } else {
                 &mut batch
             };

@@ -3,7 +3,8 @@
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::experiment::Experiment;
+use crate::experiment::{Experiment, Point};
+use crate::model::MappingSpec;
 use crate::output::{self, RunInfo, COLUMNS, HIST_COLUMNS};
 use crate::plan::Plan;
 use crate::stats::{coarse_rows, Accumulator};
@@ -144,17 +145,7 @@ pub fn run_experiment(
         .filter(|(p, m)| !done.contains_key(&output::point_key(&p.params, m)))
         .map(|(p, _)| p.params.trials as u64)
         .sum();
-    let bar = if opts.progress && std::io::stderr().is_terminal() && total_trials > 0 {
-        let b = ProgressBar::new(total_trials);
-        let style = ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} trials  ETA {eta}  {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-        b.set_style(style);
-        Some(b)
-    } else {
-        None
-    };
+    let bar = progress_bar(opts.progress, total_trials, "trials");
 
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut hist_rows: Vec<Vec<String>> = Vec::new();
@@ -172,17 +163,7 @@ pub fn run_experiment(
             }
             let plan = Plan::new(params, layer, mapping);
             if let Some(b) = &bar {
-                let label: Vec<String> = point
-                    .assignments
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
-                b.set_message(format!(
-                    "point {} {} {}",
-                    point.index,
-                    mapping.name,
-                    label.join(" ")
-                ));
+                b.set_message(progress_message(point, mapping));
             }
             let start = Instant::now();
             let mut acc = Accumulator::default();
@@ -310,6 +291,29 @@ pub fn format_table(exp: &Experiment, rows: &[Vec<String>]) -> String {
     }
     out.push_str(&align(&table));
     out
+}
+
+/// A progress bar over `total` units on stderr, when asked for and stderr is a terminal.
+pub fn progress_bar(wanted: bool, total: u64, unit: &str) -> Option<ProgressBar> {
+    (wanted && std::io::stderr().is_terminal() && total > 0).then(|| {
+        let b = ProgressBar::new(total);
+        let template =
+            format!("{{spinner}} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {unit}  ETA {{eta}}  {{msg}}");
+        b.set_style(
+            ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    })
+}
+
+/// The progress bar's message for one (point, mapping).
+pub fn progress_message(point: &Point, mapping: &MappingSpec) -> String {
+    let label: Vec<String> = point
+        .assignments
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!("point {} {} {}", point.index, mapping.name, label.join(" "))
 }
 
 /// Right-aligned columns, two spaces apart, one line per row.

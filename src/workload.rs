@@ -265,6 +265,27 @@ pub fn read_npy_ints(path: &Path) -> Result<(Vec<usize>, Vec<i64>)> {
     Err(npy_err(path, format!("dtype {dtype} is not accepted; use an integer dtype (int8..int64, uint8..uint32) or float32/float64 holding integers")))
 }
 
+/// Exact integer products of inputs `x` `[b][k]` with weights `w` `[k][n]`: `[b][n]`.
+pub fn exact_product(x: &[u32], w: &[i32], k: usize, n: usize) -> Vec<i64> {
+    use rayon::prelude::*;
+    let b = x.len() / k.max(1);
+    let mut y = vec![0i64; b * n];
+    y.par_chunks_mut(n)
+        .zip(x.par_chunks(k))
+        .for_each(|(ys, xs)| {
+            for (kk, &xv) in xs.iter().enumerate() {
+                if xv == 0 {
+                    continue;
+                }
+                let row = &w[kk * n..(kk + 1) * n];
+                for (yv, &wv) in ys.iter_mut().zip(row) {
+                    *yv += xv as i64 * wv as i64;
+                }
+            }
+        });
+    y
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,25 +315,4 @@ mod tests {
         assert!((0.45..0.7).contains(&zeros), "zero fraction {zeros}");
         assert_eq!(l, Layer::build(&params(), 3).unwrap());
     }
-}
-
-/// Exact integer products of inputs `x` `[b][k]` with weights `w` `[k][n]`: `[b][n]`.
-pub fn exact_product(x: &[u32], w: &[i32], k: usize, n: usize) -> Vec<i64> {
-    use rayon::prelude::*;
-    let b = x.len() / k.max(1);
-    let mut y = vec![0i64; b * n];
-    y.par_chunks_mut(n)
-        .zip(x.par_chunks(k))
-        .for_each(|(ys, xs)| {
-            for (kk, &xv) in xs.iter().enumerate() {
-                if xv == 0 {
-                    continue;
-                }
-                let row = &w[kk * n..(kk + 1) * n];
-                for (yv, &wv) in ys.iter_mut().zip(row) {
-                    *yv += xv as i64 * wv as i64;
-                }
-            }
-        });
-    y
 }
