@@ -73,11 +73,18 @@ impl Workload {
     pub fn load(p: &NetworkParams) -> Result<Workload> {
         let net = Network::load(&p.model)?;
         let npy = p.images.extension().is_some_and(|e| e == "npy");
-        let data = if npy {
+        let mut data = if npy {
             Dataset::from_npy(&p.images, &p.labels)?
         } else {
             Dataset::from_idx(&p.images, &p.labels)?
         };
+        // Channels-last images (n, rows, cols, channels), as NumPy CIFAR-10
+        // copies often are, read as (n, c, h, w) = (n, rows, cols, channels).
+        let channels_last = net.channels > 1
+            && (data.channels, data.rows, data.cols) == (net.height, net.width, net.channels);
+        if channels_last {
+            data = data.channels_last_to_first();
+        }
         if (data.channels, data.rows, data.cols) != (net.channels, net.height, net.width) {
             return Err(Error::Npy {
                 path: p.images.clone(),

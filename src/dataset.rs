@@ -101,6 +101,34 @@ impl Dataset {
         })
     }
 
+    /// The same images with their axes read as (n, rows, cols, channels):
+    /// rearranged to (n, channels, rows, cols).
+    pub fn channels_last_to_first(self) -> Dataset {
+        // As read, the axes are (n, "channels", "rows", "cols") = (n, h, w, c).
+        let (h, w, c) = (self.channels, self.rows, self.cols);
+        let mut pixels = vec![0u8; self.pixels.len()];
+        for (src, dst) in self
+            .pixels
+            .chunks(h * w * c)
+            .zip(pixels.chunks_mut(h * w * c))
+        {
+            for y in 0..h {
+                for x in 0..w {
+                    for ch in 0..c {
+                        dst[(ch * h + y) * w + x] = src[(y * w + x) * c + ch];
+                    }
+                }
+            }
+        }
+        Dataset {
+            channels: c,
+            rows: h,
+            cols: w,
+            pixels,
+            ..self
+        }
+    }
+
     /// Images from a `.npy` of shape (n, rows, cols) or (n, channels, rows, cols)
     /// with values 0..=255, and labels from a `.npy` of shape (n,).
     pub fn from_npy(images: &Path, labels: &Path) -> Result<Dataset> {

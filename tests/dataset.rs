@@ -57,3 +57,34 @@ fn npy_image_label_pairs_are_checked() {
         .to_string()
         .contains("images must be (n, rows, cols)"));
 }
+
+/// Channels-last images (n, rows, cols, channels) are rearranged to
+/// (n, channels, rows, cols) pixel for pixel.
+#[test]
+fn channels_last_images_are_rearranged() {
+    let (n, h, w, c) = (2, 2, 3, 3);
+    let pixels: Vec<u8> = (0..n * h * w * c).map(|i| i as u8).collect();
+    // As read from a (n, h, w, c) array: "channels" = h, "rows" = w, "cols" = c.
+    let d = Dataset {
+        n,
+        channels: h,
+        rows: w,
+        cols: c,
+        pixels: pixels.clone(),
+        labels: vec![0, 1],
+    };
+    let d = d.channels_last_to_first();
+    assert_eq!((d.channels, d.rows, d.cols), (c, h, w));
+    for i in 0..n {
+        for y in 0..h {
+            for x in 0..w {
+                for ch in 0..c {
+                    assert_eq!(
+                        d.pixels[((i * c + ch) * h + y) * w + x],
+                        pixels[((i * h + y) * w + x) * c + ch]
+                    );
+                }
+            }
+        }
+    }
+}
