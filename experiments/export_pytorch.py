@@ -9,9 +9,11 @@ Quantisation is post-training (PTQ), the scheme of the int8 model zebra runs:
   * biases stay float32 and are added after the integer product is rescaled.
 
 Supported modules, in an `nn.Sequential`: Conv2d (square kernel, equal
-stride/padding, no groups or dilation), Linear, ReLU (folded into the layer
-before it), MaxPool2d / AvgPool2d (kernel == stride), Flatten. Every matrix
-layer except the last must be followed by a ReLU (activations are unsigned).
+stride/padding, no groups or dilation), Linear, BatchNorm2d / BatchNorm1d
+right after a Conv2d / Linear (folded into its weights and bias before
+quantisation), ReLU (folded into the layer before it), MaxPool2d / AvgPool2d
+(kernel == stride), Flatten, Dropout (dropped). Every matrix layer except
+the last must be followed by a ReLU (activations are unsigned).
 
 Use as a library (`export(model, calib, out_dir)`) or from the command line on
 a saved `state_dict` of the training script's architecture:
@@ -31,9 +33,30 @@ from torch import nn
 from safetensors.numpy import save_file
 
 
+def _fold_batchnorm(m, bn):
+    """A copy of Conv2d/Linear `m` with the eval-mode BatchNorm `bn` after it folded in."""
+    import copy
+    f = copy.deepcopy(m)
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    shape = (-1,) + (1,) * (f.weight.dim() - 1)
+    bias = f.bias.detach() if f.bias is not None else torch.zeros_like(bn.running_mean)
+    f.weight = nn.Parameter(f.weight.detach() * scale.reshape(shape))
+    f.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias.detach())
+    return f
+
+
 def _layers(model):
     """Groups an nn.Sequential into (kind, module, relu) entries."""
-    mods = list(model)
+    mods = [m for m in model if not isinstance(m, nn.Dropout)]
+    folded = []
+    for m in mods:
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if not folded or not isinstance(folded[-1], (nn.Conv2d, nn.Linear)):
+                raise ValueError("a BatchNorm must directly follow a Conv2d or Linear to be folded")
+            folded[-1] = _fold_batchnorm(folded[-1], m)
+        else:
+            folded.append(m)
+    mods = folded
     out = []
     i = 0
     while i < len(mods):
