@@ -6,9 +6,15 @@
 # The device machine has no network: build a portable binary here first and
 # carry it, e.g.
 #   RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release --target-dir target/portable
-#   (device tool: carry ["target/portable/release/zebra", ".gl"],
-#    command "ZEBRA_BIN=target/portable/release/zebra bash benches/device_bench.sh")
-# where .gl holds the Vulkan loader's .deb files (see the device tool's notes).
+#   (device tool: carry [".bin", ".gl"],
+#    command "ZEBRA_BIN=.bin/zebra bash benches/device_bench.sh")
+# where .bin/zebra is that binary stripped (strip -o .bin/zebra ...; the tree
+# that travels is limited to 64 MiB) and .gl holds .deb files the bare device
+# lacks, fetched here with
+#   o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+#   mkdir -p .gl /tmp/amd64/partial; apt-get $o update
+#   (cd .gl && apt-get $o download libvulkan1 libfontconfig1 libfreetype6 \
+#       libpng16-16 libbrotli1 libexpat1 fontconfig-config)
 # Usage: bash benches/device_bench.sh [trials]   (writes to $OUT if set)
 set -uo pipefail
 cd "$(dirname "$0")/.."
