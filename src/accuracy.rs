@@ -237,8 +237,8 @@ pub struct Report {
 /// Everything checked before an engine is opened.
 pub struct Prepared {
     work: Workload,
-    /// Hash of the model, weights, images and labels files (see [`inputs_hash`]).
-    inputs: u64,
+    /// The resume key of every (point, mapping), points outermost.
+    keys: Vec<String>,
     csv: PathBuf,
     trials_csv: PathBuf,
     done: HashMap<String, (Vec<String>, Vec<Vec<String>>)>,
@@ -285,12 +285,12 @@ pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
     let csv = opts.out_dir.join(format!("{}.csv", exp.name));
     let trials_csv = opts.out_dir.join(format!("{}_trials.csv", exp.name));
     let inputs = inputs_hash(net)?;
-    let mut wanted = Vec::new();
-    for p in &exp.points {
-        for m in &exp.mappings {
-            wanted.push(key(inputs, net, work.count, p, m));
-        }
-    }
+    let keys: Vec<String> = exp
+        .points
+        .iter()
+        .flat_map(|p| exp.mappings.iter().map(move |m| (p, m)))
+        .map(|(p, m)| key(inputs, net, work.count, p, m))
+        .collect();
     let mut done = HashMap::new();
     if !opts.fresh {
         if let Some((header, rows)) = output::read_csv(&csv)? {
@@ -301,7 +301,7 @@ pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
                 });
             }
             let kc = COLUMNS.len() - 1;
-            let stale = rows.iter().filter(|r| !wanted.contains(&r[kc])).count();
+            let stale = rows.iter().filter(|r| !keys.contains(&r[kc])).count();
             if stale > 0 {
                 return Err(Error::Results {
                     path: csv,
@@ -327,7 +327,7 @@ pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
     }
     Ok(Prepared {
         work,
-        inputs,
+        keys,
         csv,
         trials_csv,
         done,
@@ -346,7 +346,7 @@ pub fn run(
 ) -> Result<Report> {
     let Prepared {
         work,
-        inputs,
+        keys,
         csv,
         trials_csv,
         done,
@@ -358,12 +358,6 @@ pub fn run(
         [e] => e.device(),
         [e, ..] => format!("{} x{}", e.device(), engines.len()),
     };
-    let mut keys = Vec::new();
-    for p in &exp.points {
-        for m in &exp.mappings {
-            keys.push(key(inputs, net, work.count, p, m));
-        }
-    }
     let todo: u64 = exp
         .points
         .iter()
@@ -535,9 +529,4 @@ pub fn format_table(exp: &Experiment, rows: &[Vec<String>]) -> String {
         table.push(line);
     }
     crate::runner::align(&table)
-}
-
-/// Where a network experiment's results go.
-pub fn result_path(exp: &Experiment, out_dir: &Path) -> PathBuf {
-    out_dir.join(format!("{}.csv", exp.name))
 }
