@@ -33,14 +33,15 @@ export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}" XDG_RUNTIME_DIR=/tmp
     echo "== $(date -u) $(uname -m) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo)"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
     "$bin" devices
-    "$bin" bench --workload S --engine auto --trials "$trials" --repeats 5
-    "$bin" bench --workload D --engine auto --trials "$trials" --repeats 5
-    # Each sweep is cut off after its time limit; rows finished by then are kept.
-    for exp in "accuracy_sigma ${ACC_LIMIT:-200}" "accuracy_parallelism ${ACC_LIMIT_P:-120}"; do
+    "$bin" bench --workload S --engine auto --trials "$trials" --repeats 3
+    "$bin" bench --workload D --engine auto --trials "$trials" --repeats 3
+    # Each sweep is cut off after its time limit; rows finished by then are
+    # kept, and every row carries its own images/s.
+    for exp in "accuracy_sigma ${ACC_LIMIT:-150} 4" "accuracy_sigma ${ACC_LIMIT_8:-60} 8" "accuracy_parallelism ${ACC_LIMIT_P:-90} 4"; do
         set -- $exp
-        echo "== $1 on the GPU (limit $2 s)"
+        echo "== $1 on the GPU, $3 streams (limit $2 s)"
         start=$(date +%s%N)
-        timeout "$2" "$bin" run "experiments/$1.toml" --engine gpu --out "$out/gpu" --quiet --fresh
+        ZEBRA_GPU_STREAMS=$3 timeout "$2" "$bin" run "experiments/$1.toml" --engine gpu --out "$out/gpu$3" --quiet --fresh
         echo "exit $?, $(( ($(date +%s%N) - start) / 1000000 )) ms"
     done
     echo "== accuracy_sigma on the CPU ($(nproc) threads, limit ${ACC_LIMIT_CPU:-100} s)"

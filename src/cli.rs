@@ -45,6 +45,10 @@ pub enum Command {
     /// experiment resumes: (point, mapping) rows already in the CSV whose
     /// parameters are unchanged are kept, not recomputed. Pass --fresh to
     /// recompute everything.
+    ///
+    /// Accuracy experiments on a hardware GPU run chips on several GPU queues
+    /// at once, each fed by its own host thread: 4 (at most one per core)
+    /// unless ZEBRA_GPU_STREAMS (1 to 16) says otherwise.
     #[command(visible_alias = "accuracy")]
     Run {
         /// Experiment file (TOML).
@@ -319,8 +323,20 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// GPU engines (queues) an accuracy run uses on a hardware adapter.
+/// GPU engines (queues) an accuracy run uses on a hardware adapter, unless
+/// `ZEBRA_GPU_STREAMS` (1 to 16) says otherwise.
 const GPU_STREAMS: usize = 4;
+
+/// The number of GPU streams: `ZEBRA_GPU_STREAMS` if set, else [`GPU_STREAMS`].
+fn gpu_streams() -> Result<usize> {
+    match std::env::var("ZEBRA_GPU_STREAMS") {
+        Err(_) => Ok(GPU_STREAMS.min(std::thread::available_parallelism().map_or(1, |n| n.get()))),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n @ 1..=16) => Ok(n),
+            _ => anyhow::bail!("ZEBRA_GPU_STREAMS is {v:?}; accepted: a whole number from 1 to 16"),
+        },
+    }
+}
 
 /// `zebra run` on an accuracy experiment.
 fn run_accuracy(
@@ -360,7 +376,7 @@ fn run_accuracy(
     let mut engines: Vec<Box<dyn Engine + Send>> = Vec::new();
     if engine.name() == "gpu" {
         engines.push(engine);
-        let streams = GPU_STREAMS.min(std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let streams = gpu_streams()?;
         for _ in 1..streams {
             match GpuEngine::new(adapter, true) {
                 Ok(g) if !g.adapter().software => engines.push(Box::new(g)),

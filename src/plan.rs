@@ -364,16 +364,13 @@ impl Plan {
     /// other inputs `x` `[b][k]`: what a network layer sees on each pass.
     /// ADC ranges stay as built (calibrated ranges keep their calibration
     /// inputs); the cost counters count conversions but not active reads.
+    /// The exact product is not computed (`exact` is empty): such a plan is
+    /// for [`Engine::outputs`](crate::engine::Engine::outputs), which does
+    /// not need it, not for error statistics.
     pub fn with_inputs(&self, x: Vec<u32>) -> Plan {
         let (k, n, j) = (self.k, self.n, self.j);
         let b = x.len() / k;
         assert_eq!(b * k, x.len(), "inputs must be whole vectors of K");
-        let mut w = vec![0i32; k * n];
-        for (jj, &s) in self.scales.iter().enumerate() {
-            for (wv, &d) in w.iter_mut().zip(&self.digits[jj * k * n..(jj + 1) * k * n]) {
-                *wv += s * d as i32;
-            }
-        }
         let xmask = input_masks(&x, k, self.xbits);
         let row_active = active_rows(
             &xmask,
@@ -404,17 +401,35 @@ impl Plan {
                 counters.skipped_input_planes += 1;
             }
         }
-        let exact = crate::workload::exact_product(&x, &w, k, n);
+        // Field by field rather than `..self.clone()`: the template's own
+        // inputs (calibration images) can be large and are not carried.
         Plan {
             id: crate::engine::gpu::next_plan_id(),
+            k,
+            n,
             b,
-            exact_std: std_dev(&exact),
-            exact,
+            xbits: self.xbits,
+            j,
+            p: self.p,
+            chunks: self.chunks,
+            words: self.words,
+            seed: self.seed,
+            mapping: self.mapping.clone(),
+            scales: self.scales.clone(),
+            digits: self.digits.clone(),
+            sa1_digit: self.sa1_digit.clone(),
             x,
             xmask,
+            lo: self.lo.clone(),
+            hi: self.hi.clone(),
+            converted: self.converted.clone(),
             row_active,
+            exact: Vec::new(),
+            exact_std: 0.0,
+            adc: self.adc,
+            noise: self.noise,
+            path: self.path,
             counters,
-            ..self.clone()
         }
     }
 
