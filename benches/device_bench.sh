@@ -26,18 +26,23 @@ if [ -d .gl ]; then
     for f in .gl/*.deb; do dpkg -x "$f" /; done
     ldconfig
 fi
-icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-[ -f "$icd" ] && export VK_DRIVER_FILES="$icd"
+# NVIDIA's Vulkan driver: headless containers need its EGL entry point (the
+# stock ICD file names libGLX_nvidia, which fails without a display with
+# "Could not get 'vkCreateInstance' via 'vk_icdGetInstanceProcAddr'").
+if [ -e /usr/local/nvidia/lib64/libEGL_nvidia.so.0 ] || [ -e /usr/lib/libEGL_nvidia.so.0 ]; then
+    printf '{"file_format_version":"1.0.1","ICD":{"library_path":"libEGL_nvidia.so.0","api_version":"1.3.0"}}\n' >/tmp/nvidia_egl_icd.json
+    export VK_DRIVER_FILES=/tmp/nvidia_egl_icd.json
+fi
 export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}" XDG_RUNTIME_DIR=/tmp
 {
     echo "== $(date -u) $(uname -m) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo)"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
     "$bin" devices
-    "$bin" bench --workload S --engine auto --trials "$trials" --repeats 3
-    "$bin" bench --workload D --engine auto --trials "$trials" --repeats 3
+    "$bin" bench --workload S --engine auto --trials "$trials" --repeats 5
+    "$bin" bench --workload D --engine auto --trials "$trials" --repeats 5
     # Each sweep is cut off after its time limit; rows finished by then are
     # kept, and every row carries its own images/s.
-    for exp in "accuracy_sigma ${ACC_LIMIT:-150} 4" "accuracy_sigma ${ACC_LIMIT_8:-60} 8" "accuracy_parallelism ${ACC_LIMIT_P:-90} 4"; do
+    for exp in "accuracy_sigma ${ACC_LIMIT:-150} 8" "accuracy_sigma ${ACC_LIMIT_16:-60} 16" "accuracy_parallelism ${ACC_LIMIT_P:-90} 8"; do
         set -- $exp
         echo "== $1 on the GPU, $3 streams (limit $2 s)"
         start=$(date +%s%N)

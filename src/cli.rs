@@ -47,7 +47,7 @@ pub enum Command {
     /// recompute everything.
     ///
     /// Accuracy experiments on a hardware GPU run chips on several GPU queues
-    /// at once, each fed by its own host thread: 4 (at most one per core)
+    /// at once, each fed by its own host thread: 8 (at most one per core)
     /// unless ZEBRA_GPU_STREAMS (1 to 16) says otherwise.
     #[command(visible_alias = "accuracy")]
     Run {
@@ -325,7 +325,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 /// GPU engines (queues) an accuracy run uses on a hardware adapter, unless
 /// `ZEBRA_GPU_STREAMS` (1 to 16) says otherwise.
-const GPU_STREAMS: usize = 4;
+const GPU_STREAMS: usize = 8;
 
 /// The number of GPU streams: `ZEBRA_GPU_STREAMS` if set, else [`GPU_STREAMS`].
 fn gpu_streams() -> Result<usize> {

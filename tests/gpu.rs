@@ -304,6 +304,22 @@ fn gpu_matches_cpu_on_every_mapping_and_noise_path() {
 }
 
 #[test]
+fn a_short_first_call_does_not_fix_the_dispatch_size() {
+    // A one-trial warm-up once sized every later dispatch of the same plan to
+    // one trial (17x slower on an H100); later, larger calls must grow it.
+    let Some(mut g) = engine() else { return };
+    let text = "version = 1\nseed = 3\n[layer]\nk = 64\nn = 16\ninputs = 2\n[noise]\ncell_sigma = 0.05\n";
+    let (params, layer) = common::point(text);
+    let plan = Plan::new(&params, &layer, &MappingSpec::presets()[0]);
+    let first = g.run(&plan, 0..1, false).unwrap();
+    assert_eq!(g.dispatch_trials(), Some(1));
+    let later = g.run(&plan, 0..32, false).unwrap();
+    assert_eq!(g.dispatch_trials(), Some(32));
+    // Re-sizing changes nothing in the results.
+    assert_eq!(first.trials[0].sumsq, later.trials[0].sumsq);
+}
+
+#[test]
 fn gpu_is_exact_without_noise_and_with_a_lossless_adc() {
     let Some(mut g) = engine() else { return };
     for (k, n, b, p, wbits, xbits) in [

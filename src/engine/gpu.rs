@@ -455,13 +455,14 @@ impl GpuEngine {
         });
     }
 
-    /// Uploads a plan's buffers (once per plan) and sizes the work buffers
-    /// for up to `max_trials` trials per dispatch.
-    fn load(&mut self, plan: &Plan, max_trials: u32) -> Result<()> {
-        if self.loaded.as_ref().is_some_and(|l| l.plan_id == plan.id) {
-            return Ok(());
-        }
-        self.loaded = None;
+    /// Trials per dispatch of the plan loaded last, if any (for diagnostics
+    /// and tests).
+    pub fn dispatch_trials(&self) -> Option<u32> {
+        self.loaded.as_ref().map(|l| l.batch)
+    }
+
+    /// Trials per dispatch for `plan` when up to `max_trials` are wanted.
+    fn batch(&self, plan: &Plan, max_trials: u32) -> Result<u32> {
         let limit = (self.info.max_storage_binding).min(1 << 30);
         let per_trial_w = (plan.j * plan.k * plan.n * 4) as u64;
         let per_trial_y = (plan.b * plan.n * 4) as u64;
@@ -490,6 +491,25 @@ impl GpuEngine {
             .min(by_work)
             .min(max_trials as u64)
             .clamp(1, 4096) as u32;
+        Ok(batch)
+    }
+
+    /// Uploads a plan's buffers (once per plan) and sizes the work buffers
+    /// for up to `max_trials` trials per dispatch.
+    fn load(&mut self, plan: &Plan, max_trials: u32) -> Result<()> {
+        let batch = self.batch(plan, max_trials)?;
+        // A loaded plan is reused unless this call wants larger dispatches
+        // than it was sized for (a short warm-up call must not fix the batch).
+        if self
+            .loaded
+            .as_ref()
+            .is_some_and(|l| l.plan_id == plan.id && l.batch >= batch)
+        {
+            return Ok(());
+        }
+        self.loaded = None;
+        let per_trial_w = (plan.j * plan.k * plan.n * 4) as u64;
+        let per_trial_y = (plan.b * plan.n * 4) as u64;
         self.ensure_work(
             per_trial_w * batch as u64,
             per_trial_y * batch as u64,
