@@ -107,13 +107,51 @@ impl Address {
     /// at block `first` (four draws per block; `out.len()` is a multiple of
     /// four). Written lane-wise so the compiler vectorises it.
     pub fn fill_gaussian(&self, first: u64, out: &mut [f32]) {
-        const L: usize = 16;
         assert!(
             out.len().is_multiple_of(4),
             "fill_gaussian needs whole blocks"
         );
+        let mut next = first;
+        self.fill_batches(out.len() / 4, out, |_, idx| {
+            for (l, v) in idx.iter_mut().enumerate() {
+                *v = next.wrapping_add(l as u64);
+            }
+            next = next.wrapping_add(16);
+        });
+    }
+
+    /// Fills `out` with the draws of several runs of consecutive blocks,
+    /// `(first block, blocks)`, one run after another (four draws per block):
+    /// the same draws as [`fill_gaussian`](Self::fill_gaussian) on each run,
+    /// but short runs share 16-block batches instead of each wasting the
+    /// rest of its last one.
+    pub fn fill_gaussian_runs(&self, runs: &[(u64, usize)], out: &mut [f32]) {
+        let blocks: usize = runs.iter().map(|r| r.1).sum();
+        let (mut run, mut offset) = (0, 0);
+        self.fill_batches(blocks, out, |take, idx| {
+            for v in idx.iter_mut().take(take) {
+                while offset == runs[run].1 {
+                    run += 1;
+                    offset = 0;
+                }
+                *v = runs[run].0.wrapping_add(offset as u64);
+                offset += 1;
+            }
+        });
+    }
+
+    /// Draws `blocks` blocks into `out` in batches of 16, whose block indices
+    /// `next(take, idx)` sets (the first `take` lanes are kept).
+    #[inline(always)]
+    fn fill_batches(
+        &self,
+        blocks: usize,
+        out: &mut [f32],
+        mut next: impl FnMut(usize, &mut [u64; 16]),
+    ) {
+        const L: usize = 16;
+        assert!(out.len() >= 4 * blocks, "fill_gaussian: out too short");
         let key = self.key();
-        let blocks = out.len() / 4;
         let mut done = 0;
         let mut batch = [0f32; 4 * L];
         while done < blocks {
@@ -121,7 +159,9 @@ impl Address {
             // to the blocks wanted: a scalar tail would cost more than the
             // unused lanes.
             let take = (blocks - done).min(L);
-            let words = philox16(first + done as u64, self.trial, self.stream, key);
+            let mut idx = [0u64; L];
+            next(take, &mut idx);
+            let words = philox16(&idx, self.trial, self.stream, key);
             let (mut z0, mut z1, mut z2, mut z3) = ([0f32; L], [0f32; L], [0f32; L], [0f32; L]);
             box_muller_lanes(&words[0], &words[1], &mut z0, &mut z1);
             box_muller_lanes(&words[2], &words[3], &mut z2, &mut z3);
@@ -154,17 +194,17 @@ impl Address {
     }
 }
 
-/// Philox on 16 consecutive block indices: AVX-512 where the CPU has it.
+/// Philox on 16 block indices: AVX-512 where the CPU has it.
 #[inline(always)]
-fn philox16(first: u64, trial: u32, stream: u32, key: [u32; 2]) -> [[u32; 16]; 4] {
+fn philox16(idx: &[u64; 16], trial: u32, stream: u32, key: [u32; 2]) -> [[u32; 16]; 4] {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { avx512::philox16(first, trial, stream, key) };
+            return unsafe { avx512::philox16(idx, trial, stream, key) };
         }
     }
-    philox_lanes::<16>(first, trial, stream, key)
+    philox_lanes::<16>(idx, trial, stream, key)
 }
 
 /// Philox with the 32x32 -> 64-bit products of 16 lanes in two `vpmuludq`
@@ -187,13 +227,17 @@ mod avx512 {
 
     #[inline]
     #[target_feature(enable = "avx512f")]
-    pub(super) fn philox16(first: u64, trial: u32, stream: u32, key: [u32; 2]) -> [[u32; 16]; 4] {
+    pub(super) fn philox16(
+        idx: &[u64; 16],
+        trial: u32,
+        stream: u32,
+        key: [u32; 2],
+    ) -> [[u32; 16]; 4] {
         let mut lo = [0u32; 16];
         let mut hi = [0u32; 16];
         for l in 0..16 {
-            let idx = first + l as u64;
-            lo[l] = idx as u32;
-            hi[l] = (idx >> 32) as u32;
+            lo[l] = idx[l] as u32;
+            hi[l] = (idx[l] >> 32) as u32;
         }
         // SAFETY: unaligned loads and stores of 64-byte arrays.
         let (mut c0, mut c1) = unsafe {
@@ -226,10 +270,10 @@ mod avx512 {
     }
 }
 
-/// Philox on `L` consecutive block indices at once, lane-wise for SIMD.
+/// Philox on `L` block indices at once, lane-wise for SIMD.
 #[inline(always)]
 fn philox_lanes<const L: usize>(
-    first: u64,
+    idx: &[u64; L],
     trial: u32,
     stream: u32,
     key: [u32; 2],
@@ -239,9 +283,8 @@ fn philox_lanes<const L: usize>(
     let mut c2 = [trial; L];
     let mut c3 = [stream; L];
     for l in 0..L {
-        let idx = first + l as u64;
-        c0[l] = idx as u32;
-        c1[l] = (idx >> 32) as u32;
+        c0[l] = idx[l] as u32;
+        c1[l] = (idx[l] >> 32) as u32;
     }
     let [mut k0, mut k1] = key;
     for round in 0..10 {
@@ -385,6 +428,35 @@ mod tests {
     }
 
     #[test]
+    fn runs_match_their_separate_fills() {
+        let a = Address {
+            seed: 77,
+            trial: 5,
+            stream: 2,
+        };
+        let runs = [
+            (0u64, 0usize),
+            (1000, 1),
+            (2000, 15),
+            (3000, 0),
+            (4000, 16),
+            (5000, 17),
+            (u64::MAX - 40, 40),
+            (7, 3),
+        ];
+        let total: usize = runs.iter().map(|r| r.1).sum();
+        let mut joined = vec![0f32; 4 * total];
+        a.fill_gaussian_runs(&runs, &mut joined);
+        let mut at = 0;
+        for &(first, blocks) in &runs {
+            let mut one = vec![0f32; 4 * blocks];
+            a.fill_gaussian(first, &mut one);
+            assert_eq!(&joined[at..at + 4 * blocks], &one[..], "run at {first}");
+            at += 4 * blocks;
+        }
+    }
+
+    #[test]
     fn lanes_match_scalar() {
         let a = Address {
             seed: 0x1234_5678_9abc,
@@ -403,8 +475,9 @@ mod tests {
     fn every_philox_lane_path_matches_scalar() {
         let key = [0xdead_beef, 0x1234_5678];
         for first in [0u64, (1 << 32) - 5, u64::MAX - 20] {
-            let portable = philox_lanes::<16>(first, 7, 3, key);
-            let dispatched = philox16(first, 7, 3, key);
+            let idx: [u64; 16] = std::array::from_fn(|l| first.wrapping_add(l as u64));
+            let portable = philox_lanes::<16>(&idx, 7, 3, key);
+            let dispatched = philox16(&idx, 7, 3, key);
             for l in 0..16 {
                 let idx = first.wrapping_add(l as u64);
                 let want = philox4x32_10([idx as u32, (idx >> 32) as u32, 7, 3], key);

@@ -348,6 +348,8 @@ fn base_weights(plan: &Plan, digits: &[i8]) -> Vec<f32> {
 struct Scratch {
     y: Vec<f64>,
     z: Vec<f32>,
+    /// Runs of Philox blocks `(first, blocks)` drawn in one pass.
+    runs: Vec<(u64, usize)>,
     acc: Vec<f32>,
     g: Vec<f32>,
     digits: Vec<i8>,
@@ -679,6 +681,30 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
                             for (a, &g) in s.acc.iter_mut().zip(&s.g[row..row + jn]) {
                                 *a += g;
                             }
+                        } else if let Some(cr) = &shared.compact {
+                            // Draw t of a plane's row belongs to its t-th conducting
+                            // cell; the planes' draws are made in one pass.
+                            s.runs.clear();
+                            for jj in 0..j {
+                                let count = cr.counts[kk * j + jj] as usize;
+                                if shared.plane_live[c * j + jj] && count > 0 {
+                                    let first = ((((b * xbits + i) * k + kk) * j + jj) * nb) as u64;
+                                    s.runs.push((first, count.div_ceil(4)));
+                                }
+                            }
+                            let blocks: usize = s.runs.iter().map(|r| r.1).sum();
+                            s.z.resize(blocks * 4, 0.0);
+                            cell_addr.fill_gaussian_runs(&s.runs, &mut s.z);
+                            let mut at = 0;
+                            for jj in 0..j {
+                                let count = cr.counts[kk * j + jj] as usize;
+                                if shared.plane_live[c * j + jj] && count > 0 {
+                                    let cells = &base[row + jj * n..row + jj * n + n];
+                                    let acc = &mut s.acc[jj * n..jj * n + n];
+                                    cr.accumulate(kk * j + jj, acc, cells, &s.z[at..], sigma);
+                                    at += count.div_ceil(4) * 4;
+                                }
+                            }
                         } else {
                             for jj in 0..j {
                                 if !shared.plane_live[c * j + jj] {
@@ -687,23 +713,9 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
                                 let first = ((((b * xbits + i) * k + kk) * j + jj) * nb) as u64;
                                 let cells = &base[row + jj * n..row + jj * n + n];
                                 let acc = &mut s.acc[jj * n..jj * n + n];
-                                if let Some(cr) = &shared.compact {
-                                    // Draw t of the row belongs to its t-th conducting cell.
-                                    let count = cr.counts[kk * j + jj] as usize;
-                                    if count > 0 {
-                                        gaussian_row(
-                                            &cell_addr,
-                                            first,
-                                            count.div_ceil(4),
-                                            &mut s.z,
-                                        );
-                                        cr.accumulate(kk * j + jj, acc, cells, &s.z, sigma);
-                                    }
-                                } else {
-                                    gaussian_row(&cell_addr, first, nb, &mut s.z);
-                                    for ((a, &bw), &z) in acc.iter_mut().zip(cells).zip(&s.z) {
-                                        *a += bw + bw * sigma * z;
-                                    }
+                                gaussian_row(&cell_addr, first, nb, &mut s.z);
+                                for ((a, &bw), &z) in acc.iter_mut().zip(cells).zip(&s.z) {
+                                    *a += bw + bw * sigma * z;
                                 }
                             }
                         }
