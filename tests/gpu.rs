@@ -308,7 +308,8 @@ fn a_short_first_call_does_not_fix_the_dispatch_size() {
     // A one-trial warm-up once sized every later dispatch of the same plan to
     // one trial (17x slower on an H100); later, larger calls must grow it.
     let Some(mut g) = engine() else { return };
-    let text = "version = 1\nseed = 3\n[layer]\nk = 64\nn = 16\ninputs = 2\n[noise]\ncell_sigma = 0.05\n";
+    let text =
+        "version = 1\nseed = 3\n[layer]\nk = 64\nn = 16\ninputs = 2\n[noise]\ncell_sigma = 0.05\n";
     let (params, layer) = common::point(text);
     let plan = Plan::new(&params, &layer, &MappingSpec::presets()[0]);
     let first = g.run(&plan, 0..1, false).unwrap();
