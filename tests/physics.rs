@@ -305,3 +305,38 @@ fn adc_quantisation_error_of_dense_full_scale_is_visible() {
         .zip(&zplan.hi)
         .all(|(l, h)| l <= &0.0 && h >= &0.0));
 }
+
+#[test]
+fn one_engine_reused_across_plans_matches_fresh_engines() {
+    // The CPU engine keeps the last plan's trial-invariant buffers: switching
+    // plans (or a plan's noise path) must rebuild them, never reuse stale ones.
+    let text = |seed: u32, mode: &str| {
+        format!(
+            "version = 1\nseed = {seed}\n[layer]\nk = 70\nn = 12\ninputs = 2\n[array]\nparallelism = 32\n\
+             [noise]\ncell_sigma = 0.05\nmode = \"{mode}\"\nsampling = \"per-cell\"\n"
+        )
+    };
+    let plans: Vec<Plan> = [(1, "static"), (2, "dynamic"), (3, "dynamic")]
+        .iter()
+        .map(|&(seed, mode)| {
+            let (params, layer) = common::point(&text(seed, mode));
+            Plan::new(&params, &layer, &MappingSpec::preset("zebra").unwrap())
+        })
+        .collect();
+    let mut reused = CpuEngine::new();
+    for plan in plans.iter().chain(plans.iter().rev()) {
+        let got = reused.run(plan, 0..3, true).unwrap().raw.unwrap();
+        let want = CpuEngine::new().run(plan, 0..3, true).unwrap().raw.unwrap();
+        assert_eq!(got, want, "plan {}", plan.id);
+    }
+    // The same plan with another noise path.
+    let mut plan = plans[1].clone();
+    plan.path = NoisePath::Aggregated;
+    let got = reused.run(&plan, 0..3, true).unwrap().raw.unwrap();
+    let want = CpuEngine::new()
+        .run(&plan, 0..3, true)
+        .unwrap()
+        .raw
+        .unwrap();
+    assert_eq!(got, want);
+}

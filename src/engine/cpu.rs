@@ -15,12 +15,15 @@ use std::ops::Range;
 #[derive(Debug, Default)]
 pub struct CpuEngine {
     pool: Option<rayon::ThreadPool>,
+    /// The trial-invariant buffers of the plan run last, by plan id and noise
+    /// path, so a point simulated in several calls builds them once.
+    shared: Option<(u64, NoisePath, Shared)>,
 }
 
 impl CpuEngine {
     /// An engine on rayon's global pool (all cores).
     pub fn new() -> Self {
-        CpuEngine { pool: None }
+        CpuEngine::default()
     }
 
     /// An engine with exactly `threads` worker threads.
@@ -29,7 +32,10 @@ impl CpuEngine {
             .num_threads(threads)
             .build()
             .expect("thread pool");
-        CpuEngine { pool: Some(pool) }
+        CpuEngine {
+            pool: Some(pool),
+            shared: None,
+        }
     }
 
     fn threads(&self) -> usize {
@@ -49,8 +55,11 @@ impl Engine for CpuEngine {
     }
 
     fn run(&mut self, plan: &Plan, trials: Range<u32>, raw: bool) -> Result<Batch> {
-        let shared = Shared::new(plan, true);
-        let work = || run_trials(plan, &shared, trials.clone(), raw);
+        if !matches!(&self.shared, Some((id, path, _)) if *id == plan.id && *path == plan.path) {
+            self.shared = Some((plan.id, plan.path, Shared::new(plan, true)));
+        }
+        let shared = &self.shared.as_ref().expect("just built").2;
+        let work = || run_trials(plan, shared, trials.clone(), raw);
         Ok(match &self.pool {
             Some(pool) => pool.install(work),
             None => work(),
@@ -67,6 +76,7 @@ impl Engine for CpuEngine {
 }
 
 /// Trial-invariant buffers derived from the plan.
+#[derive(Debug)]
 struct Shared {
     cws: Vec<Vec<(usize, u64)>>,
     pos: Vec<u64>,
@@ -224,6 +234,7 @@ fn moments_row(
 /// The conducting (non-zero digit) cells of every (row, plane), `[k][j]`, in
 /// blocks of 16 columns: a bit mask per block and the rank of its first
 /// conducting cell, so draws stored contiguously can be expanded in place.
+#[derive(Debug)]
 struct CompactRows {
     blocks: usize,
     masks: Vec<u16>,
