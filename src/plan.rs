@@ -161,12 +161,15 @@ pub fn input_masks(x: &[u32], k: usize, xbits: usize) -> Vec<u64> {
         .par_chunks_mut(xbits * words)
         .zip(x.par_chunks(k))
         .for_each(|(m, xs)| {
-            for (kk, &v) in xs.iter().enumerate() {
-                let mut v = v & ((1u64 << xbits) - 1) as u32;
-                while v != 0 {
-                    let i = v.trailing_zeros() as usize;
-                    v &= v - 1;
-                    m[i * words + kk / 64] |= 1u64 << (kk % 64);
+            // Branch-free: each element's bits go to every plane's word
+            // (input bits are random, so a loop over set bits mispredicts).
+            for (w, chunk) in xs.chunks(64).enumerate() {
+                for i in 0..xbits {
+                    let mut word = 0u64;
+                    for (l, &v) in chunk.iter().enumerate() {
+                        word |= (((v >> i) & 1) as u64) << l;
+                    }
+                    m[i * words + w] = word;
                 }
             }
         });
@@ -469,5 +472,40 @@ impl Plan {
     #[inline(always)]
     pub fn group(&self, c: usize, j: usize, n: usize) -> usize {
         (c * self.j + j) * self.n + n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::input_masks;
+
+    #[test]
+    fn input_masks_hold_each_bit_of_each_input() {
+        for (k, xbits) in [(1usize, 1usize), (9, 8), (64, 8), (65, 3), (200, 7)] {
+            let b = 3;
+            // Values with bits above `xbits` too, which the masks ignore.
+            let x: Vec<u32> = (0..b * k)
+                .map(|v| ((v as u32).wrapping_mul(2_654_435_761) >> 7) & 0x3FF)
+                .collect();
+            let words = k.div_ceil(64);
+            let m = input_masks(&x, k, xbits);
+            assert_eq!(m.len(), b * xbits * words);
+            for bb in 0..b {
+                for i in 0..xbits {
+                    for kk in 0..k {
+                        let bit = m[(bb * xbits + i) * words + kk / 64] >> (kk % 64) & 1;
+                        assert_eq!(
+                            bit,
+                            (x[bb * k + kk] >> i) as u64 & 1,
+                            "k={k} b={bb} i={i} kk={kk}"
+                        );
+                    }
+                    // No bits beyond K.
+                    if k % 64 != 0 {
+                        assert_eq!(m[(bb * xbits + i) * words + words - 1] >> (k % 64), 0);
+                    }
+                }
+            }
+        }
     }
 }
