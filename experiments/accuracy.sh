@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Whole-network accuracy: the shipped Fashion-MNIST CNN under simulated CIM
 # noise, swept over cell mismatch and over parallelism, with its figures in
-# results/. Under 10 minutes on 2 CPU cores (its rows simulated in 4 min 57 s
+# results/. Under 10 minutes on 2 CPU cores (its rows simulated in 4 min 43 s
 # with --fresh in the last run); resumes finished points.
 #   bash experiments/accuracy.sh [--fresh] [--engine cpu|gpu|auto]
 set -euo pipefail
