@@ -720,62 +720,53 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
                 }
                 let xm = &plan.xmask[(b * xbits + i) * words..(b * xbits + i + 1) * words];
                 s.acc.fill(0.0);
-                if static_noise {
-                    s.rows.clear();
-                    for &(w, mask) in cw {
-                        let mut bits = xm[w] & mask;
-                        while bits != 0 {
-                            s.rows.push(w * 64 + bits.trailing_zeros() as usize);
-                            bits &= bits - 1;
-                        }
-                    }
-                    add_rows(&mut s.acc, &s.g, &s.rows);
-                }
+                s.rows.clear();
                 for &(w, mask) in cw {
-                    if static_noise {
-                        break;
-                    }
                     let mut bits = xm[w] & mask;
                     while bits != 0 {
-                        let kk = w * 64 + bits.trailing_zeros() as usize;
+                        s.rows.push(w * 64 + bits.trailing_zeros() as usize);
                         bits &= bits - 1;
-                        let row = kk * jn;
-                        if let Some(cr) = &shared.compact {
-                            // Draw t of a plane's row belongs to its t-th conducting
-                            // cell; the planes' draws are made in one pass.
-                            s.runs.clear();
-                            for jj in 0..j {
-                                let count = cr.counts[kk * j + jj] as usize;
-                                if shared.plane_live[c * j + jj] && count > 0 {
-                                    let first = ((((b * xbits + i) * k + kk) * j + jj) * nb) as u64;
-                                    s.runs.push((first, count.div_ceil(4)));
-                                }
+                    }
+                }
+                if static_noise {
+                    add_rows(&mut s.acc, &s.g, &s.rows);
+                } else if let Some(cr) = &shared.compact {
+                    for &kk in &s.rows {
+                        // Draw t of a plane's row belongs to its t-th conducting
+                        // cell; the planes' draws are made in one pass.
+                        let drawn = |jj: &usize| {
+                            shared.plane_live[c * j + jj] && cr.counts[kk * j + jj] > 0
+                        };
+                        s.runs.clear();
+                        for jj in (0..j).filter(drawn) {
+                            let first = ((((b * xbits + i) * k + kk) * j + jj) * nb) as u64;
+                            s.runs
+                                .push((first, (cr.counts[kk * j + jj] as usize).div_ceil(4)));
+                        }
+                        let blocks: usize = s.runs.iter().map(|r| r.1).sum();
+                        s.z.resize(blocks * 4, 0.0);
+                        cell_addr.fill_gaussian_runs(&s.runs, &mut s.z);
+                        let mut at = 0;
+                        for (jj, &(_, blocks)) in (0..j).filter(drawn).zip(&s.runs) {
+                            let row = kk * jn + jj * n;
+                            let acc = &mut s.acc[jj * n..jj * n + n];
+                            cr.accumulate(kk * j + jj, acc, &base[row..row + n], &s.z[at..], sigma);
+                            at += blocks * 4;
+                        }
+                    }
+                } else {
+                    for &kk in &s.rows {
+                        for jj in 0..j {
+                            if !shared.plane_live[c * j + jj] {
+                                continue;
                             }
-                            let blocks: usize = s.runs.iter().map(|r| r.1).sum();
-                            s.z.resize(blocks * 4, 0.0);
-                            cell_addr.fill_gaussian_runs(&s.runs, &mut s.z);
-                            let mut at = 0;
-                            for jj in 0..j {
-                                let count = cr.counts[kk * j + jj] as usize;
-                                if shared.plane_live[c * j + jj] && count > 0 {
-                                    let cells = &base[row + jj * n..row + jj * n + n];
-                                    let acc = &mut s.acc[jj * n..jj * n + n];
-                                    cr.accumulate(kk * j + jj, acc, cells, &s.z[at..], sigma);
-                                    at += count.div_ceil(4) * 4;
-                                }
-                            }
-                        } else {
-                            for jj in 0..j {
-                                if !shared.plane_live[c * j + jj] {
-                                    continue;
-                                }
-                                let first = ((((b * xbits + i) * k + kk) * j + jj) * nb) as u64;
-                                let cells = &base[row + jj * n..row + jj * n + n];
-                                let acc = &mut s.acc[jj * n..jj * n + n];
-                                gaussian_row(&cell_addr, first, nb, &mut s.z);
-                                for ((a, &bw), &z) in acc.iter_mut().zip(cells).zip(&s.z) {
-                                    *a += bw + bw * sigma * z;
-                                }
+                            let first = ((((b * xbits + i) * k + kk) * j + jj) * nb) as u64;
+                            let row = kk * jn + jj * n;
+                            let acc = &mut s.acc[jj * n..jj * n + n];
+                            gaussian_row(&cell_addr, first, nb, &mut s.z);
+                            for ((a, &bw), &z) in acc.iter_mut().zip(&base[row..row + n]).zip(&s.z)
+                            {
+                                *a += bw + bw * sigma * z;
                             }
                         }
                     }

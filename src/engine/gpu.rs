@@ -464,8 +464,7 @@ impl GpuEngine {
     /// Trials per dispatch for `plan` when up to `max_trials` are wanted.
     fn batch(&self, plan: &Plan, max_trials: u32) -> Result<u32> {
         let limit = (self.info.max_storage_binding).min(1 << 30);
-        let per_trial_w = (plan.j * plan.k * plan.n * 4) as u64;
-        let per_trial_y = (plan.b * plan.n * 4) as u64;
+        let (per_trial_w, per_trial_y) = per_trial_bytes(plan);
         // The digits buffer is as large as one trial's weights.
         if per_trial_w > limit || per_trial_y > limit {
             return Err(Error::Gpu(format!(
@@ -508,8 +507,7 @@ impl GpuEngine {
             return Ok(());
         }
         self.loaded = None;
-        let per_trial_w = (plan.j * plan.k * plan.n * 4) as u64;
-        let per_trial_y = (plan.b * plan.n * 4) as u64;
+        let (per_trial_w, per_trial_y) = per_trial_bytes(plan);
         self.ensure_work(
             per_trial_w * batch as u64,
             per_trial_y * batch as u64,
@@ -632,6 +630,14 @@ impl GpuEngine {
     }
 }
 
+/// Bytes of one trial's cell weights `[j][k][n]` and outputs `[b][n]` (f32).
+fn per_trial_bytes(plan: &Plan) -> (u64, u64) {
+    (
+        (plan.j * plan.k * plan.n * 4) as u64,
+        (plan.b * plan.n * 4) as u64,
+    )
+}
+
 impl Engine for GpuEngine {
     fn name(&self) -> &'static str {
         "gpu"
@@ -670,7 +676,7 @@ impl Engine for GpuEngine {
                 *a += h as u64;
             }
             if raw {
-                let y_bytes = count as u64 * (plan.b * plan.n * 4) as u64;
+                let y_bytes = count as u64 * per_trial_bytes(plan).1;
                 let ys: Vec<f32> =
                     bytemuck::cast_slice(&self.read(&work.read_y, y_bytes)?).to_vec();
                 for (yv, ex) in ys
@@ -692,7 +698,7 @@ impl Engine for GpuEngine {
         self.load(plan, 1)?;
         self.dispatch(plan, trial, 1, false, true);
         let work = self.work.as_ref().expect("work");
-        let ys = self.read(&work.read_y, (plan.b * plan.n * 4) as u64)?;
+        let ys = self.read(&work.read_y, per_trial_bytes(plan).1)?;
         Ok(bytemuck::cast_slice::<u8, f32>(&ys)
             .par_iter()
             .map(|&v| v as f64)
@@ -744,7 +750,7 @@ impl GpuEngine {
             enc.copy_buffer_to_buffer(&work.hist, 0, &work.read_hist, 0, BINS as u64 * 4);
         }
         if y {
-            let y_bytes = count as u64 * (plan.b * plan.n * 4) as u64;
+            let y_bytes = count as u64 * per_trial_bytes(plan).1;
             enc.copy_buffer_to_buffer(&work.y, 0, &work.read_y, 0, y_bytes);
         }
         self.queue.submit([enc.finish()]);
