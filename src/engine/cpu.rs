@@ -817,12 +817,25 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
                         let drawn = |jj: &usize| {
                             shared.plane_live[c * j + jj] && cr.counts[kk * j + jj] > 0
                         };
-                        s.idx.clear();
+                        let total: usize = (0..j)
+                            .filter(drawn)
+                            .map(|jj| (cr.counts[kk * j + jj] as usize).div_ceil(4))
+                            .sum();
+                        // Runs written 16 indices at a time (whole vectors, no
+                        // scalar tails), each run over the spill of the last.
+                        s.idx.resize(total + 16, 0);
+                        let mut at = 0;
                         for jj in (0..j).filter(drawn) {
                             let first = ((((b * xbits + i) * k + kk) * j + jj) * nb) as u64;
-                            let blocks = (cr.counts[kk * j + jj] as u64).div_ceil(4);
-                            s.idx.extend(first..first + blocks);
+                            let blocks = (cr.counts[kk * j + jj] as usize).div_ceil(4);
+                            for o in (0..blocks).step_by(16) {
+                                let lanes: &mut [u64; 16] =
+                                    (&mut s.idx[at + o..at + o + 16]).try_into().expect("16");
+                                *lanes = std::array::from_fn(|l| first + (o + l) as u64);
+                            }
+                            at += blocks;
                         }
+                        s.idx.truncate(total);
                         s.z.resize(s.idx.len() * 4, 0.0);
                         cell_addr.fill_gaussian_at(&s.idx, &mut s.z);
                         let mut at = 0;
