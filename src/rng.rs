@@ -121,11 +121,7 @@ impl Address {
         }
         let rest = whole.into_remainder();
         if !rest.is_empty() {
-            // The last, partial batch is computed whole (vectorised) and cut:
-            // a scalar tail would cost more than the unused lanes.
-            let mut batch = [0f32; 64];
-            self.batch(key, &iota(next), &mut batch);
-            rest.copy_from_slice(&batch[..rest.len()]);
+            self.partial_batch(key, &iota(next), rest);
         }
     }
 
@@ -152,10 +148,17 @@ impl Address {
         if !i.is_empty() {
             let mut padded = [0u64; 16];
             padded[..i.len()].copy_from_slice(i);
-            let mut batch = [0f32; 64];
-            self.batch(key, &padded, &mut batch);
-            rest.copy_from_slice(&batch[..rest.len()]);
+            self.partial_batch(key, &padded, rest);
         }
+    }
+
+    /// The first `dst.len()` draws of the 16 blocks `idx`: a last, partial
+    /// batch is computed whole (vectorised) and cut, since a scalar tail
+    /// would cost more than the unused lanes.
+    fn partial_batch(&self, key: [u32; 2], idx: &[u64; 16], dst: &mut [f32]) {
+        let mut batch = [0f32; 64];
+        self.batch(key, idx, &mut batch);
+        dst.copy_from_slice(&batch[..dst.len()]);
     }
 
     /// The 64 draws of the 16 blocks `idx`, block after block.
@@ -194,9 +197,8 @@ fn philox16(idx: &[u64; 16], trial: u32, stream: u32, key: [u32; 2]) -> [[u32; 1
     philox_lanes::<16>(idx, trial, stream, key)
 }
 
-/// Philox with the 32x32 -> 64-bit products of 16 lanes in two `vpmuludq`
-/// (even and odd lanes) and blends, instead of widening every lane: the
-/// compiler's auto-vectorised version spends most of its time widening.
+/// Philox with AVX-512 intrinsics: the compiler's auto-vectorised version
+/// spends most of its time widening 32-bit lanes for the products.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{M0, M1, W0, W1};

@@ -817,25 +817,20 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
                         let drawn = |jj: &usize| {
                             shared.plane_live[c * j + jj] && cr.counts[kk * j + jj] > 0
                         };
-                        let total: usize = (0..j)
-                            .filter(drawn)
-                            .map(|jj| (cr.counts[kk * j + jj] as usize).div_ceil(4))
-                            .sum();
-                        // Runs written 16 indices at a time (whole vectors, no
-                        // scalar tails), each run over the spill of the last.
-                        s.idx.resize(total + 16, 0);
-                        let mut at = 0;
+                        // Each plane's run of blocks is written 16 indices at
+                        // a time (whole vectors, no scalar tail), then cut.
+                        s.idx.clear();
                         for jj in (0..j).filter(drawn) {
                             let first = ((((b * xbits + i) * k + kk) * j + jj) * nb) as u64;
                             let blocks = (cr.counts[kk * j + jj] as usize).div_ceil(4);
-                            for o in (0..blocks).step_by(16) {
-                                let lanes: &mut [u64; 16] =
-                                    (&mut s.idx[at + o..at + o + 16]).try_into().expect("16");
-                                *lanes = std::array::from_fn(|l| first + (o + l) as u64);
+                            let at = s.idx.len();
+                            s.idx.resize(at + blocks.next_multiple_of(16), 0);
+                            for (o, lanes) in s.idx[at..].chunks_exact_mut(16).enumerate() {
+                                let lanes: &mut [u64; 16] = lanes.try_into().expect("16");
+                                *lanes = std::array::from_fn(|l| first + (16 * o + l) as u64);
                             }
-                            at += blocks;
+                            s.idx.truncate(at + blocks);
                         }
-                        s.idx.truncate(total);
                         s.z.resize(s.idx.len() * 4, 0.0);
                         cell_addr.fill_gaussian_at(&s.idx, &mut s.z);
                         let mut at = 0;
