@@ -236,6 +236,9 @@ fn moments_row(
 /// conducting cell, so draws stored contiguously can be expanded in place.
 #[derive(Debug)]
 struct CompactRows {
+    /// Planes and columns.
+    j: usize,
+    n: usize,
     blocks: usize,
     masks: Vec<u16>,
     offsets: Vec<u32>,
@@ -251,6 +254,8 @@ impl CompactRows {
     fn from_digits(k: usize, j: usize, n: usize, digits: &[i8]) -> CompactRows {
         let blocks = n.div_ceil(16);
         let mut c = CompactRows {
+            j,
+            n,
             blocks,
             masks: vec![0; k * j * blocks],
             offsets: vec![0; k * j * blocks],
@@ -277,44 +282,96 @@ impl CompactRows {
         c
     }
 
-    /// `acc[n] += w + w sigma z` for the conducting cells of row `r`, where
-    /// `z` holds their draws in column order (the same f32 operations as
-    /// the dense loop; non-conducting cells add zero there too).
-    fn accumulate(&self, r: usize, acc: &mut [f32], cells: &[f32], z: &[f32], sigma: f32) {
+    /// Adds row `kk` of the planes in the bit set `planes` to the partial
+    /// sums: `acc[jj n + col] += w + w sigma z` for its conducting cells,
+    /// with `w = cells[jj n + col]`. `z` holds the draws plane after plane,
+    /// each plane's in column order and rounded up to whole Philox blocks
+    /// (four draws). The f32 operations are those of the dense loop, where
+    /// non-conducting cells add zero. Returns the number of draws used. One
+    /// call per row keeps the per-call work off the per-plane path.
+    #[inline(never)]
+    fn accumulate(
+        &self,
+        kk: usize,
+        planes: u32,
+        acc: &mut [f32],
+        cells: &[f32],
+        z: &[f32],
+        sigma: f32,
+    ) -> usize {
+        let (j, n) = (self.j, self.n);
+        assert!(acc.len() == j * n && cells.len() == j * n && planes >> j == 0);
+        let needed: usize = self
+            .planes(kk, planes)
+            .map(|(r, _)| (self.counts[r] as usize).div_ceil(4) * 4)
+            .sum();
+        assert!(z.len() >= needed, "accumulate: too few draws");
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512vpopcntdq") {
                 // SAFETY: AVX-512F and VPOPCNTDQ are present.
-                unsafe { self.accumulate_permute(r, acc, cells, z, sigma) };
-                return;
+                unsafe { self.accumulate_permute(kk, planes, acc, cells, z, sigma) };
+                return needed;
             }
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: AVX-512F is present.
-                unsafe { self.accumulate_expand(r, acc, cells, z, sigma) };
-                return;
+                unsafe { self.accumulate_expand(kk, planes, acc, cells, z, sigma) };
+                return needed;
             }
         }
-        for blk in 0..self.blocks {
-            let mut m = self.masks[r * self.blocks + blk];
-            let mut t = self.offsets[r * self.blocks + blk] as usize;
-            while m != 0 {
-                let col = blk * 16 + m.trailing_zeros() as usize;
-                m &= m - 1;
-                let bw = cells[col];
-                acc[col] += bw + bw * sigma * z[t];
-                t += 1;
+        self.accumulate_scalar(kk, planes, acc, cells, z, sigma);
+        needed
+    }
+
+    /// The portable [`accumulate`](Self::accumulate).
+    fn accumulate_scalar(
+        &self,
+        kk: usize,
+        planes: u32,
+        acc: &mut [f32],
+        cells: &[f32],
+        z: &[f32],
+        sigma: f32,
+    ) {
+        let n = self.n;
+        let mut at = 0;
+        for (r, jj) in self.planes(kk, planes) {
+            for blk in 0..self.blocks {
+                let mut m = self.masks[r * self.blocks + blk];
+                let mut t = at + self.offsets[r * self.blocks + blk] as usize;
+                while m != 0 {
+                    let col = jj * n + blk * 16 + m.trailing_zeros() as usize;
+                    m &= m - 1;
+                    let bw = cells[col];
+                    acc[col] += bw + bw * sigma * z[t];
+                    t += 1;
+                }
             }
+            at += (self.counts[r] as usize).div_ceil(4) * 4;
         }
+    }
+
+    /// The (row, plane) index `r` and the plane `jj` of row `kk`'s planes
+    /// in the bit set `planes`, in order.
+    fn planes(&self, kk: usize, planes: u32) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.j)
+            .filter(move |jj| planes >> jj & 1 == 1)
+            .map(move |jj| (kk * self.j + jj, jj))
     }
 
     /// Spreads the draws of a block's conducting cells to their lanes with a
     /// permute whose indices are prefix popcounts of the mask: on AMD Zen 4
     /// `vexpandps` takes about twice as long.
+    ///
+    /// # Safety
+    /// AVX-512F and VPOPCNTDQ must be present, and the arguments must be
+    /// those [`accumulate`](Self::accumulate) checks.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vpopcntdq")]
     unsafe fn accumulate_permute(
         &self,
-        r: usize,
+        kk: usize,
+        planes: u32,
         acc: &mut [f32],
         cells: &[f32],
         z: &[f32],
@@ -324,9 +381,9 @@ impl CompactRows {
         let below = _mm512_setr_epi32(
             0, 1, 3, 7, 15, 31, 63, 127, 255, 511, 1023, 2047, 4095, 8191, 16383, 32767,
         );
-        // SAFETY: the masked load reads popcount(m) values from `z[off..]`.
+        // SAFETY: the masked load reads popcount(m) values from `at`.
         unsafe {
-            self.accumulate_blocks(r, acc, cells, z, sigma, |m, at| {
+            self.accumulate_blocks(kk, planes, acc, cells, z, sigma, |m, at| {
                 let idx = _mm512_popcnt_epi32(_mm512_and_si512(_mm512_set1_epi32(m as i32), below));
                 let drawn = ((1u32 << m.count_ones()) - 1) as u16;
                 _mm512_maskz_permutexvar_ps(m, idx, _mm512_maskz_loadu_ps(drawn, at))
@@ -334,35 +391,43 @@ impl CompactRows {
         }
     }
 
+    /// # Safety
+    /// AVX-512F must be present, and the arguments must be those
+    /// [`accumulate`](Self::accumulate) checks.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn accumulate_expand(
         &self,
-        r: usize,
+        kk: usize,
+        planes: u32,
         acc: &mut [f32],
         cells: &[f32],
         z: &[f32],
         sigma: f32,
     ) {
         use std::arch::x86_64::*;
-        // SAFETY: the expand load reads popcount(m) values from `z[off..]`.
+        // SAFETY: the expand load reads popcount(m) values from `at`.
         unsafe {
-            self.accumulate_blocks(r, acc, cells, z, sigma, |m, at| {
+            self.accumulate_blocks(kk, planes, acc, cells, z, sigma, |m, at| {
                 _mm512_maskz_expandloadu_ps(m, at)
             })
         }
     }
 
-    /// The AVX-512 loop over a row's blocks of 16 columns; `spread(m, z)`
-    /// puts the popcount(m) draws at `z` in the lanes of mask `m`.
+    /// The AVX-512 loop over the blocks of 16 columns of row `kk`'s planes;
+    /// `spread(m, z)` puts the popcount(m) draws at `z` in the lanes of
+    /// mask `m`.
     ///
     /// # Safety
-    /// AVX-512F must be present, and `spread` must read only those draws.
+    /// AVX-512F must be present, `spread` must read only those draws, and
+    /// the arguments must be those [`accumulate`](Self::accumulate) checks.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn accumulate_blocks(
         &self,
-        r: usize,
+        kk: usize,
+        planes: u32,
         acc: &mut [f32],
         cells: &[f32],
         z: &[f32],
@@ -370,49 +435,54 @@ impl CompactRows {
         spread: impl Fn(u16, *const f32) -> std::arch::x86_64::__m512,
     ) {
         use std::arch::x86_64::*;
-        assert!(z.len() >= self.counts[r] as usize && acc.len() == cells.len());
-        let n = acc.len();
+        let n = self.n;
         let vs = _mm512_set1_ps(sigma);
-        let masks = &self.masks[r * self.blocks..(r + 1) * self.blocks];
-        let offsets = &self.offsets[r * self.blocks..(r + 1) * self.blocks];
-        for (blk, (&m, &off)) in masks.iter().zip(offsets).enumerate() {
-            if m == 0 {
-                continue;
-            }
-            let at = blk * 16;
-            // Full blocks load and store whole vectors; a last, short block
-            // is masked to stay within `acc` and `cells`.
-            let lanes: u16 = if n - at >= 16 {
-                0xFFFF
-            } else {
-                (1u16 << (n - at)) - 1
-            };
-            // SAFETY: the draws of block `blk` are `z[off..off + popcount(m)]`,
-            // within `z` (asserted above), and the masked loads and store stay
-            // within `acc` and `cells`.
-            unsafe {
-                let zv = spread(m, z.as_ptr().add(off as usize));
-                let (bw, a) = if lanes == 0xFFFF {
-                    (
-                        _mm512_loadu_ps(cells.as_ptr().add(at)),
-                        _mm512_loadu_ps(acc.as_ptr().add(at)),
-                    )
+        let mut first = 0;
+        for (r, jj) in self.planes(kk, planes) {
+            let masks = &self.masks[r * self.blocks..(r + 1) * self.blocks];
+            let offsets = &self.offsets[r * self.blocks..(r + 1) * self.blocks];
+            for (blk, (&m, &off)) in masks.iter().zip(offsets).enumerate() {
+                if m == 0 {
+                    continue;
+                }
+                let col = blk * 16;
+                let at = jj * n + col;
+                // Full blocks load and store whole vectors; a last, short
+                // block is masked to stay within its plane.
+                let lanes: u16 = if n - col >= 16 {
+                    0xFFFF
                 } else {
-                    (
-                        _mm512_maskz_loadu_ps(lanes, cells.as_ptr().add(at)),
-                        _mm512_maskz_loadu_ps(lanes, acc.as_ptr().add(at)),
-                    )
+                    (1u16 << (n - col)) - 1
                 };
-                let sum = _mm512_add_ps(
-                    a,
-                    _mm512_add_ps(bw, _mm512_mul_ps(_mm512_mul_ps(bw, vs), zv)),
-                );
-                if lanes == 0xFFFF {
-                    _mm512_storeu_ps(acc.as_mut_ptr().add(at), sum);
-                } else {
-                    _mm512_mask_storeu_ps(acc.as_mut_ptr().add(at), lanes, sum);
+                // SAFETY: the draws of block `blk` are
+                // `z[first + off..][..popcount(m)]`, within `z` (checked by
+                // `accumulate`), and the loads and stores stay within plane
+                // `jj` of `acc` and `cells`, which hold `j * n` values.
+                unsafe {
+                    let zv = spread(m, z.as_ptr().add(first + off as usize));
+                    let (bw, a) = if lanes == 0xFFFF {
+                        (
+                            _mm512_loadu_ps(cells.as_ptr().add(at)),
+                            _mm512_loadu_ps(acc.as_ptr().add(at)),
+                        )
+                    } else {
+                        (
+                            _mm512_maskz_loadu_ps(lanes, cells.as_ptr().add(at)),
+                            _mm512_maskz_loadu_ps(lanes, acc.as_ptr().add(at)),
+                        )
+                    };
+                    let sum = _mm512_add_ps(
+                        a,
+                        _mm512_add_ps(bw, _mm512_mul_ps(_mm512_mul_ps(bw, vs), zv)),
+                    );
+                    if lanes == 0xFFFF {
+                        _mm512_storeu_ps(acc.as_mut_ptr().add(at), sum);
+                    } else {
+                        _mm512_mask_storeu_ps(acc.as_mut_ptr().add(at), lanes, sum);
+                    }
                 }
             }
+            first += (self.counts[r] as usize).div_ceil(4) * 4;
         }
     }
 }
@@ -433,6 +503,10 @@ fn base_weights(plan: &Plan, digits: &[i8]) -> Vec<f32> {
     }
     base
 }
+
+/// Rows of a conversion whose dynamic draws are made in one pass (about
+/// 4 KiB of draws a row at K = N = 256).
+const ROWS_PER_FILL: usize = 4;
 
 /// Per-thread buffers.
 #[derive(Default)]
@@ -811,35 +885,46 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
                 if static_noise {
                     add_rows(&mut s.acc, &s.g, &s.rows);
                 } else if let Some(cr) = &shared.compact {
-                    for &kk in &s.rows {
-                        // Draw t of a plane's row belongs to its t-th conducting
-                        // cell; the planes' draws are made in one pass.
-                        let drawn = |jj: &usize| {
-                            shared.plane_live[c * j + jj] && cr.counts[kk * j + jj] > 0
-                        };
+                    // Draw t of a plane's row belongs to its t-th conducting
+                    // cell. The draws of a few rows are made in one pass, so
+                    // few 16-block batches are partly used.
+                    let planes = |kk: usize| {
+                        (0..j)
+                            .filter(|&jj| {
+                                shared.plane_live[c * j + jj] && cr.counts[kk * j + jj] > 0
+                            })
+                            .fold(0u32, |set, jj| set | 1 << jj)
+                    };
+                    for group in s.rows.chunks(ROWS_PER_FILL) {
                         // Each plane's run of blocks is written 16 indices at
-                        // a time (whole vectors, no scalar tail), then cut.
-                        s.idx.clear();
-                        for jj in (0..j).filter(drawn) {
-                            let first = ((((b * xbits + i) * k + kk) * j + jj) * nb) as u64;
-                            let blocks = (cr.counts[kk * j + jj] as usize).div_ceil(4);
-                            let at = s.idx.len();
-                            s.idx.resize(at + blocks.next_multiple_of(16), 0);
-                            for (o, lanes) in s.idx[at..].chunks_exact_mut(16).enumerate() {
-                                let lanes: &mut [u64; 16] = lanes.try_into().expect("16");
-                                *lanes = std::array::from_fn(|l| first + (16 * o + l) as u64);
+                        // a time (whole vectors, no scalar tail) into a buffer
+                        // that only grows, and the next run starts where it
+                        // ends.
+                        let mut used = 0;
+                        for &kk in group {
+                            for (r, jj) in cr.planes(kk, planes(kk)) {
+                                let first = ((((b * xbits + i) * k + kk) * j + jj) * nb) as u64;
+                                let blocks = (cr.counts[r] as usize).div_ceil(4);
+                                let end = used + blocks.next_multiple_of(16);
+                                if s.idx.len() < end {
+                                    s.idx.resize(end, 0);
+                                }
+                                for (o, lanes) in s.idx[used..end].chunks_exact_mut(16).enumerate()
+                                {
+                                    let lanes: &mut [u64; 16] = lanes.try_into().expect("16");
+                                    *lanes = std::array::from_fn(|l| first + (16 * o + l) as u64);
+                                }
+                                used += blocks;
                             }
-                            s.idx.truncate(at + blocks);
                         }
-                        s.z.resize(s.idx.len() * 4, 0.0);
-                        cell_addr.fill_gaussian_at(&s.idx, &mut s.z);
+                        if s.z.len() < used * 4 {
+                            s.z.resize(used * 4, 0.0);
+                        }
+                        cell_addr.fill_gaussian_at(&s.idx[..used], &mut s.z);
                         let mut at = 0;
-                        for jj in (0..j).filter(drawn) {
-                            let blocks = (cr.counts[kk * j + jj] as usize).div_ceil(4);
-                            let row = kk * jn + jj * n;
-                            let acc = &mut s.acc[jj * n..jj * n + n];
-                            cr.accumulate(kk * j + jj, acc, &base[row..row + n], &s.z[at..], sigma);
-                            at += blocks * 4;
+                        for &kk in group {
+                            let row = &base[kk * jn..(kk + 1) * jn];
+                            at += cr.accumulate(kk, planes(kk), &mut s.acc, row, &s.z[at..], sigma);
                         }
                     }
                 } else {
@@ -913,45 +998,52 @@ mod tests {
                 })
                 .collect();
             let cr = CompactRows::from_digits(k, j, n, &digits);
-            let cells: Vec<f32> = (0..n).map(|c| 0.5 + c as f32 * 0.013).collect();
-            for kk in 0..k {
-                for jj in 0..j {
-                    let r = kk * j + jj;
-                    let z: Vec<f32> = (0..cr.counts[r]).map(|t| t as f32 * 0.37 - 2.1).collect();
-                    let mut want = vec![0.125f32; n];
-                    let mut t = 0;
-                    for (col, a) in want.iter_mut().enumerate() {
-                        let bw = if digits[(jj * k + kk) * n + col] != 0 {
-                            cells[col]
-                        } else {
-                            0.0
-                        };
-                        let zc = if bw != 0.0 {
-                            t += 1;
-                            z[t - 1]
-                        } else {
-                            0.0
-                        };
-                        *a += bw + bw * sigma * zc;
-                    }
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    let mut got = vec![0.125f32; n];
-                    let on = |c: usize| {
-                        if digits[(jj * k + kk) * n + c] != 0 {
-                            cells[c]
-                        } else {
-                            0.0
+            let cells: Vec<f32> = (0..j * n).map(|c| 0.5 + c as f32 * 0.013).collect();
+            let on = |kk: usize, jj: usize, col: usize| digits[(jj * k + kk) * n + col] != 0;
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            // All planes, and a subset (skipped planes draw nothing).
+            for planes in [0b1111u32, 0b1010] {
+                for kk in 0..k {
+                    // Each plane's draws start a whole block (4 draws) after
+                    // the last of the previous plane's.
+                    let mut z = Vec::new();
+                    let mut want = vec![0.125f32; j * n];
+                    for jj in (0..j).filter(|jj| planes >> jj & 1 == 1) {
+                        for col in 0..n {
+                            let at = jj * n + col;
+                            let (bw, zc) = if on(kk, jj, col) {
+                                z.push(z.len() as f32 * 0.37 - 2.1);
+                                (cells[at], z[z.len() - 1])
+                            } else {
+                                (0.0, 0.0)
+                            };
+                            want[at] += bw + bw * sigma * zc;
                         }
-                    };
-                    let live: Vec<f32> = (0..n).map(on).collect();
-                    cr.accumulate(r, &mut got, &live, &z, sigma);
-                    assert_eq!(bits(&got), bits(&want), "n={n} row {kk} plane {jj}");
+                        z.resize(z.len().next_multiple_of(4), 99.0);
+                    }
+                    let live: Vec<f32> = (0..j * n)
+                        .map(|at| {
+                            if on(kk, at / n, at % n) {
+                                cells[at]
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    let mut got = vec![0.125f32; j * n];
+                    let used = cr.accumulate(kk, planes, &mut got, &live, &z, sigma);
+                    assert_eq!(used, z.len(), "n={n} row {kk}");
+                    assert_eq!(bits(&got), bits(&want), "n={n} row {kk} planes {planes:b}");
+                    let mut got = vec![0.125f32; j * n];
+                    cr.accumulate_scalar(kk, planes, &mut got, &live, &z, sigma);
+                    assert_eq!(bits(&got), bits(&want), "scalar n={n} row {kk}");
                     #[cfg(target_arch = "x86_64")]
                     if std::arch::is_x86_feature_detected!("avx512f") {
-                        let mut got = vec![0.125f32; n];
-                        // SAFETY: AVX-512F is present.
-                        unsafe { cr.accumulate_expand(r, &mut got, &live, &z, sigma) };
-                        assert_eq!(bits(&got), bits(&want), "expand n={n} row {kk} plane {jj}");
+                        let mut got = vec![0.125f32; j * n];
+                        // SAFETY: AVX-512F is present; the arguments are the
+                        // ones `accumulate` accepted above.
+                        unsafe { cr.accumulate_expand(kk, planes, &mut got, &live, &z, sigma) };
+                        assert_eq!(bits(&got), bits(&want), "expand n={n} row {kk}");
                     }
                 }
             }
