@@ -240,6 +240,9 @@ struct CompactRows {
     j: usize,
     n: usize,
     blocks: usize,
+    /// The digits `[k][j][blocks * 16]`, zero-padded: without leak (the
+    /// condition for compact draws) a cell's weight is its digit.
+    digits: Vec<i8>,
     masks: Vec<u16>,
     offsets: Vec<u32>,
     counts: Vec<u32>,
@@ -247,6 +250,10 @@ struct CompactRows {
 
 impl CompactRows {
     fn new(plan: &Plan) -> CompactRows {
+        assert!(
+            plan.compact_draws(),
+            "compact draws need no leak and no faults"
+        );
         CompactRows::from_digits(plan.k, plan.j, plan.n, &plan.digits)
     }
 
@@ -257,6 +264,7 @@ impl CompactRows {
             j,
             n,
             blocks,
+            digits: vec![0; k * j * blocks * 16],
             masks: vec![0; k * j * blocks],
             offsets: vec![0; k * j * blocks],
             counts: vec![0; k * j],
@@ -269,7 +277,9 @@ impl CompactRows {
                     c.offsets[r * blocks + blk] = t;
                     let mut m = 0u16;
                     for l in 0..16.min(n - blk * 16) {
-                        if digits[(jj * k + kk) * n + blk * 16 + l] != 0 {
+                        let d = digits[(jj * k + kk) * n + blk * 16 + l];
+                        c.digits[(r * blocks + blk) * 16 + l] = d;
+                        if d != 0 {
                             m |= 1 << l;
                             t += 1;
                         }
@@ -284,23 +294,15 @@ impl CompactRows {
 
     /// Adds row `kk` of the planes in the bit set `planes` to the partial
     /// sums: `acc[jj n + col] += w + w sigma z` for its conducting cells,
-    /// with `w = cells[jj n + col]`. `z` holds the draws plane after plane,
+    /// whose weight `w` is their digit. `z` holds the draws plane after plane,
     /// each plane's in column order and rounded up to whole Philox blocks
     /// (four draws). The f32 operations are those of the dense loop, where
     /// non-conducting cells add zero. Returns the number of draws used. One
     /// call per row keeps the per-call work off the per-plane path.
     #[inline(never)]
-    fn accumulate(
-        &self,
-        kk: usize,
-        planes: u32,
-        acc: &mut [f32],
-        cells: &[f32],
-        z: &[f32],
-        sigma: f32,
-    ) -> usize {
+    fn accumulate(&self, kk: usize, planes: u32, acc: &mut [f32], z: &[f32], sigma: f32) -> usize {
         let (j, n) = (self.j, self.n);
-        assert!(acc.len() == j * n && cells.len() == j * n && planes >> j == 0);
+        assert!(acc.len() == j * n && planes >> j == 0);
         let needed: usize = self
             .planes(kk, planes)
             .map(|(r, _)| (self.counts[r] as usize).div_ceil(4) * 4)
@@ -310,29 +312,21 @@ impl CompactRows {
         {
             if std::arch::is_x86_feature_detected!("avx512vpopcntdq") {
                 // SAFETY: AVX-512F and VPOPCNTDQ are present.
-                unsafe { self.accumulate_permute(kk, planes, acc, cells, z, sigma) };
+                unsafe { self.accumulate_permute(kk, planes, acc, z, sigma) };
                 return needed;
             }
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: AVX-512F is present.
-                unsafe { self.accumulate_expand(kk, planes, acc, cells, z, sigma) };
+                unsafe { self.accumulate_expand(kk, planes, acc, z, sigma) };
                 return needed;
             }
         }
-        self.accumulate_scalar(kk, planes, acc, cells, z, sigma);
+        self.accumulate_scalar(kk, planes, acc, z, sigma);
         needed
     }
 
     /// The portable [`accumulate`](Self::accumulate).
-    fn accumulate_scalar(
-        &self,
-        kk: usize,
-        planes: u32,
-        acc: &mut [f32],
-        cells: &[f32],
-        z: &[f32],
-        sigma: f32,
-    ) {
+    fn accumulate_scalar(&self, kk: usize, planes: u32, acc: &mut [f32], z: &[f32], sigma: f32) {
         let n = self.n;
         let mut at = 0;
         for (r, jj) in self.planes(kk, planes) {
@@ -342,7 +336,8 @@ impl CompactRows {
                 while m != 0 {
                     let col = jj * n + blk * 16 + m.trailing_zeros() as usize;
                     m &= m - 1;
-                    let bw = cells[col];
+                    let bw = self.digits[(r * self.blocks + blk) * 16 + (col - jj * n - blk * 16)]
+                        as f32;
                     acc[col] += bw + bw * sigma * z[t];
                     t += 1;
                 }
@@ -373,7 +368,6 @@ impl CompactRows {
         kk: usize,
         planes: u32,
         acc: &mut [f32],
-        cells: &[f32],
         z: &[f32],
         sigma: f32,
     ) {
@@ -383,7 +377,7 @@ impl CompactRows {
         );
         // SAFETY: the masked load reads popcount(m) values from `at`.
         unsafe {
-            self.accumulate_blocks(kk, planes, acc, cells, z, sigma, |m, at| {
+            self.accumulate_blocks(kk, planes, acc, z, sigma, |m, at| {
                 let idx = _mm512_popcnt_epi32(_mm512_and_si512(_mm512_set1_epi32(m as i32), below));
                 let drawn = ((1u32 << m.count_ones()) - 1) as u16;
                 _mm512_maskz_permutexvar_ps(m, idx, _mm512_maskz_loadu_ps(drawn, at))
@@ -401,14 +395,13 @@ impl CompactRows {
         kk: usize,
         planes: u32,
         acc: &mut [f32],
-        cells: &[f32],
         z: &[f32],
         sigma: f32,
     ) {
         use std::arch::x86_64::*;
         // SAFETY: the expand load reads popcount(m) values from `at`.
         unsafe {
-            self.accumulate_blocks(kk, planes, acc, cells, z, sigma, |m, at| {
+            self.accumulate_blocks(kk, planes, acc, z, sigma, |m, at| {
                 _mm512_maskz_expandloadu_ps(m, at)
             })
         }
@@ -429,7 +422,6 @@ impl CompactRows {
         kk: usize,
         planes: u32,
         acc: &mut [f32],
-        cells: &[f32],
         z: &[f32],
         sigma: f32,
         spread: impl Fn(u16, *const f32) -> std::arch::x86_64::__m512,
@@ -457,19 +449,16 @@ impl CompactRows {
                 // SAFETY: the draws of block `blk` are
                 // `z[first + off..][..popcount(m)]`, within `z` (checked by
                 // `accumulate`), and the loads and stores stay within plane
-                // `jj` of `acc` and `cells`, which hold `j * n` values.
+                // `jj` of `acc`, which holds `j * n` values; the digits of
+                // every block are stored whole.
                 unsafe {
                     let zv = spread(m, z.as_ptr().add(first + off as usize));
-                    let (bw, a) = if lanes == 0xFFFF {
-                        (
-                            _mm512_loadu_ps(cells.as_ptr().add(at)),
-                            _mm512_loadu_ps(acc.as_ptr().add(at)),
-                        )
+                    let d = self.digits.as_ptr().add((r * self.blocks + blk) * 16);
+                    let bw = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(d.cast())));
+                    let a = if lanes == 0xFFFF {
+                        _mm512_loadu_ps(acc.as_ptr().add(at))
                     } else {
-                        (
-                            _mm512_maskz_loadu_ps(lanes, cells.as_ptr().add(at)),
-                            _mm512_maskz_loadu_ps(lanes, acc.as_ptr().add(at)),
-                        )
+                        _mm512_maskz_loadu_ps(lanes, acc.as_ptr().add(at))
                     };
                     let sum = _mm512_add_ps(
                         a,
@@ -923,8 +912,7 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
                         cell_addr.fill_gaussian_at(&s.idx[..used], &mut s.z);
                         let mut at = 0;
                         for &kk in group {
-                            let row = &base[kk * jn..(kk + 1) * jn];
-                            at += cr.accumulate(kk, planes(kk), &mut s.acc, row, &s.z[at..], sigma);
+                            at += cr.accumulate(kk, planes(kk), &mut s.acc, &s.z[at..], sigma);
                         }
                     }
                 } else {
@@ -998,8 +986,7 @@ mod tests {
                 })
                 .collect();
             let cr = CompactRows::from_digits(k, j, n, &digits);
-            let cells: Vec<f32> = (0..j * n).map(|c| 0.5 + c as f32 * 0.013).collect();
-            let on = |kk: usize, jj: usize, col: usize| digits[(jj * k + kk) * n + col] != 0;
+            let digit = |kk: usize, jj: usize, col: usize| digits[(jj * k + kk) * n + col];
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             // All planes, and a subset (skipped planes draw nothing).
             for planes in [0b1111u32, 0b1010] {
@@ -1011,38 +998,30 @@ mod tests {
                     for jj in (0..j).filter(|jj| planes >> jj & 1 == 1) {
                         for col in 0..n {
                             let at = jj * n + col;
-                            let (bw, zc) = if on(kk, jj, col) {
+                            let bw = digit(kk, jj, col) as f32;
+                            let zc = if bw != 0.0 {
                                 z.push(z.len() as f32 * 0.37 - 2.1);
-                                (cells[at], z[z.len() - 1])
+                                z[z.len() - 1]
                             } else {
-                                (0.0, 0.0)
+                                0.0
                             };
                             want[at] += bw + bw * sigma * zc;
                         }
                         z.resize(z.len().next_multiple_of(4), 99.0);
                     }
-                    let live: Vec<f32> = (0..j * n)
-                        .map(|at| {
-                            if on(kk, at / n, at % n) {
-                                cells[at]
-                            } else {
-                                0.0
-                            }
-                        })
-                        .collect();
                     let mut got = vec![0.125f32; j * n];
-                    let used = cr.accumulate(kk, planes, &mut got, &live, &z, sigma);
+                    let used = cr.accumulate(kk, planes, &mut got, &z, sigma);
                     assert_eq!(used, z.len(), "n={n} row {kk}");
                     assert_eq!(bits(&got), bits(&want), "n={n} row {kk} planes {planes:b}");
                     let mut got = vec![0.125f32; j * n];
-                    cr.accumulate_scalar(kk, planes, &mut got, &live, &z, sigma);
+                    cr.accumulate_scalar(kk, planes, &mut got, &z, sigma);
                     assert_eq!(bits(&got), bits(&want), "scalar n={n} row {kk}");
                     #[cfg(target_arch = "x86_64")]
                     if std::arch::is_x86_feature_detected!("avx512f") {
                         let mut got = vec![0.125f32; j * n];
                         // SAFETY: AVX-512F is present; the arguments are the
                         // ones `accumulate` accepted above.
-                        unsafe { cr.accumulate_expand(kk, planes, &mut got, &live, &z, sigma) };
+                        unsafe { cr.accumulate_expand(kk, planes, &mut got, &z, sigma) };
                         assert_eq!(bits(&got), bits(&want), "expand n={n} row {kk}");
                     }
                 }
