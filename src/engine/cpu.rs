@@ -240,9 +240,11 @@ struct CompactRows {
     j: usize,
     n: usize,
     blocks: usize,
-    /// The digits `[k][j][blocks * 16]`, zero-padded: without leak (the
-    /// condition for compact draws) a cell's weight is its digit.
-    digits: Vec<i8>,
+    /// Per block and lane, `16 digit + rank`, zero-padded `[k][j][blocks *
+    /// 16]`: the digit (-1, 0 or 1) is the cell's weight without leak (the
+    /// condition for compact draws), and a conducting lane's rank counts the
+    /// conducting lanes before it in its block.
+    lanes: Vec<i8>,
     masks: Vec<u16>,
     offsets: Vec<u32>,
     counts: Vec<u32>,
@@ -264,7 +266,7 @@ impl CompactRows {
             j,
             n,
             blocks,
-            digits: vec![0; k * j * blocks * 16],
+            lanes: vec![0; k * j * blocks * 16],
             masks: vec![0; k * j * blocks],
             offsets: vec![0; k * j * blocks],
             counts: vec![0; k * j],
@@ -278,7 +280,8 @@ impl CompactRows {
                     let mut m = 0u16;
                     for l in 0..16.min(n - blk * 16) {
                         let d = digits[(jj * k + kk) * n + blk * 16 + l];
-                        c.digits[(r * blocks + blk) * 16 + l] = d;
+                        assert!((-1..=1).contains(&d), "digit {d} is not -1, 0 or 1");
+                        c.lanes[(r * blocks + blk) * 16 + l] = 16 * d + m.count_ones() as i8;
                         if d != 0 {
                             m |= 1 << l;
                             t += 1;
@@ -310,14 +313,9 @@ impl CompactRows {
         assert!(z.len() >= needed, "accumulate: too few draws");
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512vpopcntdq") {
-                // SAFETY: AVX-512F and VPOPCNTDQ are present.
-                unsafe { self.accumulate_permute(kk, planes, acc, z, sigma) };
-                return needed;
-            }
             if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: AVX-512F is present.
-                unsafe { self.accumulate_expand(kk, planes, acc, z, sigma) };
+                // SAFETY: AVX-512F is present, and the arguments are checked.
+                unsafe { self.accumulate_avx512(kk, planes, acc, z, sigma) };
                 return needed;
             }
         }
@@ -334,11 +332,10 @@ impl CompactRows {
                 let mut m = self.masks[r * self.blocks + blk];
                 let mut t = at + self.offsets[r * self.blocks + blk] as usize;
                 while m != 0 {
-                    let col = jj * n + blk * 16 + m.trailing_zeros() as usize;
+                    let l = m.trailing_zeros() as usize;
                     m &= m - 1;
-                    let bw = self.digits[(r * self.blocks + blk) * 16 + (col - jj * n - blk * 16)]
-                        as f32;
-                    acc[col] += bw + bw * sigma * z[t];
+                    let bw = (self.lanes[(r * self.blocks + blk) * 16 + l] >> 4) as f32;
+                    acc[jj * n + blk * 16 + l] += bw + bw * sigma * z[t];
                     t += 1;
                 }
             }
@@ -354,77 +351,24 @@ impl CompactRows {
             .map(move |jj| (kk * self.j + jj, jj))
     }
 
-    /// Spreads the draws of a block's conducting cells to their lanes with a
-    /// permute whose indices are prefix popcounts of the mask: on AMD Zen 4
-    /// `vexpandps` takes about twice as long.
+    /// The AVX-512 loop over the blocks of 16 columns of row `kk`'s planes.
+    /// One sign-extending load gives a block's lane bytes: their low four
+    /// bits are the permute indices that spread the block's draws to its
+    /// conducting lanes (`vexpandps` is about twice as slow on AMD Zen 4),
+    /// and an arithmetic shift by four gives the digits.
     ///
-    /// # Safety
-    /// AVX-512F and VPOPCNTDQ must be present, and the arguments must be
-    /// those [`accumulate`](Self::accumulate) checks.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vpopcntdq")]
-    unsafe fn accumulate_permute(
-        &self,
-        kk: usize,
-        planes: u32,
-        acc: &mut [f32],
-        z: &[f32],
-        sigma: f32,
-    ) {
-        use std::arch::x86_64::*;
-        let below = _mm512_setr_epi32(
-            0, 1, 3, 7, 15, 31, 63, 127, 255, 511, 1023, 2047, 4095, 8191, 16383, 32767,
-        );
-        // SAFETY: the masked load reads popcount(m) values from `at`.
-        unsafe {
-            self.accumulate_blocks(kk, planes, acc, z, sigma, |m, at| {
-                let idx = _mm512_popcnt_epi32(_mm512_and_si512(_mm512_set1_epi32(m as i32), below));
-                let drawn = ((1u32 << m.count_ones()) - 1) as u16;
-                _mm512_maskz_permutexvar_ps(m, idx, _mm512_maskz_loadu_ps(drawn, at))
-            })
-        }
-    }
-
     /// # Safety
     /// AVX-512F must be present, and the arguments must be those
     /// [`accumulate`](Self::accumulate) checks.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn accumulate_expand(
+    unsafe fn accumulate_avx512(
         &self,
         kk: usize,
         planes: u32,
         acc: &mut [f32],
         z: &[f32],
         sigma: f32,
-    ) {
-        use std::arch::x86_64::*;
-        // SAFETY: the expand load reads popcount(m) values from `at`.
-        unsafe {
-            self.accumulate_blocks(kk, planes, acc, z, sigma, |m, at| {
-                _mm512_maskz_expandloadu_ps(m, at)
-            })
-        }
-    }
-
-    /// The AVX-512 loop over the blocks of 16 columns of row `kk`'s planes;
-    /// `spread(m, z)` puts the popcount(m) draws at `z` in the lanes of
-    /// mask `m`.
-    ///
-    /// # Safety
-    /// AVX-512F must be present, `spread` must read only those draws, and
-    /// the arguments must be those [`accumulate`](Self::accumulate) checks.
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn accumulate_blocks(
-        &self,
-        kk: usize,
-        planes: u32,
-        acc: &mut [f32],
-        z: &[f32],
-        sigma: f32,
-        spread: impl Fn(u16, *const f32) -> std::arch::x86_64::__m512,
     ) {
         use std::arch::x86_64::*;
         let n = self.n;
@@ -446,15 +390,18 @@ impl CompactRows {
                 } else {
                     (1u16 << (n - col)) - 1
                 };
+                let drawn = ((1u32 << m.count_ones()) - 1) as u16;
                 // SAFETY: the draws of block `blk` are
                 // `z[first + off..][..popcount(m)]`, within `z` (checked by
-                // `accumulate`), and the loads and stores stay within plane
-                // `jj` of `acc`, which holds `j * n` values; the digits of
-                // every block are stored whole.
+                // `accumulate`); the lane bytes of every block are stored
+                // whole; the loads and stores of `acc` stay within plane
+                // `jj`, and `acc` holds `j * n` values.
                 unsafe {
-                    let zv = spread(m, z.as_ptr().add(first + off as usize));
-                    let d = self.digits.as_ptr().add((r * self.blocks + blk) * 16);
-                    let bw = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(d.cast())));
+                    let packed = self.lanes.as_ptr().add((r * self.blocks + blk) * 16);
+                    let v = _mm512_cvtepi8_epi32(_mm_loadu_si128(packed.cast()));
+                    let drawn = _mm512_maskz_loadu_ps(drawn, z.as_ptr().add(first + off as usize));
+                    let zv = _mm512_maskz_permutexvar_ps(m, v, drawn);
+                    let bw = _mm512_cvtepi32_ps(_mm512_srai_epi32::<4>(v));
                     let a = if lanes == 0xFFFF {
                         _mm512_loadu_ps(acc.as_ptr().add(at))
                     } else {
@@ -1016,14 +963,6 @@ mod tests {
                     let mut got = vec![0.125f32; j * n];
                     cr.accumulate_scalar(kk, planes, &mut got, &z, sigma);
                     assert_eq!(bits(&got), bits(&want), "scalar n={n} row {kk}");
-                    #[cfg(target_arch = "x86_64")]
-                    if std::arch::is_x86_feature_detected!("avx512f") {
-                        let mut got = vec![0.125f32; j * n];
-                        // SAFETY: AVX-512F is present; the arguments are the
-                        // ones `accumulate` accepted above.
-                        unsafe { cr.accumulate_expand(kk, planes, &mut got, &z, sigma) };
-                        assert_eq!(bits(&got), bits(&want), "expand n={n} row {kk}");
-                    }
                 }
             }
         }
