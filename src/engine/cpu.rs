@@ -318,6 +318,11 @@ impl CompactRows {
                 unsafe { self.accumulate_avx512(kk, planes, acc, z, sigma) };
                 return needed;
             }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 is present, and the arguments are checked.
+                unsafe { self.accumulate_avx2(kk, planes, acc, z, sigma) };
+                return needed;
+            }
         }
         self.accumulate_scalar(kk, planes, acc, z, sigma);
         needed
@@ -349,6 +354,90 @@ impl CompactRows {
         (0..self.j)
             .filter(move |jj| planes >> jj & 1 == 1)
             .map(move |jj| (kk * self.j + jj, jj))
+    }
+
+    /// [`accumulate_avx512`](Self::accumulate_avx512) for CPUs with AVX2
+    /// only: each block is two halves of 8 lanes, and a half's draws, from
+    /// a masked load, are spread by a permute on its lanes' ranks less the
+    /// conducting cells of the first half. Non-conducting lanes get some
+    /// draw, but their weight is 0, so they add +0 as in the dense loop.
+    ///
+    /// # Safety
+    /// AVX2 must be present, and the arguments must be those
+    /// [`accumulate`](Self::accumulate) checks.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn accumulate_avx2(
+        &self,
+        kk: usize,
+        planes: u32,
+        acc: &mut [f32],
+        z: &[f32],
+        sigma: f32,
+    ) {
+        use std::arch::x86_64::*;
+        let n = self.n;
+        let vs = _mm256_set1_ps(sigma);
+        let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let low4 = _mm256_set1_epi32(15);
+        let mut first = 0;
+        for (r, jj) in self.planes(kk, planes) {
+            let masks = &self.masks[r * self.blocks..(r + 1) * self.blocks];
+            let offsets = &self.offsets[r * self.blocks..(r + 1) * self.blocks];
+            for (blk, (&m, &off)) in masks.iter().zip(offsets).enumerate() {
+                let below = (m & 0xFF).count_ones() as usize;
+                for half in 0..2 {
+                    let hm = (m >> (8 * half)) & 0xFF;
+                    if hm == 0 {
+                        continue;
+                    }
+                    let col = blk * 16 + 8 * half;
+                    let skip = half * below;
+                    let lanes = (n - col).min(8) as i32;
+                    // SAFETY: the half's draws are `z[first + off + skip..]
+                    // [..popcount(hm)]`, within `z` (checked by `accumulate`),
+                    // and the masked load reads only those; the lane bytes
+                    // of every block are stored whole; the loads and stores
+                    // of `acc` stay within plane `jj` (`lanes` columns), and
+                    // `acc` holds `j * n` values.
+                    unsafe {
+                        let packed = self
+                            .lanes
+                            .as_ptr()
+                            .add((r * self.blocks + blk) * 16 + 8 * half);
+                        let v = _mm256_cvtepi8_epi32(_mm_loadl_epi64(packed.cast()));
+                        let count = _mm256_set1_epi32(hm.count_ones() as i32);
+                        let drawn = _mm256_maskload_ps(
+                            z.as_ptr().add(first + off as usize + skip),
+                            _mm256_cmpgt_epi32(count, iota),
+                        );
+                        let rank = _mm256_sub_epi32(
+                            _mm256_and_si256(v, low4),
+                            _mm256_set1_epi32(skip as i32),
+                        );
+                        let zv = _mm256_permutevar8x32_ps(drawn, rank);
+                        let bw = _mm256_cvtepi32_ps(_mm256_srai_epi32::<4>(v));
+                        let p = acc.as_mut_ptr().add(jj * n + col);
+                        let inside = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), iota);
+                        let a = if lanes == 8 {
+                            _mm256_loadu_ps(p)
+                        } else {
+                            _mm256_maskload_ps(p, inside)
+                        };
+                        let sum = _mm256_add_ps(
+                            a,
+                            _mm256_add_ps(bw, _mm256_mul_ps(_mm256_mul_ps(bw, vs), zv)),
+                        );
+                        if lanes == 8 {
+                            _mm256_storeu_ps(p, sum);
+                        } else {
+                            _mm256_maskstore_ps(p, inside, sum);
+                        }
+                    }
+                }
+            }
+            first += (self.counts[r] as usize).div_ceil(4) * 4;
+        }
     }
 
     /// The AVX-512 loop over the blocks of 16 columns of row `kk`'s planes.
@@ -963,6 +1052,14 @@ mod tests {
                     let mut got = vec![0.125f32; j * n];
                     cr.accumulate_scalar(kk, planes, &mut got, &z, sigma);
                     assert_eq!(bits(&got), bits(&want), "scalar n={n} row {kk}");
+                    #[cfg(target_arch = "x86_64")]
+                    if std::arch::is_x86_feature_detected!("avx2") {
+                        let mut got = vec![0.125f32; j * n];
+                        // SAFETY: AVX2 is present, and `accumulate` accepted
+                        // these arguments above.
+                        unsafe { cr.accumulate_avx2(kk, planes, &mut got, &z, sigma) };
+                        assert_eq!(bits(&got), bits(&want), "avx2 n={n} row {kk}");
+                    }
                 }
             }
         }
