@@ -308,7 +308,7 @@ impl CompactRows {
         assert!(acc.len() == j * n && planes >> j == 0);
         let needed: usize = self
             .planes(kk, planes)
-            .map(|(r, _)| (self.counts[r] as usize).div_ceil(4) * 4)
+            .map(|(r, ..)| 4 * self.blocks_of(r))
             .sum();
         assert!(z.len() >= needed, "accumulate: too few draws");
         #[cfg(target_arch = "x86_64")]
@@ -330,30 +330,58 @@ impl CompactRows {
 
     /// The portable [`accumulate`](Self::accumulate).
     fn accumulate_scalar(&self, kk: usize, planes: u32, acc: &mut [f32], z: &[f32], sigma: f32) {
-        let n = self.n;
-        let mut at = 0;
-        for (r, jj) in self.planes(kk, planes) {
-            for blk in 0..self.blocks {
-                let mut m = self.masks[r * self.blocks + blk];
-                let mut t = at + self.offsets[r * self.blocks + blk] as usize;
-                while m != 0 {
-                    let l = m.trailing_zeros() as usize;
-                    m &= m - 1;
-                    let bw = (self.lanes[(r * self.blocks + blk) * 16 + l] >> 4) as f32;
-                    acc[jj * n + blk * 16 + l] += bw + bw * sigma * z[t];
-                    t += 1;
-                }
+        self.each_block(kk, planes, |b| {
+            let (mut m, mut t) = (b.mask, b.draw);
+            while m != 0 {
+                let l = m.trailing_zeros() as usize;
+                m &= m - 1;
+                let bw = (self.lanes[b.lane + l] >> 4) as f32;
+                acc[b.col + l] += bw + bw * sigma * z[t];
+                t += 1;
             }
-            at += (self.counts[r] as usize).div_ceil(4) * 4;
-        }
+        });
     }
 
-    /// The (row, plane) index `r` and the plane `jj` of row `kk`'s planes
-    /// in the bit set `planes`, in order.
-    fn planes(&self, kk: usize, planes: u32) -> impl Iterator<Item = (usize, usize)> + '_ {
+    /// Philox blocks (four draws each) of (row, plane) `r`'s conducting cells.
+    fn blocks_of(&self, r: usize) -> usize {
+        (self.counts[r] as usize).div_ceil(4)
+    }
+
+    /// Row `kk`'s planes in the bit set `planes`, in order: the (row, plane)
+    /// index `r`, the plane `jj`, and where its draws start when each
+    /// plane's follow the previous plane's (see
+    /// [`accumulate`](Self::accumulate)).
+    fn planes(&self, kk: usize, planes: u32) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
         (0..self.j)
             .filter(move |jj| planes >> jj & 1 == 1)
-            .map(move |jj| (kk * self.j + jj, jj))
+            .scan(0, move |next, jj| {
+                let r = kk * self.j + jj;
+                let first = *next;
+                *next += 4 * self.blocks_of(r);
+                Some((r, jj, first))
+            })
+    }
+
+    /// Calls `f` for each block of 16 columns with conducting cells in row
+    /// `kk`'s planes `planes`, in order: the loop all accumulation paths
+    /// share.
+    #[inline(always)]
+    fn each_block(&self, kk: usize, planes: u32, mut f: impl FnMut(Block)) {
+        for (r, jj, first) in self.planes(kk, planes) {
+            let range = r * self.blocks..(r + 1) * self.blocks;
+            let masks = &self.masks[range.clone()];
+            for (blk, (&mask, &off)) in masks.iter().zip(&self.offsets[range]).enumerate() {
+                if mask != 0 {
+                    f(Block {
+                        mask,
+                        col: jj * self.n + blk * 16,
+                        width: (self.n - blk * 16).min(16),
+                        draw: first + off as usize,
+                        lane: (r * self.blocks + blk) * 16,
+                    });
+                }
+            }
+        }
     }
 
     /// [`accumulate_avx512`](Self::accumulate_avx512) for CPUs with AVX2
@@ -376,68 +404,54 @@ impl CompactRows {
         sigma: f32,
     ) {
         use std::arch::x86_64::*;
-        let n = self.n;
         let vs = _mm256_set1_ps(sigma);
         let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let low4 = _mm256_set1_epi32(15);
-        let mut first = 0;
-        for (r, jj) in self.planes(kk, planes) {
-            let masks = &self.masks[r * self.blocks..(r + 1) * self.blocks];
-            let offsets = &self.offsets[r * self.blocks..(r + 1) * self.blocks];
-            for (blk, (&m, &off)) in masks.iter().zip(offsets).enumerate() {
-                let below = (m & 0xFF).count_ones() as usize;
-                for half in 0..2 {
-                    let hm = (m >> (8 * half)) & 0xFF;
-                    if hm == 0 {
-                        continue;
-                    }
-                    let col = blk * 16 + 8 * half;
-                    let skip = half * below;
-                    let lanes = (n - col).min(8) as i32;
-                    // SAFETY: the half's draws are `z[first + off + skip..]
-                    // [..popcount(hm)]`, within `z` (checked by `accumulate`),
-                    // and the masked load reads only those; the lane bytes
-                    // of every block are stored whole; the loads and stores
-                    // of `acc` stay within plane `jj` (`lanes` columns), and
-                    // `acc` holds `j * n` values.
-                    unsafe {
-                        let packed = self
-                            .lanes
-                            .as_ptr()
-                            .add((r * self.blocks + blk) * 16 + 8 * half);
-                        let v = _mm256_cvtepi8_epi32(_mm_loadl_epi64(packed.cast()));
-                        let count = _mm256_set1_epi32(hm.count_ones() as i32);
-                        let drawn = _mm256_maskload_ps(
-                            z.as_ptr().add(first + off as usize + skip),
-                            _mm256_cmpgt_epi32(count, iota),
-                        );
-                        let rank = _mm256_sub_epi32(
-                            _mm256_and_si256(v, low4),
-                            _mm256_set1_epi32(skip as i32),
-                        );
-                        let zv = _mm256_permutevar8x32_ps(drawn, rank);
-                        let bw = _mm256_cvtepi32_ps(_mm256_srai_epi32::<4>(v));
-                        let p = acc.as_mut_ptr().add(jj * n + col);
-                        let inside = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), iota);
-                        let a = if lanes == 8 {
-                            _mm256_loadu_ps(p)
-                        } else {
-                            _mm256_maskload_ps(p, inside)
-                        };
-                        let sum = _mm256_add_ps(
-                            a,
-                            _mm256_add_ps(bw, _mm256_mul_ps(_mm256_mul_ps(bw, vs), zv)),
-                        );
-                        if lanes == 8 {
-                            _mm256_storeu_ps(p, sum);
-                        } else {
-                            _mm256_maskstore_ps(p, inside, sum);
-                        }
+        self.each_block(kk, planes, |b| {
+            let below = (b.mask & 0xFF).count_ones() as usize;
+            for half in 0..2 {
+                let hm = (b.mask >> (8 * half)) & 0xFF;
+                if hm == 0 {
+                    continue;
+                }
+                let skip = half * below;
+                let lanes = (b.width - 8 * half).min(8) as i32;
+                // SAFETY: the half's draws are `z[b.draw + skip..]
+                // [..popcount(hm)]`, within `z` (checked by `accumulate`),
+                // and the masked load reads only those; the lane bytes of
+                // every block are stored whole; the loads and stores of
+                // `acc` stay within the block's `width` columns of `acc`.
+                unsafe {
+                    let packed = self.lanes.as_ptr().add(b.lane + 8 * half);
+                    let v = _mm256_cvtepi8_epi32(_mm_loadl_epi64(packed.cast()));
+                    let count = _mm256_set1_epi32(hm.count_ones() as i32);
+                    let drawn = _mm256_maskload_ps(
+                        z.as_ptr().add(b.draw + skip),
+                        _mm256_cmpgt_epi32(count, iota),
+                    );
+                    let rank =
+                        _mm256_sub_epi32(_mm256_and_si256(v, low4), _mm256_set1_epi32(skip as i32));
+                    let zv = _mm256_permutevar8x32_ps(drawn, rank);
+                    let bw = _mm256_cvtepi32_ps(_mm256_srai_epi32::<4>(v));
+                    let p = acc.as_mut_ptr().add(b.col + 8 * half);
+                    let inside = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), iota);
+                    let a = if lanes == 8 {
+                        _mm256_loadu_ps(p)
+                    } else {
+                        _mm256_maskload_ps(p, inside)
+                    };
+                    let sum = _mm256_add_ps(
+                        a,
+                        _mm256_add_ps(bw, _mm256_mul_ps(_mm256_mul_ps(bw, vs), zv)),
+                    );
+                    if lanes == 8 {
+                        _mm256_storeu_ps(p, sum);
+                    } else {
+                        _mm256_maskstore_ps(p, inside, sum);
                     }
                 }
             }
-            first += (self.counts[r] as usize).div_ceil(4) * 4;
-        }
+        });
     }
 
     /// The AVX-512 loop over the blocks of 16 columns of row `kk`'s planes.
@@ -460,56 +474,54 @@ impl CompactRows {
         sigma: f32,
     ) {
         use std::arch::x86_64::*;
-        let n = self.n;
         let vs = _mm512_set1_ps(sigma);
-        let mut first = 0;
-        for (r, jj) in self.planes(kk, planes) {
-            let masks = &self.masks[r * self.blocks..(r + 1) * self.blocks];
-            let offsets = &self.offsets[r * self.blocks..(r + 1) * self.blocks];
-            for (blk, (&m, &off)) in masks.iter().zip(offsets).enumerate() {
-                if m == 0 {
-                    continue;
-                }
-                let col = blk * 16;
-                let at = jj * n + col;
-                // Full blocks load and store whole vectors; a last, short
-                // block is masked to stay within its plane.
-                let lanes: u16 = if n - col >= 16 {
-                    0xFFFF
+        self.each_block(kk, planes, |b| {
+            // Full blocks load and store whole vectors; a last, short block
+            // is masked to stay within its plane.
+            let lanes = ((1u32 << b.width) - 1) as u16;
+            let drawn = ((1u32 << b.mask.count_ones()) - 1) as u16;
+            // SAFETY: the block's draws are `z[b.draw..][..popcount(mask)]`,
+            // within `z` (checked by `accumulate`); the lane bytes of every
+            // block are stored whole; the loads and stores of `acc` stay
+            // within the block's `width` columns of `acc`.
+            unsafe {
+                let packed = self.lanes.as_ptr().add(b.lane);
+                let v = _mm512_cvtepi8_epi32(_mm_loadu_si128(packed.cast()));
+                let drawn = _mm512_maskz_loadu_ps(drawn, z.as_ptr().add(b.draw));
+                let zv = _mm512_maskz_permutexvar_ps(b.mask, v, drawn);
+                let bw = _mm512_cvtepi32_ps(_mm512_srai_epi32::<4>(v));
+                let p = acc.as_mut_ptr().add(b.col);
+                let a = if lanes == 0xFFFF {
+                    _mm512_loadu_ps(p)
                 } else {
-                    (1u16 << (n - col)) - 1
+                    _mm512_maskz_loadu_ps(lanes, p)
                 };
-                let drawn = ((1u32 << m.count_ones()) - 1) as u16;
-                // SAFETY: the draws of block `blk` are
-                // `z[first + off..][..popcount(m)]`, within `z` (checked by
-                // `accumulate`); the lane bytes of every block are stored
-                // whole; the loads and stores of `acc` stay within plane
-                // `jj`, and `acc` holds `j * n` values.
-                unsafe {
-                    let packed = self.lanes.as_ptr().add((r * self.blocks + blk) * 16);
-                    let v = _mm512_cvtepi8_epi32(_mm_loadu_si128(packed.cast()));
-                    let drawn = _mm512_maskz_loadu_ps(drawn, z.as_ptr().add(first + off as usize));
-                    let zv = _mm512_maskz_permutexvar_ps(m, v, drawn);
-                    let bw = _mm512_cvtepi32_ps(_mm512_srai_epi32::<4>(v));
-                    let a = if lanes == 0xFFFF {
-                        _mm512_loadu_ps(acc.as_ptr().add(at))
-                    } else {
-                        _mm512_maskz_loadu_ps(lanes, acc.as_ptr().add(at))
-                    };
-                    let sum = _mm512_add_ps(
-                        a,
-                        _mm512_add_ps(bw, _mm512_mul_ps(_mm512_mul_ps(bw, vs), zv)),
-                    );
-                    if lanes == 0xFFFF {
-                        _mm512_storeu_ps(acc.as_mut_ptr().add(at), sum);
-                    } else {
-                        _mm512_mask_storeu_ps(acc.as_mut_ptr().add(at), lanes, sum);
-                    }
+                let sum = _mm512_add_ps(
+                    a,
+                    _mm512_add_ps(bw, _mm512_mul_ps(_mm512_mul_ps(bw, vs), zv)),
+                );
+                if lanes == 0xFFFF {
+                    _mm512_storeu_ps(p, sum);
+                } else {
+                    _mm512_mask_storeu_ps(p, lanes, sum);
                 }
             }
-            first += (self.counts[r] as usize).div_ceil(4) * 4;
-        }
+        });
     }
+}
+
+/// A block of 16 columns of one (row, plane) with conducting cells.
+struct Block {
+    /// Its conducting lanes.
+    mask: u16,
+    /// Its first column in the row's sums `[j][n]`.
+    col: usize,
+    /// Its columns within the plane: 16, or fewer in a last, short block.
+    width: usize,
+    /// Where its draws start in `z`.
+    draw: usize,
+    /// Its first lane byte in `CompactRows::lanes`.
+    lane: usize,
 }
 
 /// Cell weights `[k][j][n]` from digits `[j][k][n]`.
@@ -921,15 +933,20 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
                             .fold(0u32, |set, jj| set | 1 << jj)
                     };
                     for group in s.rows.chunks(ROWS_PER_FILL) {
+                        let mut sets = [(0, 0); ROWS_PER_FILL];
+                        for (set, &kk) in sets.iter_mut().zip(group) {
+                            *set = (kk, planes(kk));
+                        }
+                        let sets = &sets[..group.len()];
                         // Each plane's run of blocks is written 16 indices at
                         // a time (whole vectors, no scalar tail) into a buffer
                         // that only grows, and the next run starts where it
                         // ends.
                         let mut used = 0;
-                        for &kk in group {
-                            for (r, jj) in cr.planes(kk, planes(kk)) {
+                        for &(kk, set) in sets {
+                            for (r, jj, _) in cr.planes(kk, set) {
                                 let first = ((((b * xbits + i) * k + kk) * j + jj) * nb) as u64;
-                                let blocks = (cr.counts[r] as usize).div_ceil(4);
+                                let blocks = cr.blocks_of(r);
                                 let end = used + blocks.next_multiple_of(16);
                                 if s.idx.len() < end {
                                     s.idx.resize(end, 0);
@@ -947,8 +964,8 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
                         }
                         cell_addr.fill_gaussian_at(&s.idx[..used], &mut s.z);
                         let mut at = 0;
-                        for &kk in group {
-                            at += cr.accumulate(kk, planes(kk), &mut s.acc, &s.z[at..], sigma);
+                        for &(kk, set) in sets {
+                            at += cr.accumulate(kk, set, &mut s.acc, &s.z[at..], sigma);
                         }
                     }
                 } else {
