@@ -105,9 +105,28 @@ fn convert(a: f32, lo: f32, hi: f32) -> f32 {
     if (P.adc_bits == 0u) {
         return a;
     }
-    let step = max((hi - lo) / P.top, 1.0);
-    let code = clamp(round((a - lo) / step), 0.0, P.top);
-    return lo + code * step;
+    let range = hi - lo;
+    let step = max(range / P.top, 1.0);
+    return lo + adc_code(a, lo, range) * step;
+}
+
+// `Adc::code` in src/model.rs, operation for operation: the code of the exact
+// quotient (a - lo) top / range, ties to even, decided by the remainder so
+// that a division off by an ulp cannot move an exact tie.
+fn adc_code(a: f32, lo: f32, range: f32) -> f32 {
+    let d = a - lo;
+    if (range <= P.top) {
+        return clamp(round(d), 0.0, P.top);
+    }
+    let num = d * P.top;
+    let q = floor(num / range);
+    let below = select(0.0, 1.0, num - q * range < 0.0);
+    let above = select(0.0, 1.0, num - (q + 1.0) * range >= 0.0);
+    let c = q - below + above;
+    let twice = 2.0 * (num - c * range);
+    let odd = c - 2.0 * floor(0.5 * c);
+    let up = select(0.0, 1.0, twice > range || (twice == range && odd == 1.0));
+    return clamp(c + up, 0.0, P.top);
 }
 
 // Input bits 0-3 and 4-7 of `x` as 0/1 floats.

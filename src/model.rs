@@ -231,7 +231,7 @@ impl Adc {
             None => a,
             Some(b) => {
                 let top = Self::top(b);
-                Self::quantize(a, lo, Self::step(lo, hi, top), top)
+                Self::quantize(a, lo, hi - lo, Self::step(lo, hi, top), top)
             }
         }
     }
@@ -248,11 +248,40 @@ impl Adc {
         ((hi - lo) / top).max(1.0)
     }
 
-    /// Quantises `a` with a precomputed `step` (same result as [`Adc::convert`]).
+    /// The code of analog sum `a` over a range of width `range` from `lo`:
+    /// `round_ties_even((a - lo) top / range)` applied to the exact quotient
+    /// (or `round_ties_even(a - lo)` when the range fits in `top` codes),
+    /// clamped to `[0, top]`.
+    ///
+    /// Dividing by a precomputed step would round twice and move exact ties
+    /// (integer sums at zero noise) one ulp off the tie. Here the quotient is
+    /// floored and then put right by its remainder, `num - c range`, which is
+    /// exact while `num` and `c range` are integers below 2^24, so ties are
+    /// decided on exact values even where the division is not correctly
+    /// rounded (WGSL allows 2.5 ulp). `simulate.wgsl`'s `adc_code` is the
+    /// same arithmetic, operation for operation.
     #[inline(always)]
-    pub fn quantize(a: f32, lo: f32, step: f32, top: f32) -> f32 {
-        let code = ((a - lo) / step).round_ties_even().clamp(0.0, top);
-        lo + code * step
+    pub fn code(a: f32, lo: f32, range: f32, top: f32) -> f32 {
+        let d = a - lo;
+        if range <= top {
+            return d.round_ties_even().clamp(0.0, top);
+        }
+        let num = d * top;
+        let q = (num / range).floor();
+        let below = (num - q * range < 0.0) as u32 as f32;
+        let above = (num - (q + 1.0) * range >= 0.0) as u32 as f32;
+        let c = q - below + above;
+        let twice = 2.0 * (num - c * range);
+        let odd = c - 2.0 * (0.5 * c).floor();
+        let up = (twice > range || (twice == range && odd == 1.0)) as u32 as f32;
+        (c + up).clamp(0.0, top)
+    }
+
+    /// Quantises `a` over `[lo, lo + range]` with its precomputed `step`
+    /// (same result as [`Adc::convert`]).
+    #[inline(always)]
+    pub fn quantize(a: f32, lo: f32, range: f32, step: f32, top: f32) -> f32 {
+        lo + Self::code(a, lo, range, top) * step
     }
 }
 
@@ -293,6 +322,58 @@ mod tests {
         for w in -127..=127 {
             encode(Encoding::Csd, 8, w, &mut d);
             assert!(d.windows(2).all(|p| p[0] == 0 || p[1] == 0), "w={w}: {d:?}");
+        }
+    }
+
+    /// `round_ties_even(num / den)` of exact integers, `den > 0`.
+    fn exact_round(num: i64, den: i64) -> i64 {
+        let (q, r) = (num.div_euclid(den), num.rem_euclid(den));
+        match (2 * r).cmp(&den) {
+            std::cmp::Ordering::Less => q,
+            std::cmp::Ordering::Greater => q + 1,
+            std::cmp::Ordering::Equal => q + (q & 1),
+        }
+    }
+
+    #[test]
+    fn adc_rounds_hand_computed_ties_to_even() {
+        // (bits, lo, hi, a, code): (a - lo) (2^b - 1) / (hi - lo) is k + 1/2.
+        let cases = [
+            (6, 0.0, 128.0, 64.0, 32.0),  // 64 * 63 / 128 = 31.5
+            (3, -37.0, 37.0, 0.0, 4.0),   // 37 * 7 / 74 = 3.5
+            (4, 0.0, 96.0, 16.0, 2.0),    // 16 * 15 / 96 = 2.5
+            (4, 0.0, 96.0, 48.0, 8.0),    // 7.5
+            (4, 0.0, 96.0, 80.0, 12.0),   // 12.5
+            (5, -20.0, 42.0, 11.0, 16.0), // 31 * 31 / 62 = 15.5
+            (2, 0.0, 6.0, 1.0, 0.0),      // 1 * 3 / 6 = 0.5
+            (2, 0.0, 6.0, 5.0, 2.0),      // 2.5
+        ];
+        for (bits, lo, hi, a, code) in cases {
+            let top = Adc::top(bits);
+            assert_eq!(Adc::code(a, lo, hi - lo, top), code, "b={bits} [{lo}, {hi}] a={a}");
+            let value = lo + code * Adc::step(lo, hi, top);
+            assert_eq!(Adc { bits: Some(bits) }.convert(a, lo, hi), value);
+        }
+    }
+
+    #[test]
+    fn adc_codes_of_integer_sums_are_the_exactly_rounded_quotient() {
+        for bits in 1..=8u32 {
+            let top = (1i64 << bits) - 1;
+            for lo in [-300i64, -64, -7, 0] {
+                for width in (1..=600i64).step_by(7) {
+                    for a in (lo - 3)..=(lo + width + 3) {
+                        let want = if width <= top {
+                            a - lo
+                        } else {
+                            exact_round((a - lo) * top, width)
+                        }
+                        .clamp(0, top);
+                        let got = Adc::code(a as f32, lo as f32, width as f32, top as f32);
+                        assert_eq!(got, want as f32, "b={bits} lo={lo} width={width} a={a}");
+                    }
+                }
+            }
         }
     }
 

@@ -784,8 +784,9 @@ fn quantize_groups(plan: &Plan, shared: &Shared, g0: usize, a: &mut [f32]) {
     if let Some(bits) = plan.adc.bits {
         let top = Adc::top(bits);
         let g = g0..g0 + a.len();
-        for ((av, &lo), &step) in a.iter_mut().zip(&plan.lo[g.clone()]).zip(&shared.step[g]) {
-            *av = Adc::quantize(*av, lo, step, top);
+        let lohi = plan.lo[g.clone()].iter().zip(&plan.hi[g.clone()]);
+        for ((av, (&lo, &hi)), &step) in a.iter_mut().zip(lohi).zip(&shared.step[g]) {
+            *av = Adc::quantize(*av, lo, hi - lo, step, top);
         }
     }
 }
