@@ -2,7 +2,7 @@
 //! with throughput in cell-MACs (`cargo bench --bench engines`).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use zebra_cim::bench::{workload_plan, Workload};
+use zebra_cim::cmd::bench::{workload_plan, Workload};
 use zebra_cim::engine::cpu::CpuEngine;
 use zebra_cim::engine::gpu::GpuEngine;
 use zebra_cim::engine::Engine;

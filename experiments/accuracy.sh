@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Whole-network accuracy: the shipped Fashion-MNIST CNN under simulated CIM
 # noise, swept over cell mismatch and over parallelism, with its figures in
-# results/. Under 10 minutes on 2 CPU cores (its rows simulated in 4 min 43 s
-# with --fresh in the last run); resumes finished points.
+# results/. About 5 minutes on 2 CPU cores with --fresh; resumes finished
+# points.
 #   bash experiments/accuracy.sh [--fresh] [--engine cpu|gpu|auto]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ cargo build --release --quiet
 zebra=./target/release/zebra
 for exp in accuracy_sigma accuracy_parallelism; do
     echo "== $exp"
-    "$zebra" run "experiments/$exp.toml" --quiet "$@"
+    "$zebra" run "experiments/$exp.toml" --out results --quiet "$@"
     "$zebra" plot "results/$exp.csv" --metric mean_accuracy --metric min_accuracy \
         --metric accuracy_drop > /dev/null
 done

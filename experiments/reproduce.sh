@@ -8,7 +8,7 @@ cargo build --release --quiet
 zebra=./target/release/zebra
 for exp in quickstart sigma_sweep parallelism_sweep adc_bits_sweep ablation weight_stats cost; do
     echo "== $exp"
-    "$zebra" run "experiments/$exp.toml" --quiet "$@" | tail -2
+    "$zebra" run "experiments/$exp.toml" --out results --quiet "$@" | tail -2
 done
 for exp in quickstart sigma_sweep parallelism_sweep adc_bits_sweep ablation; do
     "$zebra" plot "results/$exp.csv" > /dev/null

@@ -8,8 +8,8 @@ fn main() -> ExitCode {
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
     }
-    let cli = zebra_cim::cli::Cli::parse();
-    match zebra_cim::cli::run(cli) {
+    let cli = zebra_cim::cmd::Cli::parse();
+    match zebra_cim::cmd::run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

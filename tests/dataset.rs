@@ -1,7 +1,7 @@
 //! The shipped Fashion-MNIST test set and the dataset readers.
 
 use std::path::Path;
-use zebra_cim::dataset::{read_idx_u8, Dataset};
+use zebra_cim::io::dataset::{read_idx_u8, Dataset};
 
 #[test]
 fn shipped_fashion_mnist_test_set_reads_whole() {

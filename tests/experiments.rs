@@ -4,7 +4,8 @@
 
 use std::path::Path;
 use zebra_cim::experiment::{Experiment, Overrides};
-use zebra_cim::output::{read_csv, COLUMNS, HIST_COLUMNS};
+use zebra_cim::io::csv::read_csv;
+use zebra_cim::sweep::output::{COLUMNS, HIST_COLUMNS};
 
 #[test]
 fn shipped_experiments_parse_and_have_committed_results() {
@@ -25,9 +26,9 @@ fn shipped_experiments_parse_and_have_committed_results() {
         let csv = Path::new("results").join(format!("{}.csv", exp.name));
         let (columns, companion, companion_columns): (&[&str], &str, &[&str]) = if network {
             (
-                &zebra_cim::accuracy::COLUMNS,
+                &zebra_cim::sweep::accuracy::COLUMNS,
                 "trials",
-                &zebra_cim::accuracy::TRIAL_COLUMNS,
+                &zebra_cim::sweep::accuracy::TRIAL_COLUMNS,
             )
         } else {
             (&COLUMNS, "hist", &HIST_COLUMNS)

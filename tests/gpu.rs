@@ -7,9 +7,9 @@ mod common;
 use zebra_cim::engine::cpu::CpuEngine;
 use zebra_cim::engine::gpu::{self, GpuEngine, Params};
 use zebra_cim::engine::Engine;
+use zebra_cim::experiment::plan::{NoisePath, Plan};
+use zebra_cim::model::rng::Address;
 use zebra_cim::model::MappingSpec;
-use zebra_cim::plan::{NoisePath, Plan};
-use zebra_cim::rng::Address;
 
 #[test]
 fn every_shader_parses_and_validates_with_naga() {
@@ -128,7 +128,7 @@ fn rng_words_match_exactly_and_gaussians_closely() {
         assert_eq!(*words, addr.block(*index), "request {i}: words differ");
         assert_eq!(
             *prod,
-            zebra_cim::rng::mulhilo(*a, *b),
+            zebra_cim::model::rng::mulhilo(*a, *b),
             "request {i}: {a:#x} * {b:#x}"
         );
         let want = addr.gaussian4(*index);
@@ -397,7 +397,7 @@ fn gpu_static_variance_matches_closed_form() {
 /// the CPU engine's, within one image in a hundred.
 #[test]
 fn gpu_network_is_exact_without_noise_and_matches_the_cpu_with_noise() {
-    use zebra_cim::accuracy::{SimNetwork, Workload};
+    use zebra_cim::sweep::accuracy::{SimNetwork, Workload};
     let Some(mut g) = engine() else { return };
     let text = |extra: &str| {
         format!(

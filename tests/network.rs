@@ -4,8 +4,8 @@
 use safetensors::{serialize, Dtype, View};
 use std::borrow::Cow;
 use std::path::Path;
+use zebra_cim::model::rng::Address;
 use zebra_cim::network::{im2col, matmul, Activation, MatrixLayer, Network};
-use zebra_cim::rng::Address;
 
 fn words(n: usize, seed: u64) -> Vec<u32> {
     let a = Address {
@@ -220,7 +220,7 @@ fn shipped_experiment(extra: &str) -> zebra_cim::experiment::Experiment {
 #[test]
 fn shipped_model_matches_the_exporters_int8_reference() {
     let net = Network::load(Path::new(SHIPPED)).unwrap();
-    let data = zebra_cim::dataset::Dataset::from_idx(
+    let data = zebra_cim::io::dataset::Dataset::from_idx(
         Path::new("data/fashion-mnist/t10k-images-idx3-ubyte.gz"),
         Path::new("data/fashion-mnist/t10k-labels-idx1-ubyte.gz"),
     )
@@ -245,8 +245,8 @@ fn shipped_model_matches_the_exporters_int8_reference() {
 /// simulated arrays reproduce the plain int8 inference: the logits are equal.
 #[test]
 fn noiseless_lossless_network_equals_int8_inference() {
-    use zebra_cim::accuracy::{SimNetwork, Workload};
     use zebra_cim::engine::cpu::CpuEngine;
+    use zebra_cim::sweep::accuracy::{SimNetwork, Workload};
     for adc in ["8", "\"ideal\""] {
         let exp = shipped_experiment(&format!("[array]\nparallelism = 64\n[adc]\nbits = {adc}\n"));
         let work = Workload::load(exp.network.as_ref().unwrap()).unwrap();
@@ -269,8 +269,8 @@ fn noiseless_lossless_network_equals_int8_inference() {
 /// noise gives different chips different answers.
 #[test]
 fn lossy_adc_and_noise_change_the_logits() {
-    use zebra_cim::accuracy::{SimNetwork, Workload};
     use zebra_cim::engine::cpu::CpuEngine;
+    use zebra_cim::sweep::accuracy::{SimNetwork, Workload};
     let exp = shipped_experiment("[adc]\nbits = 3\n[noise]\ncell_sigma = 0.1\n");
     let work = Workload::load(exp.network.as_ref().unwrap()).unwrap();
     let images = &work.data.pixels[..4 * work.net.image_size()];
@@ -321,7 +321,7 @@ fn images_that_do_not_fit_the_model_are_refused() {
         Default::default(),
     )
     .unwrap();
-    let err = zebra_cim::accuracy::Workload::load(exp.network.as_ref().unwrap())
+    let err = zebra_cim::sweep::accuracy::Workload::load(exp.network.as_ref().unwrap())
         .err()
         .unwrap()
         .to_string();
@@ -335,8 +335,8 @@ fn images_that_do_not_fit_the_model_are_refused() {
 /// per-chip accuracies as the CPU's parallel path.
 #[test]
 fn chips_over_several_engines_match_the_parallel_cpu_path() {
-    use zebra_cim::accuracy::{prepare, run, Options};
     use zebra_cim::engine::{cpu::CpuEngine, Engine};
+    use zebra_cim::sweep::accuracy::{prepare, run, Options};
     let exp = shipped_experiment("[noise]\ncell_sigma = 0.2\n");
     let accuracies = |engines: &mut [Box<dyn Engine + Send>]| {
         let dir = tempfile::tempdir().unwrap();

@@ -6,10 +6,10 @@ mod common;
 use proptest::prelude::*;
 use zebra_cim::engine::cpu::CpuEngine;
 use zebra_cim::engine::Engine;
+use zebra_cim::experiment::plan::{NoisePath, Plan};
+use zebra_cim::experiment::workload::Layer;
 use zebra_cim::experiment::*;
 use zebra_cim::model::MappingSpec;
-use zebra_cim::plan::{NoisePath, Plan};
-use zebra_cim::workload::Layer;
 
 fn noiseless_params(
     k: usize,
@@ -77,9 +77,9 @@ proptest! {
             let mut params = params.clone();
             params.adc_bits = if ideal { None } else { Some(lossless_bits(&m, p)) };
             // A calibrated range at the 100th percentile covers every clean sum.
-            let mut plan = Plan::new(&params, &layer, &m);
+            let plan = Plan::new(&params, &layer, &m);
             for path in [NoisePath::Analytic, NoisePath::PerCellStatic, NoisePath::PerCellDynamic] {
-                plan.path = path;
+                let plan = plan.with_path(path);
                 let out = CpuEngine::new().run(&plan, 0..1, true).unwrap();
                 let raw = out.raw.unwrap();
                 let bad: Vec<(usize, f32)> = raw.iter().cloned().enumerate().filter(|(_, e)| *e != 0.0).take(5).collect();
@@ -327,11 +327,10 @@ fn one_engine_reused_across_plans_matches_fresh_engines() {
     for plan in plans.iter().chain(plans.iter().rev()) {
         let got = reused.run(plan, 0..3, true).unwrap().raw.unwrap();
         let want = CpuEngine::new().run(plan, 0..3, true).unwrap().raw.unwrap();
-        assert_eq!(got, want, "plan {}", plan.id);
+        assert_eq!(got, want, "plan {}", plan.id());
     }
     // The same plan with another noise path.
-    let mut plan = plans[1].clone();
-    plan.path = NoisePath::Aggregated;
+    let plan = plans[1].with_path(NoisePath::Aggregated);
     let got = reused.run(&plan, 0..3, true).unwrap().raw.unwrap();
     let want = CpuEngine::new()
         .run(&plan, 0..3, true)

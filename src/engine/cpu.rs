@@ -3,11 +3,11 @@
 //! so results do not depend on the thread count.
 
 use super::Engine;
+use crate::engine::stats::{accumulate_trial, Batch, TrialMoments, BINS};
 use crate::error::Result;
+use crate::experiment::plan::{chunk_words, digit_masks, NoisePath, Plan};
+use crate::model::rng::{stream, Address};
 use crate::model::Adc;
-use crate::plan::{chunk_words, digit_masks, NoisePath, Plan};
-use crate::rng::{stream, Address};
-use crate::stats::{accumulate_trial, Batch, TrialMoments, BINS};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -15,9 +15,10 @@ use std::ops::Range;
 #[derive(Debug, Default)]
 pub struct CpuEngine {
     pool: Option<rayon::ThreadPool>,
-    /// The trial-invariant buffers of the plan run last, by plan id and noise
-    /// path, so a point simulated in several calls builds them once.
-    shared: Option<(u64, NoisePath, Shared)>,
+    /// The trial-invariant buffers of the plan run last, by plan id (unique
+    /// to immutable plan data), so a point simulated in several calls builds
+    /// them once.
+    shared: Option<(u64, Shared)>,
 }
 
 impl CpuEngine {
@@ -55,10 +56,10 @@ impl Engine for CpuEngine {
     }
 
     fn run(&mut self, plan: &Plan, trials: Range<u32>, raw: bool) -> Result<Batch> {
-        if !matches!(&self.shared, Some((id, path, _)) if *id == plan.id && *path == plan.path) {
-            self.shared = Some((plan.id, plan.path, Shared::new(plan, true)));
+        if !matches!(&self.shared, Some((id, _)) if *id == plan.id()) {
+            self.shared = Some((plan.id(), Shared::new(plan, true)));
         }
-        let shared = &self.shared.as_ref().expect("just built").2;
+        let shared = &self.shared.as_ref().expect("just built").1;
         let work = || run_trials(plan, shared, trials.clone(), raw);
         Ok(match &self.pool {
             Some(pool) => pool.install(work),

@@ -4,13 +4,12 @@
 //! summaries cross the bus unless raw errors are asked for.
 
 use super::Engine;
+use crate::engine::stats::{Batch, TrialMoments, BINS, SIDE};
 use crate::error::{Error, Result};
-use crate::plan::{NoisePath, Plan};
-use crate::stats::{Batch, TrialMoments, BINS, SIDE};
+use crate::experiment::plan::{NoisePath, Plan};
 use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The RNG shader, prefixed to every kernel file.
 pub const RNG_WGSL: &str = include_str!("../../shaders/rng.wgsl");
@@ -162,13 +161,6 @@ struct Loaded {
     batch: u32,
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-/// A fresh identifier for a plan (so the engine knows when to upload).
-pub fn next_plan_id() -> u64 {
-    NEXT_ID.fetch_add(1, Ordering::Relaxed)
-}
-
 impl GpuEngine {
     /// Opens an adapter: by name substring if given (or `WGPU_ADAPTER_NAME`),
     /// else the best hardware GPU, else (when `allow_software`) a software one.
@@ -312,7 +304,7 @@ impl GpuEngine {
     /// Gaussians and `(hi, lo)` of `a * b`, for the parity tests.
     pub fn probe(
         &self,
-        requests: &[(crate::rng::Address, u64, u32, u32)],
+        requests: &[(crate::model::rng::Address, u64, u32, u32)],
     ) -> Result<Vec<ProbeResult>> {
         use wgpu::util::DeviceExt;
         let mut input: Vec<u32> = Vec::with_capacity(requests.len() * 8);
@@ -502,7 +494,7 @@ impl GpuEngine {
         if self
             .loaded
             .as_ref()
-            .is_some_and(|l| l.plan_id == plan.id && l.batch >= batch)
+            .is_some_and(|l| l.plan_id == plan.id() && l.batch >= batch)
         {
             return Ok(());
         }
@@ -565,7 +557,7 @@ impl GpuEngine {
             entries: &entries,
         });
         self.loaded = Some(Loaded {
-            plan_id: plan.id,
+            plan_id: plan.id(),
             bind,
             _buffers: buffers,
             batch,

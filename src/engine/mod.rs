@@ -3,10 +3,11 @@
 
 pub mod cpu;
 pub mod gpu;
+pub mod stats;
 
+use crate::engine::stats::Batch;
 use crate::error::Result;
-use crate::plan::Plan;
-use crate::stats::Batch;
+use crate::experiment::plan::Plan;
 use std::ops::Range;
 
 /// Something that simulates trials of a plan.

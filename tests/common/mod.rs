@@ -2,10 +2,10 @@
 #![allow(dead_code)]
 
 use std::path::Path;
+use zebra_cim::experiment::plan::Plan;
+use zebra_cim::experiment::workload::Layer;
 use zebra_cim::experiment::{Experiment, Overrides, Params};
 use zebra_cim::model::MappingSpec;
-use zebra_cim::plan::Plan;
-use zebra_cim::workload::Layer;
 
 /// Parses experiment text and returns its first point's params and layer.
 pub fn point(text: &str) -> (Params, Layer) {

@@ -3,7 +3,7 @@
 //! overlaid |error| histograms of every mapping at one sweep point.
 
 use crate::error::{Error, Result};
-use crate::output::{read_csv, Table};
+use crate::io::csv::{read_csv, Table};
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;

@@ -1,9 +1,10 @@
 //! `zebra inspect`: zero-bit statistics of a weight set under every encoding.
 
 use crate::error::{Error, Result};
+use crate::experiment::workload::Layer;
 use crate::experiment::{Experiment, Overrides};
+use crate::io::npy::read_weights;
 use crate::model::{encode_planes, MappingSpec};
-use crate::workload::{read_weights, Layer};
 use std::fmt::Write;
 use std::path::Path;
 

@@ -1,15 +1,17 @@
 //! The command line: parses arguments into validated experiments, picks an
 //! engine, and reports. `main.rs` only calls [`run`].
 
-use crate::accuracy;
-use crate::bench;
+pub mod bench;
+pub mod check;
+pub mod inspect;
+
 use crate::engine::cpu::CpuEngine;
 use crate::engine::gpu::{self, GpuEngine};
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::experiment::{Experiment, Overrides};
-use crate::inspect;
-use crate::runner::{self, RunOptions};
+use crate::sweep::accuracy;
+use crate::sweep::run::{self as runner, RunOptions};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -37,9 +39,9 @@ pub enum EngineChoice {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run an experiment file and write results/NAME.csv and results/NAME_hist.csv
-    /// (an accuracy experiment, with a `[network]` section: results/NAME.csv and
-    /// results/NAME_trials.csv).
+    /// Run an experiment file and write OUT/NAME.csv and OUT/NAME_hist.csv
+    /// (an accuracy experiment, with a `[network]` section: OUT/NAME.csv and
+    /// OUT/NAME_trials.csv).
     ///
     /// Results are rewritten after every sweep point. Re-running the same
     /// experiment resumes: (point, mapping) rows already in the CSV whose
@@ -62,8 +64,9 @@ pub enum Command {
         /// Random seed (overrides the file).
         #[arg(long)]
         seed: Option<u64>,
-        /// Folder for result files.
-        #[arg(long, default_value = "results")]
+        /// Folder for result files (the shipped results in `results/` are
+        /// written by `experiments/reproduce.sh` with `--out results`).
+        #[arg(long, default_value = "out")]
         out: PathBuf,
         /// Engine.
         #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
@@ -110,7 +113,7 @@ pub enum Command {
     /// (one line per mapping) and |error| histograms at the middle sweep point,
     /// as SVG and PNG beside each CSV (or in --out).
     Plot {
-        /// Result files written by `zebra run` (results/NAME.csv).
+        /// Result files written by `zebra run` (OUT/NAME.csv).
         #[arg(required = true)]
         csv: Vec<PathBuf>,
         /// Folder for the figures (default: beside each CSV).
@@ -218,7 +221,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(e) => e,
                 Err(e) => return bad_input(e),
             };
-            match crate::check::describe(&exp) {
+            match crate::cmd::check::describe(&exp) {
                 Ok(text) => {
                     print!("{text}");
                     Ok(ExitCode::SUCCESS)
@@ -256,9 +259,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             metric,
             x,
         } => {
-            let opts = crate::plot::PlotOptions { metrics: metric, x };
+            let opts = crate::io::plot::PlotOptions { metrics: metric, x };
             for file in &csv {
-                match crate::plot::plot_results(file, out.as_deref(), &opts) {
+                match crate::io::plot::plot_results(file, out.as_deref(), &opts) {
                     Ok(files) => {
                         for f in files {
                             println!("wrote {}", f.display());

@@ -1,9 +1,9 @@
 //! `zebra check`: what an experiment will do, without simulating it.
 
 use crate::error::Result;
+use crate::experiment::plan::Plan;
+use crate::experiment::workload::Layers;
 use crate::experiment::Experiment;
-use crate::plan::Plan;
-use crate::workload::Layers;
 use std::fmt::Write;
 
 /// A report of the expanded sweep and the work it implies.
@@ -58,7 +58,7 @@ fn network_work(
     net: &crate::experiment::NetworkParams,
     out: &mut String,
 ) -> Result<()> {
-    let work = crate::accuracy::Workload::load(net)?;
+    let work = crate::sweep::accuracy::Workload::load(net)?;
     let _ = writeln!(
         out,
         "network {}: clean int8 accuracy {:.2}% on {} images ({})",

@@ -2,10 +2,10 @@
 //! medians over repeats, per engine, with ratios from the same run.
 
 use crate::engine::Engine;
+use crate::experiment::plan::Plan;
+use crate::experiment::workload::Layer;
 use crate::experiment::{Experiment, Overrides};
 use crate::model::MappingSpec;
-use crate::plan::Plan;
-use crate::workload::Layer;
 use anyhow::Result;
 use std::path::Path;
 use std::time::Instant;

@@ -4,9 +4,10 @@
 //! which conversions happen, each conversion's ADC range, exact results and
 //! the cost counters.
 
+use crate::experiment::workload::Layer;
 use crate::experiment::{NoiseMode, NoiseParams, Params, Sampling};
 use crate::model::{encode_planes, Adc, AdcRange, MappingSpec};
-use crate::workload::Layer;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How the engines draw cell noise for a plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,11 +51,53 @@ pub struct Counters {
     pub macs: u64,
 }
 
-/// Flat buffers for one (sweep point, mapping).
+/// One (sweep point, mapping) ready for the engines, immutable once built.
+///
+/// Its [`id`](Plan::id) is unique to its construction and its data can only
+/// be read (through `Deref` to [`PlanData`]), so an engine that keys a cache
+/// on the id can never reuse buffers built from other data: a plan with
+/// other data is a new construction with a new id.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    /// Unique per constructed plan, so engines know when to upload buffers.
-    pub id: u64,
+    id: u64,
+    data: PlanData,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Plan {
+    /// Seals `data` as a plan with a fresh id.
+    fn seal(data: PlanData) -> Plan {
+        Plan {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            data,
+        }
+    }
+
+    /// Unique per constructed plan (clones share it, and their data).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// A new plan (with a new id) that samples cell noise by `path`, for
+    /// tests that run one layer through every path.
+    pub fn with_path(&self, path: NoisePath) -> Plan {
+        let mut data = self.data.clone();
+        data.path = path;
+        Plan::seal(data)
+    }
+}
+
+impl std::ops::Deref for Plan {
+    type Target = PlanData;
+    fn deref(&self) -> &PlanData {
+        &self.data
+    }
+}
+
+/// The flat buffers of a [`Plan`], read-only through it.
+#[derive(Clone, Debug)]
+pub struct PlanData {
     pub k: usize,
     pub n: usize,
     /// Input vectors per trial.
@@ -331,8 +374,7 @@ impl Plan {
             }
         };
 
-        Plan {
-            id: crate::engine::gpu::next_plan_id(),
+        Plan::seal(PlanData {
             k,
             n,
             b,
@@ -360,7 +402,7 @@ impl Plan {
             noise,
             path,
             counters,
-        }
+        })
     }
 
     /// The same arrays (weights, mapping, ADC ranges, noise, seed) driven by
@@ -406,8 +448,7 @@ impl Plan {
         }
         // Field by field rather than `..self.clone()`: the template's own
         // inputs (calibration images) can be large and are not carried.
-        Plan {
-            id: crate::engine::gpu::next_plan_id(),
+        Plan::seal(PlanData {
             k,
             n,
             b,
@@ -433,7 +474,7 @@ impl Plan {
             noise: self.noise,
             path: self.path,
             counters,
-        }
+        })
     }
 
     /// Blocks of four draws per row of N columns.

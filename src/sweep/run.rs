@@ -1,14 +1,14 @@
 //! Runs an experiment: every sweep point under every mapping, in trial
 //! batches, resuming finished points and rewriting results after each point.
 
+use crate::engine::stats::{coarse_rows, Accumulator};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::experiment::plan::Plan;
+use crate::experiment::workload::Layers;
 use crate::experiment::{Experiment, Point};
 use crate::model::MappingSpec;
-use crate::output::{self, RunInfo, COLUMNS, HIST_COLUMNS};
-use crate::plan::Plan;
-use crate::stats::{coarse_rows, Accumulator};
-use crate::workload::Layers;
+use crate::sweep::output::{self, RunInfo, COLUMNS, HIST_COLUMNS};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -77,7 +77,7 @@ pub fn prepare(exp: &Experiment, opts: &RunOptions) -> Result<Prepared> {
     let mut done: HashMap<String, Vec<String>> = HashMap::new();
     let mut done_hist: HashMap<String, Vec<Vec<String>>> = HashMap::new();
     if !opts.fresh {
-        if let Some((header, rows)) = output::read_csv(&csv_path)? {
+        if let Some((header, rows)) = crate::io::csv::read_csv(&csv_path)? {
             if header != COLUMNS {
                 return Err(Error::Results {
                     path: csv_path,
@@ -100,7 +100,7 @@ pub fn prepare(exp: &Experiment, opts: &RunOptions) -> Result<Prepared> {
             for r in rows {
                 done.insert(r[key_col].clone(), r);
             }
-            if let Some((hheader, hrows)) = output::read_csv(&hist_path)? {
+            if let Some((hheader, hrows)) = crate::io::csv::read_csv(&hist_path)? {
                 if hheader == HIST_COLUMNS {
                     for r in hrows {
                         done_hist.entry(r[6].clone()).or_default().push(r);
@@ -210,8 +210,8 @@ pub fn run_experiment(
                 }
             }
         }
-        output::write_csv_atomic(&csv_path, &COLUMNS, &all_rows)?;
-        output::write_csv_atomic(&hist_path, &HIST_COLUMNS, &all_hist)?;
+        crate::io::csv::write_csv_atomic(&csv_path, &COLUMNS, &all_rows)?;
+        crate::io::csv::write_csv_atomic(&hist_path, &HIST_COLUMNS, &all_hist)?;
     }
     if let Some(b) = bar {
         b.finish_and_clear();

@@ -2,7 +2,7 @@
 //! as Fashion-MNIST ships) and `.npy` image/label pairs.
 
 use crate::error::{Error, Result};
-use crate::workload::read_npy_ints;
+use crate::io::npy::read_npy_ints;
 use std::io::Read;
 use std::path::Path;
 

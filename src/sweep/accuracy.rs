@@ -8,24 +8,24 @@
 //! layers are lowered by im2col onto the same plan, one input vector per
 //! output position.
 
-use crate::dataset::Dataset;
 use crate::engine::cpu::CpuEngine;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::experiment::plan::Plan;
+use crate::experiment::workload::Layer;
 use crate::experiment::{
     stable_hash, stable_hash_bytes, Experiment, NetworkParams, Params, Point, FNV_OFFSET,
 };
+use crate::io::dataset::Dataset;
 use crate::model::MappingSpec;
 use crate::network::Network;
-use crate::output;
-use crate::plan::Plan;
-use crate::workload::Layer;
+use crate::sweep::output;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Columns of `results/NAME.csv` for accuracy experiments, in order.
+/// Columns of `OUT/NAME.csv` for accuracy experiments, in order.
 pub const COLUMNS: [&str; 27] = [
     "experiment",
     "point",
@@ -56,7 +56,7 @@ pub const COLUMNS: [&str; 27] = [
     "point_key",
 ];
 
-/// Columns of `results/NAME_trials.csv`: one accuracy per simulated chip.
+/// Columns of `OUT/NAME_trials.csv`: one accuracy per simulated chip.
 pub const TRIAL_COLUMNS: [&str; 5] = ["experiment", "point", "mapping", "trial", "accuracy"];
 
 /// A network, its test images and its clean int8 accuracy.
@@ -293,7 +293,7 @@ pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
         .collect();
     let mut done = HashMap::new();
     if !opts.fresh {
-        if let Some((header, rows)) = output::read_csv(&csv)? {
+        if let Some((header, rows)) = crate::io::csv::read_csv(&csv)? {
             if header != COLUMNS {
                 return Err(Error::Results {
                     path: csv,
@@ -308,7 +308,7 @@ pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
                     msg: format!("holds {stale} row(s) from other parameters than this experiment now has; pass --fresh to overwrite them or --out DIR to write elsewhere"),
                 });
             }
-            let trial_rows = output::read_csv(&trials_csv)?
+            let trial_rows = crate::io::csv::read_csv(&trials_csv)?
                 .filter(|(h, _)| h == &TRIAL_COLUMNS)
                 .map(|(_, r)| r)
                 .unwrap_or_default();
@@ -366,7 +366,7 @@ pub fn run(
         .filter(|(_, k)| !done.contains_key(*k))
         .map(|(t, _)| t)
         .sum();
-    let bar = crate::runner::progress_bar(opts.progress, todo, "chips");
+    let bar = crate::sweep::run::progress_bar(opts.progress, todo, "chips");
 
     let (mut rows, mut trial_rows) = (Vec::new(), Vec::new());
     let (mut computed, mut resumed) = (0, 0);
@@ -382,7 +382,7 @@ pub fn run(
                 continue;
             }
             if let Some(b) = &bar {
-                b.set_message(crate::runner::progress_message(point, mapping));
+                b.set_message(crate::sweep::run::progress_message(point, mapping));
             }
             let sim = SimNetwork::new(&work, params, mapping, net.calibration_images)?;
             let start = Instant::now();
@@ -480,15 +480,15 @@ pub fn run(
             }
             computed += 1;
             // Results so far are on disk after every (point, mapping).
-            output::write_csv_atomic(&csv, &COLUMNS, &rows)?;
-            output::write_csv_atomic(&trials_csv, &TRIAL_COLUMNS, &trial_rows)?;
+            crate::io::csv::write_csv_atomic(&csv, &COLUMNS, &rows)?;
+            crate::io::csv::write_csv_atomic(&trials_csv, &TRIAL_COLUMNS, &trial_rows)?;
         }
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    output::write_csv_atomic(&csv, &COLUMNS, &rows)?;
-    output::write_csv_atomic(&trials_csv, &TRIAL_COLUMNS, &trial_rows)?;
+    crate::io::csv::write_csv_atomic(&csv, &COLUMNS, &rows)?;
+    crate::io::csv::write_csv_atomic(&trials_csv, &TRIAL_COLUMNS, &trial_rows)?;
     Ok(Report {
         csv,
         trials_csv,
@@ -528,5 +528,5 @@ pub fn format_table(exp: &Experiment, rows: &[Vec<String>]) -> String {
         ]);
         table.push(line);
     }
-    crate::runner::align(&table)
+    crate::sweep::run::align(&table)
 }

@@ -2,6 +2,9 @@
 //! mappings to compare, checked and expanded into validated sweep points
 //! before anything is simulated.
 
+pub mod plan;
+pub mod workload;
+
 use crate::error::{Error, Result};
 use crate::model::MappingSpec;
 use serde::{Deserialize, Serialize};

@@ -1,6 +1,8 @@
 //! The CIM model: how a mapping turns weights into digit planes, and what one
 //! ADC conversion does. It knows no engine, screen or file.
 
+pub mod rng;
+
 use serde::{Deserialize, Serialize};
 
 /// How a weight is written as signed digits over power-of-two planes.
@@ -350,7 +352,11 @@ mod tests {
         ];
         for (bits, lo, hi, a, code) in cases {
             let top = Adc::top(bits);
-            assert_eq!(Adc::code(a, lo, hi - lo, top), code, "b={bits} [{lo}, {hi}] a={a}");
+            assert_eq!(
+                Adc::code(a, lo, hi - lo, top),
+                code,
+                "b={bits} [{lo}, {hi}] a={a}"
+            );
             let value = lo + code * Adc::step(lo, hi, top);
             assert_eq!(Adc { bits: Some(bits) }.convert(a, lo, hi), value);
         }

@@ -2,7 +2,7 @@
 //! histogram of signed errors, merged in trial order so results never depend
 //! on thread count.
 
-use crate::plan::{Counters, Plan};
+use crate::experiment::plan::{Counters, Plan};
 
 /// Errors below this magnitude fall in the zero bin.
 pub const HIST_MIN: f64 = 1e-3;

@@ -1,0 +1,6 @@
+//! Sweeps: every (point, mapping) of an experiment run on an engine, resumed
+//! from and written to result files.
+
+pub mod accuracy;
+pub mod output;
+pub mod run;
