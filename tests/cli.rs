@@ -4,6 +4,8 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 use std::fs;
 use std::path::{Path, PathBuf};
+use zebra_cim::io::csv::columns;
+use zebra_cim::sweep::output::ResultRow;
 
 fn zebra() -> Command {
     Command::cargo_bin("zebra").unwrap()
@@ -55,7 +57,7 @@ fn run_writes_tidy_results_and_a_table() {
     let csv = fs::read_to_string(out.join("tiny.csv")).unwrap();
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    assert_eq!(header, zebra_cim::sweep::output::COLUMNS);
+    assert_eq!(header, columns::<ResultRow>());
     assert_eq!(lines.count(), 4, "2 points x 2 mappings");
     let hist = fs::read_to_string(out.join("tiny_hist.csv")).unwrap();
     assert!(hist.starts_with("experiment,point,mapping,bin_lo,bin_hi,count,point_key"));
@@ -95,7 +97,7 @@ fn rerun_resumes_finished_points_and_recomputes_missing_ones() {
     let redone = fs::read_to_string(out.join("tiny.csv")).unwrap();
     // Recomputed rows equal the originals except for timing columns.
     let strip = |s: &str| -> Vec<String> {
-        let cols = zebra_cim::sweep::output::COLUMNS;
+        let cols = columns::<ResultRow>();
         let drop: Vec<usize> = ["elapsed_s", "cell_macs_per_s"]
             .iter()
             .map(|c| cols.iter().position(|x| x == c).unwrap())
@@ -288,9 +290,9 @@ fn auto_engine_names_what_ran_and_warns_once_on_fallback() {
         );
     }
     let csv = fs::read_to_string(dir.path().join("tiny.csv")).unwrap();
-    let engine_col = zebra_cim::sweep::output::COLUMNS
+    let engine_col = columns::<ResultRow>()
         .iter()
-        .position(|c| *c == "engine")
+        .position(|c| c == "engine")
         .unwrap();
     let engine = csv
         .lines()
@@ -365,7 +367,7 @@ fn accuracy_experiment_runs_resumes_and_plots() {
     let csv = fs::read_to_string(out.join("acc.csv")).unwrap();
     assert_eq!(
         csv.lines().next().unwrap(),
-        zebra_cim::sweep::accuracy::COLUMNS.join(",")
+        columns::<zebra_cim::sweep::accuracy::AccuracyRow>().join(",")
     );
     assert_eq!(csv.lines().count(), 5);
     let trials = fs::read_to_string(out.join("acc_trials.csv")).unwrap();

@@ -4,8 +4,9 @@
 
 use std::path::Path;
 use zebra_cim::experiment::{Experiment, Overrides};
-use zebra_cim::io::csv::read_csv;
-use zebra_cim::sweep::output::{COLUMNS, HIST_COLUMNS};
+use zebra_cim::io::csv::{columns, read_csv};
+use zebra_cim::sweep::accuracy::{AccuracyRow, TrialRow};
+use zebra_cim::sweep::output::{HistRow, ResultRow};
 
 #[test]
 fn shipped_experiments_parse_and_have_committed_results() {
@@ -24,14 +25,10 @@ fn shipped_experiments_parse_and_have_committed_results() {
             path.display()
         );
         let csv = Path::new("results").join(format!("{}.csv", exp.name));
-        let (columns, companion, companion_columns): (&[&str], &str, &[&str]) = if network {
-            (
-                &zebra_cim::sweep::accuracy::COLUMNS,
-                "trials",
-                &zebra_cim::sweep::accuracy::TRIAL_COLUMNS,
-            )
+        let (columns, companion, companion_columns) = if network {
+            (columns::<AccuracyRow>(), "trials", columns::<TrialRow>())
         } else {
-            (&COLUMNS, "hist", &HIST_COLUMNS)
+            (columns::<ResultRow>(), "hist", columns::<HistRow>())
         };
         let (header, rows) = read_csv(&csv)
             .unwrap()
@@ -54,6 +51,32 @@ fn shipped_experiments_parse_and_have_committed_results() {
             .unwrap_or_else(|| panic!("{} is not committed", hist.display()));
         assert_eq!(hheader, companion_columns);
         assert!(!hrows.is_empty());
+        // Every committed row carries the resume key this version computes
+        // for it, so `zebra run` resumes the shipped results instead of
+        // refusing or recomputing them.
+        let out_dir = Path::new("results").to_path_buf();
+        let finished = if network {
+            let opts = zebra_cim::sweep::accuracy::Options {
+                out_dir,
+                fresh: false,
+                progress: false,
+            };
+            zebra_cim::sweep::accuracy::prepare(&exp, &opts).map(|p| p.finished())
+        } else {
+            let opts = zebra_cim::sweep::run::RunOptions {
+                out_dir,
+                fresh: false,
+                progress: false,
+            };
+            zebra_cim::sweep::run::prepare(&exp, &opts).map(|p| p.finished())
+        };
+        let finished = finished.unwrap_or_else(|e| panic!("{}: {e}", exp.name));
+        assert_eq!(
+            finished,
+            rows.len(),
+            "{}: rows this version would recompute",
+            exp.name
+        );
         // Figures drawn by experiments/reproduce.sh: SVG and PNG of each.
         let figures: Vec<String> = std::fs::read_dir("results")
             .unwrap()

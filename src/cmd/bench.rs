@@ -102,3 +102,44 @@ pub fn run(
     }
     Ok(())
 }
+
+/// `zebra bench`: the chosen engines on one standard workload.
+pub fn run_bench(
+    workload: Workload,
+    choice: super::EngineChoice,
+    adapter: Option<&str>,
+    trials: u32,
+    repeats: u32,
+) -> Result<std::process::ExitCode> {
+    use super::EngineChoice;
+    use crate::engine::cpu::CpuEngine;
+    use crate::engine::gpu::GpuEngine;
+    use std::process::ExitCode;
+    if trials == 0 || repeats == 0 {
+        eprintln!("error: --trials and --repeats must be at least 1");
+        return Ok(ExitCode::from(super::EXIT_USAGE));
+    }
+    let mut engines: Vec<Box<dyn Engine>> = Vec::new();
+    if choice != EngineChoice::Gpu {
+        engines.push(Box::new(CpuEngine::new()));
+    }
+    if choice != EngineChoice::Cpu {
+        match GpuEngine::new(adapter, true) {
+            Ok(g) => {
+                if g.adapter().software {
+                    eprintln!("warning: {} is a software adapter: its timings are not representative of a GPU", g.adapter().name);
+                }
+                engines.push(Box::new(g));
+            }
+            Err(e) if choice == EngineChoice::Auto => {
+                eprintln!("warning: {e}; measuring the CPU only")
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    run(workload, engines, trials, repeats)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -100,3 +100,24 @@ fn network_work(
     );
     Ok(())
 }
+
+/// `zebra check FILE`: validates the file and prints what it would do.
+pub fn run_check(
+    file: &std::path::Path,
+    trials: Option<u32>,
+    seed: Option<u64>,
+) -> anyhow::Result<std::process::ExitCode> {
+    let overrides = crate::experiment::Overrides {
+        trials,
+        seed,
+        images: None,
+    };
+    let text = Experiment::load(file, overrides).and_then(|exp| describe(&exp));
+    match text {
+        Ok(text) => {
+            print!("{text}");
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) => super::bad_input(e),
+    }
+}

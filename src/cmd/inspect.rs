@@ -121,3 +121,27 @@ fn report(
     }
     out
 }
+
+/// `zebra inspect`: an experiment file or a weights `.npy`, not both.
+pub fn run_inspect(
+    file: Option<std::path::PathBuf>,
+    weights: Option<std::path::PathBuf>,
+    weight_bits: u32,
+    parallelism: Option<usize>,
+) -> anyhow::Result<std::process::ExitCode> {
+    let res = match (file, weights) {
+        (Some(f), None) => inspect_experiment(&f, parallelism),
+        (None, Some(w)) => inspect_npy(&w, weight_bits, parallelism.unwrap_or(128)),
+        _ => {
+            eprintln!("error: give an experiment file or --weights W.npy");
+            return Ok(std::process::ExitCode::from(super::EXIT_USAGE));
+        }
+    };
+    match res {
+        Ok(text) => {
+            print!("{text}");
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) => super::bad_input(e),
+    }
+}

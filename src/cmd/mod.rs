@@ -3,16 +3,17 @@
 
 pub mod bench;
 pub mod check;
+pub mod devices;
 pub mod inspect;
+pub mod plot;
+pub mod run;
 
 use crate::engine::cpu::CpuEngine;
-use crate::engine::gpu::{self, GpuEngine};
+use crate::engine::gpu::GpuEngine;
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::experiment::{Experiment, Overrides};
-use crate::sweep::accuracy;
-use crate::sweep::run::{self as runner, RunOptions};
-use anyhow::{Context, Result};
+use crate::experiment::Overrides;
+use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -152,9 +153,9 @@ pub enum Command {
 }
 
 /// Exit code for bad input.
-const EXIT_USAGE: u8 = 2;
+pub const EXIT_USAGE: u8 = 2;
 
-/// Runs the parsed command line.
+/// Runs the parsed command line: one function per subcommand.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run {
@@ -169,253 +170,58 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             fresh,
             quiet,
         } => {
-            let exp = match Experiment::load(
-                &file,
-                Overrides {
-                    trials,
-                    seed,
-                    images,
-                },
-            ) {
-                Ok(e) => e,
-                Err(e) => return bad_input(e),
+            let overrides = Overrides {
+                trials,
+                seed,
+                images,
             };
-            if exp.network.is_some() {
-                return run_accuracy(&exp, out, fresh, quiet, engine, adapter.as_deref(), threads);
-            }
-            let opts = RunOptions {
-                out_dir: out,
+            let how = RunArgs {
+                out,
                 fresh,
-                progress: !quiet,
+                quiet,
+                engine,
+                adapter,
+                threads,
             };
-            // Inputs and existing results are checked before a GPU is opened.
-            let prep = match runner::prepare(&exp, &opts) {
-                Ok(p) => p,
-                Err(e) if is_bad_input(&e) => return bad_input(e),
-                Err(e) => return Err(e).context("cannot read the inputs or results"),
-            };
-            let mut engine = match make_engine(engine, adapter.as_deref(), threads) {
-                Ok(e) => e,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return Ok(ExitCode::FAILURE);
-                }
-            };
-            // Inputs were checked by `prepare`: what fails now is the run itself.
-            let report = runner::run_experiment(&exp, prep, engine.as_mut(), &opts)
-                .context("simulation failed")?;
-            print!("{}", runner::format_table(&exp, &report.rows));
-            let counts = (report.rows.len(), report.computed, report.resumed);
-            summary(counts, &engine.device(), &report.csv, &report.hist_csv);
-            Ok(ExitCode::SUCCESS)
+            run::run_experiment_file(&file, overrides, how)
         }
-        Command::Check { file, trials, seed } => {
-            let exp = match Experiment::load(
-                &file,
-                Overrides {
-                    trials,
-                    seed,
-                    images: None,
-                },
-            ) {
-                Ok(e) => e,
-                Err(e) => return bad_input(e),
-            };
-            match crate::cmd::check::describe(&exp) {
-                Ok(text) => {
-                    print!("{text}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => bad_input(e),
-            }
-        }
+        Command::Check { file, trials, seed } => check::run_check(&file, trials, seed),
         Command::Inspect {
             file,
             weights,
             weight_bits,
             parallelism,
-        } => {
-            let res = match (file, weights) {
-                (Some(f), None) => inspect::inspect_experiment(&f, parallelism),
-                (None, Some(w)) => {
-                    inspect::inspect_npy(&w, weight_bits, parallelism.unwrap_or(128))
-                }
-                _ => {
-                    eprintln!("error: give an experiment file or --weights W.npy");
-                    return Ok(ExitCode::from(EXIT_USAGE));
-                }
-            };
-            match res {
-                Ok(text) => {
-                    print!("{text}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => bad_input(e),
-            }
-        }
+        } => inspect::run_inspect(file, weights, weight_bits, parallelism),
         Command::Plot {
             csv,
             out,
             metric,
             x,
-        } => {
-            let opts = crate::io::plot::PlotOptions { metrics: metric, x };
-            for file in &csv {
-                match crate::io::plot::plot_results(file, out.as_deref(), &opts) {
-                    Ok(files) => {
-                        for f in files {
-                            println!("wrote {}", f.display());
-                        }
-                    }
-                    Err(e) => return bad_input(e),
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Devices => {
-            let adapters = gpu::list_adapters();
-            if adapters.is_empty() {
-                println!(
-                    "no GPU adapters found (WGPU_BACKEND={}); `--engine auto` uses the CPU",
-                    std::env::var("WGPU_BACKEND").unwrap_or_else(|_| "unset".into())
-                );
-            }
-            for a in adapters {
-                println!(
-                    "{}  backend {}  type {}  driver {}  max storage binding {} MiB  max workgroups/dim {}  max invocations/workgroup {}",
-                    a.name, a.backend, a.device_type, a.driver, a.max_storage_binding >> 20, a.max_workgroups_per_dim, a.max_invocations
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => plot::run_plot(&csv, out.as_deref(), metric, x),
+        Command::Devices => devices::run_devices(),
         Command::Bench {
             workload,
             engine,
             adapter,
             trials,
             repeats,
-        } => {
-            if trials == 0 || repeats == 0 {
-                eprintln!("error: --trials and --repeats must be at least 1");
-                return Ok(ExitCode::from(EXIT_USAGE));
-            }
-            let mut engines: Vec<Box<dyn Engine>> = Vec::new();
-            if engine != EngineChoice::Gpu {
-                engines.push(Box::new(CpuEngine::new()));
-            }
-            if engine != EngineChoice::Cpu {
-                match GpuEngine::new(adapter.as_deref(), true) {
-                    Ok(g) => {
-                        if g.adapter().software {
-                            eprintln!("warning: {} is a software adapter: its timings are not representative of a GPU", g.adapter().name);
-                        }
-                        engines.push(Box::new(g));
-                    }
-                    Err(e) if engine == EngineChoice::Auto => {
-                        eprintln!("warning: {e}; measuring the CPU only")
-                    }
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return Ok(ExitCode::FAILURE);
-                    }
-                }
-            }
-            bench::run(workload, engines, trials, repeats)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => bench::run_bench(workload, engine, adapter.as_deref(), trials, repeats),
     }
 }
 
-/// GPU engines (queues) an accuracy run uses on a hardware adapter, unless
-/// `ZEBRA_GPU_STREAMS` (1 to 16) says otherwise.
-const GPU_STREAMS: usize = 8;
-
-/// The number of GPU streams: `ZEBRA_GPU_STREAMS` if set, else [`GPU_STREAMS`].
-fn gpu_streams() -> Result<usize> {
-    match std::env::var("ZEBRA_GPU_STREAMS") {
-        Err(_) => Ok(GPU_STREAMS.min(std::thread::available_parallelism().map_or(1, |n| n.get()))),
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n @ 1..=16) => Ok(n),
-            _ => anyhow::bail!("ZEBRA_GPU_STREAMS is {v:?}; accepted: a whole number from 1 to 16"),
-        },
-    }
-}
-
-/// `zebra run` on an accuracy experiment.
-fn run_accuracy(
-    exp: &Experiment,
-    out: PathBuf,
-    fresh: bool,
-    quiet: bool,
-    choice: EngineChoice,
-    adapter: Option<&str>,
-    threads: Option<usize>,
-) -> Result<ExitCode> {
-    let opts = accuracy::Options {
-        out_dir: out,
-        fresh,
-        progress: !quiet,
-    };
-    let prep = match accuracy::prepare(exp, &opts) {
-        Ok(p) => p,
-        Err(e) if is_bad_input(&e) => return bad_input(e),
-        Err(e) => return Err(e).context("cannot read the model, images or results"),
-    };
-    let engine = match make_engine(choice, adapter, threads) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    // The CPU runs chips in parallel, each on one thread. A hardware GPU gets
-    // several engines (queues), each fed chips by its own host thread, so
-    // lowering and requantising on the host overlap with the device.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.unwrap_or(0))
-        .build()
-        .context("cannot start CPU threads")?;
-    let device = engine.device();
-    let mut engines: Vec<Box<dyn Engine + Send>> = Vec::new();
-    if engine.name() == "gpu" {
-        engines.push(engine);
-        let streams = gpu_streams()?;
-        for _ in 1..streams {
-            match GpuEngine::new(adapter, true) {
-                Ok(g) if !g.adapter().software => engines.push(Box::new(g)),
-                _ => break,
-            }
-        }
-    }
-    let report = pool
-        .install(|| accuracy::run(exp, prep, &mut engines, &opts))
-        .context("simulation failed")?;
-    println!(
-        "clean int8 accuracy {:.2}% on {} images",
-        100.0 * report.clean_accuracy,
-        report.images
-    );
-    print!("{}", accuracy::format_table(exp, &report.rows));
-    let counts = (report.rows.len(), report.computed, report.resumed);
-    summary(counts, &device, &report.csv, &report.trials_csv);
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The closing lines of `run`: rows computed and resumed, and the files written.
-fn summary(
-    (rows, computed, resumed): (usize, usize, usize),
-    device: &str,
-    csv: &std::path::Path,
-    companion: &std::path::Path,
-) {
-    println!(
-        "{rows} (point, mapping) rows: {computed} computed, {resumed} resumed; engine {device}"
-    );
-    println!("wrote {} and {}", csv.display(), companion.display());
+/// How `zebra run` runs, beside the experiment file.
+#[derive(Clone, Debug)]
+pub struct RunArgs {
+    pub out: PathBuf,
+    pub fresh: bool,
+    pub quiet: bool,
+    pub engine: EngineChoice,
+    pub adapter: Option<String>,
+    pub threads: Option<usize>,
 }
 
 /// Errors in what the user gave (exit code 2), as opposed to failures of the run.
-fn is_bad_input(e: &Error) -> bool {
+pub fn is_bad_input(e: &Error) -> bool {
     match e {
         Error::Config { .. } | Error::Npy { .. } | Error::Results { .. } => true,
         Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
@@ -423,7 +229,7 @@ fn is_bad_input(e: &Error) -> bool {
     }
 }
 
-fn bad_input(e: Error) -> Result<ExitCode> {
+pub fn bad_input(e: Error) -> Result<ExitCode> {
     eprintln!("error: {e}");
     Ok(ExitCode::from(EXIT_USAGE))
 }

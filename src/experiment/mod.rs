@@ -267,6 +267,16 @@ pub enum NoiseMode {
     Dynamic,
 }
 
+impl NoiseMode {
+    /// The name experiment and result files use.
+    pub fn label(&self) -> &'static str {
+        match self {
+            NoiseMode::Static => "static",
+            NoiseMode::Dynamic => "dynamic",
+        }
+    }
+}
+
 /// How dynamic cell noise is sampled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -277,6 +287,17 @@ pub enum Sampling {
     PerCell,
     /// One Gaussian per conversion with the summed variance (dynamic noise only).
     Aggregated,
+}
+
+impl Sampling {
+    /// The name experiment files use.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Sampling::Auto => "auto",
+            Sampling::PerCell => "per-cell",
+            Sampling::Aggregated => "aggregated",
+        }
+    }
 }
 
 /// Where the weights come from.
@@ -397,90 +418,13 @@ impl Experiment {
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let network = match &raw.network {
             None => None,
-            Some(n) => {
-                if table.contains_key("layer") {
-                    return Err(err("give `[layer]` (a matrix-vector experiment) or `[network]` (an accuracy experiment), not both".into()));
-                }
-                let limit = match overrides.images.map(|v| v as i64).or(n.limit) {
-                    None => None,
-                    Some(v) => {
-                        Some(in_range("network.limit", v, 1, 100_000_000).map_err(err)? as usize)
-                    }
-                };
-                Some(NetworkParams {
-                    model: base_dir.join(&n.model),
-                    images: base_dir.join(&n.images),
-                    labels: base_dir.join(&n.labels),
-                    limit,
-                    calibration_images: in_range(
-                        "network.calibration_images",
-                        n.calibration_images,
-                        1,
-                        100_000,
-                    )
-                    .map_err(err)? as usize,
-                })
+            Some(_) if table.contains_key("layer") => {
+                return Err(err("give `[layer]` (a matrix-vector experiment) or `[network]` (an accuracy experiment), not both".into()));
             }
+            Some(n) => Some(resolve_network(n, &base_dir, overrides).map_err(err)?),
         };
-        let mut axes = Vec::new();
-        for (key, values) in &raw.sweep {
-            if UNSWEEPABLE.contains(&key.as_str()) {
-                return Err(err(format!("sweep key `{key}` cannot be swept; sweep a parameter such as `noise.cell_sigma`")));
-            }
-            let values = match values {
-                toml::Value::Array(v) => v.clone(),
-                other => {
-                    return Err(err(format!(
-                        "sweep key `{key}` must be an array of values, got {}",
-                        other.type_str()
-                    )))
-                }
-            };
-            if values.is_empty() {
-                return Err(err(format!(
-                    "sweep key `{key}` has no values; give at least one"
-                )));
-            }
-            axes.push((key.clone(), values));
-        }
-
-        let total: usize = axes.iter().map(|(_, v)| v.len()).product();
-        let mut points = Vec::with_capacity(total);
-        for index in 0..total {
-            let mut t = table.clone();
-            let mut assignments = Vec::new();
-            let mut rem = index;
-            let mut picks = vec![0; axes.len()];
-            for (a, (_, values)) in axes.iter().enumerate().rev() {
-                picks[a] = rem % values.len();
-                rem /= values.len();
-            }
-            for (a, (key, values)) in axes.iter().enumerate() {
-                let v = values[picks[a]].clone();
-                assignments.push((key.clone(), value_label(&v)));
-                set_path(&mut t, key, v).map_err(|m| err(format!("sweep key `{key}`: {m}")))?;
-            }
-            let at = if assignments.is_empty() {
-                String::new()
-            } else {
-                let list: Vec<String> = assignments
-                    .iter()
-                    .map(|(k, v)| format!("{k} = {v}"))
-                    .collect();
-                format!("sweep point {} ({}): ", index, list.join(", "))
-            };
-            let raw_point: RawFile = toml::Value::Table(t)
-                .try_into()
-                .map_err(|e: toml::de::Error| err(format!("{at}{}", e.message().trim())))?;
-            let params = resolve_params(&raw_point, &base_dir, overrides)
-                .map_err(|m| err(format!("{at}{m}")))?;
-            points.push(Point {
-                index,
-                assignments,
-                params,
-            });
-        }
-
+        let axes = sweep_axes(&raw.sweep).map_err(err)?;
+        let points = expand_points(&table, &axes, &base_dir, overrides).map_err(err)?;
         let name = raw.name.clone().unwrap_or_else(|| {
             path.file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -496,6 +440,105 @@ impl Experiment {
             network,
         })
     }
+}
+
+/// The `[network]` section, its paths relative to the experiment file.
+fn resolve_network(
+    n: &RawNetwork,
+    base_dir: &Path,
+    overrides: Overrides,
+) -> std::result::Result<NetworkParams, String> {
+    let limit = match overrides.images.map(|v| v as i64).or(n.limit) {
+        None => None,
+        Some(v) => Some(in_range("network.limit", v, 1, 100_000_000)? as usize),
+    };
+    Ok(NetworkParams {
+        model: base_dir.join(&n.model),
+        images: base_dir.join(&n.images),
+        labels: base_dir.join(&n.labels),
+        limit,
+        calibration_images: in_range(
+            "network.calibration_images",
+            n.calibration_images,
+            1,
+            100_000,
+        )? as usize,
+    })
+}
+
+/// The sweep axes in file order: each key with its (non-empty) values.
+fn sweep_axes(sweep: &toml::Table) -> std::result::Result<Vec<(String, Vec<toml::Value>)>, String> {
+    let mut axes = Vec::new();
+    for (key, values) in sweep {
+        if UNSWEEPABLE.contains(&key.as_str()) {
+            return Err(format!(
+                "sweep key `{key}` cannot be swept; sweep a parameter such as `noise.cell_sigma`"
+            ));
+        }
+        let values = match values {
+            toml::Value::Array(v) => v.clone(),
+            other => {
+                return Err(format!(
+                    "sweep key `{key}` must be an array of values, got {}",
+                    other.type_str()
+                ))
+            }
+        };
+        if values.is_empty() {
+            return Err(format!(
+                "sweep key `{key}` has no values; give at least one"
+            ));
+        }
+        axes.push((key.clone(), values));
+    }
+    Ok(axes)
+}
+
+/// Every point of the sweep (the last axis varying fastest), each the base
+/// table with its values set, checked into [`Params`].
+fn expand_points(
+    table: &toml::Table,
+    axes: &[(String, Vec<toml::Value>)],
+    base_dir: &Path,
+    overrides: Overrides,
+) -> std::result::Result<Vec<Point>, String> {
+    let total: usize = axes.iter().map(|(_, v)| v.len()).product();
+    let mut points = Vec::with_capacity(total);
+    for index in 0..total {
+        let mut t = table.clone();
+        let mut assignments = Vec::new();
+        let mut rem = index;
+        let mut picks = vec![0; axes.len()];
+        for (a, (_, values)) in axes.iter().enumerate().rev() {
+            picks[a] = rem % values.len();
+            rem /= values.len();
+        }
+        for (a, (key, values)) in axes.iter().enumerate() {
+            let v = values[picks[a]].clone();
+            assignments.push((key.clone(), value_label(&v)));
+            set_path(&mut t, key, v).map_err(|m| format!("sweep key `{key}`: {m}"))?;
+        }
+        let at = if assignments.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = assignments
+                .iter()
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect();
+            format!("sweep point {} ({}): ", index, list.join(", "))
+        };
+        let raw_point: RawFile = toml::Value::Table(t)
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("{at}{}", e.message().trim()))?;
+        let params =
+            resolve_params(&raw_point, base_dir, overrides).map_err(|m| format!("{at}{m}"))?;
+        points.push(Point {
+            index,
+            assignments,
+            params,
+        });
+    }
+    Ok(points)
 }
 
 /// One line: the toml message with its line number.
@@ -598,7 +641,51 @@ fn resolve_params(
         None => in_range("trials", raw.trials, 1, 100_000_000)? as u32,
     };
     let seed = o.seed.unwrap_or(raw.seed);
-    let l = &raw.layer;
+    let layer = resolve_layer(&raw.layer, base_dir)?;
+    let parallelism = in_range("array.parallelism", raw.array.parallelism, 1, 1 << 20)? as usize;
+    let adc_bits = match &raw.adc.bits {
+        RawBits::Bits(b) if (1..=16).contains(b) => Some(*b as u32),
+        RawBits::Name(s) if s == "ideal" => None,
+        RawBits::Bits(b) => return Err(format!("`adc.bits` must be 1..=16 or \"ideal\", got {b}")),
+        RawBits::Name(s) => {
+            return Err(format!(
+                "`adc.bits` must be 1..=16 or \"ideal\", got \"{s}\""
+            ))
+        }
+    };
+    let calibrate_percentile = raw.adc.calibrate_percentile;
+    if !(calibrate_percentile.is_finite()
+        && calibrate_percentile > 50.0
+        && calibrate_percentile <= 100.0)
+    {
+        return Err(format!(
+            "`adc.calibrate_percentile` must be in (50, 100], got {calibrate_percentile}"
+        ));
+    }
+    let noise = resolve_noise(&raw.noise)?;
+    let energy = EnergyParams {
+        adc_fj_per_step: finite_range(
+            "energy.adc_fj_per_step",
+            raw.energy.adc_fj_per_step,
+            0.0,
+            1e9,
+        )?,
+        cell_fj: finite_range("energy.cell_fj", raw.energy.cell_fj, 0.0, 1e9)?,
+    };
+    Ok(Params {
+        energy,
+        trials,
+        seed,
+        layer,
+        parallelism,
+        adc_bits,
+        calibrate_percentile,
+        noise,
+    })
+}
+
+/// The `[layer]` section, its files relative to the experiment file.
+fn resolve_layer(l: &RawLayer, base_dir: &Path) -> std::result::Result<LayerParams, String> {
     let weight_bits = in_range("layer.weight_bits", l.weight_bits, 2, 8)? as u32;
     let input_bits = in_range("layer.input_bits", l.input_bits, 1, 8)? as u32;
     let weights = match &l.weights_file {
@@ -623,7 +710,7 @@ fn resolve_params(
     let dim = |key: &str, v: Option<i64>, default: i64| -> std::result::Result<usize, String> {
         Ok(in_range(key, v.unwrap_or(default), 1, 1 << 20)? as usize)
     };
-    let layer = LayerParams {
+    Ok(LayerParams {
         k: dim("layer.k", l.k, 256)?,
         n: dim("layer.n", l.n, 256)?,
         inputs: dim("layer.inputs", l.inputs, 16)?,
@@ -631,28 +718,11 @@ fn resolve_params(
         input_bits,
         weights,
         input_source,
-    };
-    let parallelism = in_range("array.parallelism", raw.array.parallelism, 1, 1 << 20)? as usize;
-    let adc_bits = match &raw.adc.bits {
-        RawBits::Bits(b) if (1..=16).contains(b) => Some(*b as u32),
-        RawBits::Name(s) if s == "ideal" => None,
-        RawBits::Bits(b) => return Err(format!("`adc.bits` must be 1..=16 or \"ideal\", got {b}")),
-        RawBits::Name(s) => {
-            return Err(format!(
-                "`adc.bits` must be 1..=16 or \"ideal\", got \"{s}\""
-            ))
-        }
-    };
-    let calibrate_percentile = raw.adc.calibrate_percentile;
-    if !(calibrate_percentile.is_finite()
-        && calibrate_percentile > 50.0
-        && calibrate_percentile <= 100.0)
-    {
-        return Err(format!(
-            "`adc.calibrate_percentile` must be in (50, 100], got {calibrate_percentile}"
-        ));
-    }
-    let n = &raw.noise;
+    })
+}
+
+/// The `[noise]` section.
+fn resolve_noise(n: &RawNoise) -> std::result::Result<NoiseParams, String> {
     let mode = match n.mode.as_str() {
         "static" => NoiseMode::Static,
         "dynamic" => NoiseMode::Dynamic,
@@ -684,7 +754,7 @@ fn resolve_params(
             p_sa0 + p_sa1
         ));
     }
-    let noise = NoiseParams {
+    Ok(NoiseParams {
         cell_sigma: cell_sigma as f32,
         mode,
         read_sigma: finite_range("noise.read_sigma", n.read_sigma, 0.0, 1e6)? as f32,
@@ -692,33 +762,7 @@ fn resolve_params(
         p_sa0: p_sa0 as f32,
         p_sa1: p_sa1 as f32,
         sampling,
-    };
-    let energy = EnergyParams {
-        adc_fj_per_step: finite_range(
-            "energy.adc_fj_per_step",
-            raw.energy.adc_fj_per_step,
-            0.0,
-            1e9,
-        )?,
-        cell_fj: finite_range("energy.cell_fj", raw.energy.cell_fj, 0.0, 1e9)?,
-    };
-    Ok(Params {
-        energy,
-        trials,
-        seed,
-        layer,
-        parallelism,
-        adc_bits,
-        calibrate_percentile,
-        noise,
     })
-}
-
-impl Params {
-    /// A stable text naming every parameter, for resume keys.
-    pub fn fingerprint(&self) -> String {
-        format!("{self:?}")
-    }
 }
 
 /// FNV-1a: a hash that is stable across builds and platforms.

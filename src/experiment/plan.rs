@@ -139,6 +139,180 @@ pub struct PlanData {
     pub counters: Counters,
 }
 
+impl NoisePath {
+    /// The path a point's noise takes (see docs/MODEL.md, How the engines sample).
+    pub fn of(noise: &NoiseParams) -> NoisePath {
+        if noise.cell_sigma == 0.0 {
+            return NoisePath::Analytic;
+        }
+        match (noise.mode, noise.sampling) {
+            (NoiseMode::Static, _) => NoisePath::PerCellStatic,
+            (NoiseMode::Dynamic, Sampling::PerCell) => NoisePath::PerCellDynamic,
+            (NoiseMode::Dynamic, _) => NoisePath::Aggregated,
+        }
+    }
+}
+
+/// The digit a stuck-at-1 cell takes, `[k][n]`: `+1`, or `sign(w)` for
+/// signed digits.
+fn sa1_digits(w: &[i32], mapping: &MappingSpec) -> Vec<i8> {
+    w.iter()
+        .map(|&w| {
+            if mapping.signed_digits() && w < 0 {
+                -1
+            } else {
+                1
+            }
+        })
+        .collect()
+}
+
+/// Bit masks of a layer's digits over K, and each chunk's words.
+struct Masks {
+    /// Per chunk, (word, mask) covering its rows.
+    cws: Vec<Vec<(usize, u64)>>,
+    /// `+1` digits, `[j][n][words]`.
+    pos: Vec<u64>,
+    /// `-1` digits, `[j][n][words]`.
+    neg: Vec<u64>,
+    /// Non-zero digits, `[j][n][words]`.
+    nz: Vec<u64>,
+    words: usize,
+}
+
+impl Masks {
+    fn new(digits: &[i8], j: usize, k: usize, n: usize, p: usize) -> Masks {
+        let (pos, neg) = digit_masks(digits, j, k, n);
+        let nz = pos.iter().zip(&neg).map(|(a, b)| a | b).collect();
+        Masks {
+            cws: chunk_words(k, p),
+            pos,
+            neg,
+            nz,
+            words: k.div_ceil(64),
+        }
+    }
+
+    /// The masks of plane `jj`, column `nn` (one of `pos`, `neg`, `nz`).
+    fn of<'a>(&self, m: &'a [u64], jj: usize, nn: usize, n: usize) -> &'a [u64] {
+        let at = (jj * n + nn) * self.words;
+        &m[at..at + self.words]
+    }
+}
+
+/// The (chunk, plane, column) groups of a plan: which are converted, and
+/// each one's ADC range `[lo, hi]`, all `[c][j][n]`.
+struct Groups {
+    converted: Vec<bool>,
+    lo: Vec<f32>,
+    hi: Vec<f32>,
+    skipped: u64,
+}
+
+impl Groups {
+    /// Skipping and ranges as the mapping designs them from the nominal
+    /// digits (calibrated ranges are filled in by [`Groups::calibrate`]).
+    fn design(
+        masks: &Masks,
+        mapping: &MappingSpec,
+        chunks: usize,
+        j: usize,
+        n: usize,
+        p: usize,
+    ) -> Groups {
+        let count = chunks * j * n;
+        let mut g = Groups {
+            converted: vec![true; count],
+            lo: vec![0.0; count],
+            hi: vec![0.0; count],
+            skipped: 0,
+        };
+        let all = vec![u64::MAX; masks.words];
+        let full = p as f32;
+        for c in 0..chunks {
+            for jj in 0..j {
+                for nn in 0..n {
+                    let at = (c * j + jj) * n + nn;
+                    let n_pos = popcount_and(masks.of(&masks.pos, jj, nn, n), &all, &masks.cws[c]);
+                    let n_neg = popcount_and(masks.of(&masks.neg, jj, nn, n), &all, &masks.cws[c]);
+                    if mapping.skip_zero_planes && n_pos + n_neg == 0 {
+                        g.converted[at] = false;
+                        g.skipped += 1;
+                    }
+                    (g.lo[at], g.hi[at]) = match mapping.adc_range {
+                        AdcRange::Full if mapping.signed_digits() => (-full, full),
+                        AdcRange::Full => (0.0, full),
+                        AdcRange::Adaptive => (-(n_neg as f32), n_pos as f32),
+                        AdcRange::Calibrated => (0.0, 0.0),
+                    };
+                }
+            }
+        }
+        g
+    }
+
+    /// Sets every group of plane `j` to `[min(0, q_(1-p)), max(0, q_p)]` of
+    /// that plane's clean sums (`percentile` p), at least one cell wide.
+    fn calibrate(&mut self, clean: &[Vec<f32>], percentile: f64, chunks: usize, n: usize) {
+        let j = clean.len();
+        let q = percentile / 100.0;
+        for (jj, sums) in clean.iter().enumerate() {
+            let mut sums = sums.clone();
+            sums.sort_by(f32::total_cmp);
+            let at =
+                |f: f64| sums[((f * (sums.len() - 1) as f64).round() as usize).min(sums.len() - 1)];
+            let l = at(1.0 - q).min(0.0);
+            let h = at(q).max(0.0).max(l + 1.0);
+            for c in 0..chunks {
+                for nn in 0..n {
+                    self.lo[(c * j + jj) * n + nn] = l;
+                    self.hi[(c * j + jj) * n + nn] = h;
+                }
+            }
+        }
+    }
+}
+
+/// Counts conversions and active reads into `counters`, and, with
+/// `calibrate`, returns every plane's noise-free sums over the workload
+/// (`[j][...]`; empty otherwise). `dims` is (b, chunks, xbits, j, n).
+fn clean_sums(
+    masks: &Masks,
+    xmask: &[u64],
+    row_active: &[bool],
+    converted: &[bool],
+    (b, chunks, xbits, j, n): (usize, usize, usize, usize, usize),
+    calibrate: bool,
+    counters: &mut Counters,
+) -> Vec<Vec<f32>> {
+    let words = masks.words;
+    let mut clean: Vec<Vec<f32>> = vec![Vec::new(); if calibrate { j } else { 0 }];
+    for bb in 0..b {
+        for c in 0..chunks {
+            for i in 0..xbits {
+                let xm = &xmask[(bb * xbits + i) * words..(bb * xbits + i + 1) * words];
+                let active = row_active[(bb * chunks + c) * xbits + i];
+                let cw = &masks.cws[c];
+                for jj in 0..j {
+                    for nn in 0..n {
+                        if active && converted[(c * j + jj) * n + nn] {
+                            counters.conversions += 1;
+                            counters.active_reads +=
+                                popcount_and(xm, masks.of(&masks.nz, jj, nn, n), cw) as u64;
+                        }
+                        if calibrate {
+                            let s = popcount_and(xm, masks.of(&masks.pos, jj, nn, n), cw) as i64
+                                - popcount_and(xm, masks.of(&masks.neg, jj, nn, n), cw) as i64;
+                            clean[jj].push(s as f32);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    clean
+}
+
 /// Per-chunk list of (word index, mask) covering its rows.
 pub fn chunk_words(k: usize, p: usize) -> Vec<Vec<(usize, u64)>> {
     let chunks = k.div_ceil(p);
@@ -265,115 +439,32 @@ impl Plan {
         let p = params.parallelism;
         let chunks = k.div_ceil(p);
         let words = k.div_ceil(64);
-        let cws = chunk_words(k, p);
-
+        let masks = Masks::new(&planes.digits, j, k, n, p);
         let xmask = input_masks(&layer.x, k, xbits);
-        let (pos, neg) = digit_masks(&planes.digits, j, k, n);
-        let nz: Vec<u64> = pos.iter().zip(&neg).map(|(a, b)| a | b).collect();
-        let allk = vec![u64::MAX; words];
-
-        // Groups: which are converted, and their ADC range.
-        let groups = chunks * j * n;
-        let mut converted = vec![true; groups];
-        let mut lo = vec![0f32; groups];
-        let mut hi = vec![0f32; groups];
-        let mut counters = Counters::default();
-        let full = p as f32;
-        for c in 0..chunks {
-            for jj in 0..j {
-                for nn in 0..n {
-                    let g = (c * j + jj) * n + nn;
-                    let m = (jj * n + nn) * words;
-                    let n_pos = popcount_and(&pos[m..m + words], &allk, &cws[c]);
-                    let n_neg = popcount_and(&neg[m..m + words], &allk, &cws[c]);
-                    if mapping.skip_zero_planes && n_pos + n_neg == 0 {
-                        converted[g] = false;
-                        counters.skipped_groups += 1;
-                    }
-                    (lo[g], hi[g]) = match mapping.adc_range {
-                        AdcRange::Full if mapping.signed_digits() => (-full, full),
-                        AdcRange::Full => (0.0, full),
-                        AdcRange::Adaptive => (-(n_neg as f32), n_pos as f32),
-                        AdcRange::Calibrated => (0.0, 0.0), // filled below
-                    };
-                }
-            }
-        }
-
+        let mut groups = Groups::design(&masks, mapping, chunks, j, n, p);
         let row_active = active_rows(&xmask, b, k, p, xbits, mapping.skip_zero_inputs);
-        counters.skipped_input_planes = row_active.iter().filter(|a| !**a).count() as u64;
-
-        // Clean sums: cost counters, and calibration of the ADC range.
+        let mut counters = Counters {
+            skipped_groups: groups.skipped,
+            skipped_input_planes: row_active.iter().filter(|a| !**a).count() as u64,
+            macs: (b * k * n) as u64,
+            cell_macs: (b * k * n * xbits * j) as u64,
+            ..Counters::default()
+        };
         let calibrate = mapping.adc_range == AdcRange::Calibrated;
-        let mut clean: Vec<Vec<f32>> = vec![Vec::new(); if calibrate { j } else { 0 }];
-        for bb in 0..b {
-            for c in 0..chunks {
-                for i in 0..xbits {
-                    let xm = &xmask[(bb * xbits + i) * words..(bb * xbits + i + 1) * words];
-                    let active = row_active[(bb * chunks + c) * xbits + i];
-                    for jj in 0..j {
-                        for nn in 0..n {
-                            let m = (jj * n + nn) * words;
-                            if active && converted[(c * j + jj) * n + nn] {
-                                counters.conversions += 1;
-                                counters.active_reads +=
-                                    popcount_and(xm, &nz[m..m + words], &cws[c]) as u64;
-                            }
-                            if calibrate {
-                                let s = popcount_and(xm, &pos[m..m + words], &cws[c]) as i64
-                                    - popcount_and(xm, &neg[m..m + words], &cws[c]) as i64;
-                                clean[jj].push(s as f32);
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let clean = clean_sums(
+            &masks,
+            &xmask,
+            &row_active,
+            &groups.converted,
+            (b, chunks, xbits, j, n),
+            calibrate,
+            &mut counters,
+        );
         if calibrate {
-            let q = params.calibrate_percentile / 100.0;
-            for (jj, sums) in clean.iter_mut().enumerate() {
-                sums.sort_by(f32::total_cmp);
-                let at = |f: f64| {
-                    sums[((f * (sums.len() - 1) as f64).round() as usize).min(sums.len() - 1)]
-                };
-                let l = at(1.0 - q).min(0.0);
-                let h = at(q).max(0.0).max(l + 1.0);
-                for c in 0..chunks {
-                    for nn in 0..n {
-                        lo[(c * j + jj) * n + nn] = l;
-                        hi[(c * j + jj) * n + nn] = h;
-                    }
-                }
-            }
+            groups.calibrate(&clean, params.calibrate_percentile, chunks, n);
         }
-        counters.macs = (b * k * n) as u64;
-        counters.cell_macs = counters.macs * (xbits * j) as u64;
-
-        let sa1_digit = layer
-            .w
-            .iter()
-            .map(|&w| {
-                if mapping.signed_digits() && w < 0 {
-                    -1
-                } else {
-                    1
-                }
-            })
-            .collect();
         let exact = layer.exact();
         let exact_std = std_dev(&exact);
-
-        let noise = params.noise;
-        let path = if noise.cell_sigma == 0.0 {
-            NoisePath::Analytic
-        } else {
-            match (noise.mode, noise.sampling) {
-                (NoiseMode::Static, _) => NoisePath::PerCellStatic,
-                (NoiseMode::Dynamic, Sampling::PerCell) => NoisePath::PerCellDynamic,
-                (NoiseMode::Dynamic, _) => NoisePath::Aggregated,
-            }
-        };
-
         Plan::seal(PlanData {
             k,
             n,
@@ -387,20 +478,20 @@ impl Plan {
             mapping: mapping.clone(),
             scales: planes.scales,
             digits: planes.digits,
-            sa1_digit,
+            sa1_digit: sa1_digits(&layer.w, mapping),
             x: layer.x.clone(),
             xmask,
-            lo,
-            hi,
-            converted,
+            lo: groups.lo,
+            hi: groups.hi,
+            converted: groups.converted,
             row_active,
             exact,
             exact_std,
             adc: Adc {
                 bits: params.adc_bits,
             },
-            noise,
-            path,
+            noise: params.noise,
+            path: NoisePath::of(&params.noise),
             counters,
         })
     }

@@ -181,47 +181,14 @@ pub fn plot_results(
     out_dir: Option<&Path>,
     opts: &PlotOptions,
 ) -> Result<Vec<PathBuf>> {
-    let (header, rows): Table = match read_csv(csv) {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            return Err(plot_err(
-                csv,
-                "no such file; give a result file written by `zebra run`",
-            ))
-        }
-        Err(Error::Csv { source, .. }) => {
-            return Err(plot_err(
-                csv,
-                format!("is not a result file written by `zebra run` ({source})"),
-            ))
-        }
-        Err(e) => return Err(e),
-    };
-    let data = Data { header, rows };
-    // Accuracy experiments have their own columns and default figures.
+    let data = load_results(csv)?;
+    // Accuracy experiments have their own default figures.
     let accuracy = data.col("mean_accuracy").is_some();
-    let needed: &[&str] = if accuracy {
-        &["point", "mapping", "mean_accuracy"]
-    } else {
-        &["point", "mapping", "rmse", "snr_db"]
-    };
-    for needed in needed {
-        if data.col(needed).is_none() {
-            return Err(plot_err(
-                csv,
-                format!("has no `{needed}` column; give a result file written by `zebra run`"),
-            ));
-        }
-    }
-    let default_metrics = PlotOptions::default().metrics;
-    let metrics: Vec<String> = if accuracy && opts.metrics == default_metrics {
+    let metrics: Vec<String> = if accuracy && opts.metrics == PlotOptions::default().metrics {
         vec!["mean_accuracy".into(), "min_accuracy".into()]
     } else {
         opts.metrics.clone()
     };
-    if data.rows.is_empty() {
-        return Err(plot_err(csv, "has no rows"));
-    }
     let stem = csv
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -230,38 +197,8 @@ pub fn plot_results(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| csv.parent().map(Path::to_path_buf).unwrap_or_default());
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-
-    let mut swept: Vec<(&str, &str)> = PARAMS
-        .iter()
-        .copied()
-        .filter(|(c, _)| {
-            data.col(c).is_some_and(|i| {
-                let first = &data.rows[0][i];
-                data.rows.iter().any(|r| &r[i] != first)
-            })
-        })
-        .collect();
-    if let Some(x) = &opts.x {
-        let x = x.rsplit('.').next().unwrap_or(x);
-        let at = swept.iter().position(|(c, _)| *c == x).ok_or_else(|| {
-            let names: Vec<&str> = swept.iter().map(|(c, _)| *c).collect();
-            plot_err(
-                csv,
-                format!(
-                    "`--x {x}` is not a swept column here; swept: {}",
-                    if names.is_empty() {
-                        "none".into()
-                    } else {
-                        names.join(", ")
-                    }
-                ),
-            )
-        })?;
-        let chosen = swept.remove(at);
-        swept.insert(0, chosen);
-    }
+    let swept = swept_columns(csv, &data, opts.x.as_deref())?;
     let mut written = Vec::new();
-    let mcol = data.col("mapping").unwrap();
     for metric in &metrics {
         let Some(&(metric, ylabel, log_y, short)) = METRICS.iter().find(|m| m.0 == metric) else {
             let names: Vec<&str> = METRICS.iter().map(|m| m.0).collect();
@@ -273,56 +210,7 @@ pub fn plot_results(
         let Some(ycol) = data.col(metric) else {
             return Err(plot_err(csv, format!("has no `{metric}` column")));
         };
-        let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-        let mut order: Vec<String> = Vec::new();
-        let (xlabel, categories) = match swept.first() {
-            Some((xname, xlabel)) => {
-                let xcol = data.col(xname).unwrap();
-                for r in &data.rows {
-                    let (Ok(x), Ok(y)) = (r[xcol].parse::<f64>(), r[ycol].parse::<f64>()) else {
-                        continue;
-                    };
-                    if !y.is_finite() {
-                        continue;
-                    }
-                    let mut label = r[mcol].clone();
-                    for (other, _) in swept.iter().skip(1) {
-                        let c = data.col(other).unwrap();
-                        label.push_str(&format!(", {other}={}", r[c]));
-                    }
-                    if !order.contains(&label) {
-                        order.push(label.clone());
-                    }
-                    series.entry(label).or_default().push((x, y));
-                }
-                (xlabel.to_string(), None)
-            }
-            None => {
-                // One point: the mappings side by side.
-                let mut cats = Vec::new();
-                for r in &data.rows {
-                    let Ok(y) = r[ycol].parse::<f64>() else {
-                        continue;
-                    };
-                    if !y.is_finite() {
-                        continue;
-                    }
-                    let x = cats.len() as f64;
-                    cats.push(r[mcol].clone());
-                    order.push(r[mcol].clone());
-                    series.entry(r[mcol].clone()).or_default().push((x, y));
-                }
-                ("mapping".to_string(), Some(cats))
-            }
-        };
-        let lines: Vec<Series> = order
-            .iter()
-            .map(|l| {
-                let mut pts = series[l].clone();
-                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-                (l.clone(), pts)
-            })
-            .collect();
+        let (xlabel, categories, lines) = metric_series(&data, &swept, ycol);
         if lines.iter().all(|(_, p)| p.is_empty()) {
             continue;
         }
@@ -342,7 +230,6 @@ pub fn plot_results(
             written.push(path);
         }
     }
-
     let hist_path = csv.with_file_name(format!("{stem}_hist.csv"));
     if let Some((hh, hrows)) = read_csv(&hist_path)? {
         if let Some(files) = plot_histograms(&hist_path, &dir, &stem, &hh, &hrows, &data)? {
@@ -350,6 +237,144 @@ pub fn plot_results(
         }
     }
     Ok(written)
+}
+
+/// Reads a result file written by `zebra run` and checks it has the
+/// columns the figures need and at least one row.
+fn load_results(csv: &Path) -> Result<Data> {
+    let (header, rows): Table = match read_csv(csv) {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return Err(plot_err(
+                csv,
+                "no such file; give a result file written by `zebra run`",
+            ))
+        }
+        Err(Error::Csv { source, .. }) => {
+            return Err(plot_err(
+                csv,
+                format!("is not a result file written by `zebra run` ({source})"),
+            ))
+        }
+        Err(e) => return Err(e),
+    };
+    let data = Data { header, rows };
+    let needed: &[&str] = if data.col("mean_accuracy").is_some() {
+        &["point", "mapping", "mean_accuracy"]
+    } else {
+        &["point", "mapping", "rmse", "snr_db"]
+    };
+    for needed in needed {
+        if data.col(needed).is_none() {
+            return Err(plot_err(
+                csv,
+                format!("has no `{needed}` column; give a result file written by `zebra run`"),
+            ));
+        }
+    }
+    if data.rows.is_empty() {
+        return Err(plot_err(csv, "has no rows"));
+    }
+    Ok(data)
+}
+
+/// The parameter columns whose values differ between rows, as (column,
+/// axis label); `x` (a column or dotted key) first when given.
+fn swept_columns(
+    csv: &Path,
+    data: &Data,
+    x: Option<&str>,
+) -> Result<Vec<(&'static str, &'static str)>> {
+    let mut swept: Vec<(&str, &str)> = PARAMS
+        .iter()
+        .copied()
+        .filter(|(c, _)| {
+            data.col(c).is_some_and(|i| {
+                let first = &data.rows[0][i];
+                data.rows.iter().any(|r| &r[i] != first)
+            })
+        })
+        .collect();
+    if let Some(x) = x {
+        let x = x.rsplit('.').next().unwrap_or(x);
+        let at = swept.iter().position(|(c, _)| *c == x).ok_or_else(|| {
+            let names: Vec<&str> = swept.iter().map(|(c, _)| *c).collect();
+            let names = if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            };
+            plot_err(
+                csv,
+                format!("`--x {x}` is not a swept column here; swept: {names}"),
+            )
+        })?;
+        let chosen = swept.remove(at);
+        swept.insert(0, chosen);
+    }
+    Ok(swept)
+}
+
+/// One line per mapping (and value of the other swept columns) of metric
+/// column `ycol` against the first swept column, or, with nothing swept,
+/// the mappings side by side as categories. Non-numeric and infinite
+/// values are left out.
+fn metric_series(
+    data: &Data,
+    swept: &[(&str, &str)],
+    ycol: usize,
+) -> (String, Option<Vec<String>>, Vec<Series>) {
+    let mcol = data.col("mapping").expect("checked by load_results");
+    let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let (xlabel, categories) = match swept.first() {
+        Some((xname, xlabel)) => {
+            let xcol = data.col(xname).expect("a swept column exists");
+            for r in &data.rows {
+                let (Ok(x), Ok(y)) = (r[xcol].parse::<f64>(), r[ycol].parse::<f64>()) else {
+                    continue;
+                };
+                if !y.is_finite() {
+                    continue;
+                }
+                let mut label = r[mcol].clone();
+                for (other, _) in swept.iter().skip(1) {
+                    let c = data.col(other).expect("a swept column exists");
+                    label.push_str(&format!(", {other}={}", r[c]));
+                }
+                if !order.contains(&label) {
+                    order.push(label.clone());
+                }
+                series.entry(label).or_default().push((x, y));
+            }
+            (xlabel.to_string(), None)
+        }
+        None => {
+            let mut cats = Vec::new();
+            for r in &data.rows {
+                let Ok(y) = r[ycol].parse::<f64>() else {
+                    continue;
+                };
+                if !y.is_finite() {
+                    continue;
+                }
+                let x = cats.len() as f64;
+                cats.push(r[mcol].clone());
+                order.push(r[mcol].clone());
+                series.entry(r[mcol].clone()).or_default().push((x, y));
+            }
+            ("mapping".to_string(), Some(cats))
+        }
+    };
+    let lines = order
+        .iter()
+        .map(|l| {
+            let mut pts = series[l].clone();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            (l.clone(), pts)
+        })
+        .collect();
+    (xlabel, categories, lines)
 }
 
 /// A tick label: at most four significant digits, no float noise.
@@ -386,6 +411,64 @@ fn draw_lines(path: &Path, fig: &Figure) -> Result<()> {
     res.map_err(|e| plot_err(path, format!("cannot draw: {e}")))
 }
 
+/// Draws the mesh, the lines (and markers) and the legend of a figure on a
+/// chart of any coordinate kind (log or linear axes are different types).
+macro_rules! finish {
+    ($chart:expr, $fig:expr, $xfmt:expr, $log_y:expr) => {{
+        let Figure {
+            xlabel,
+            ylabel,
+            lines,
+            categories,
+            markers,
+            ..
+        } = *$fig;
+        let (xfmt, log_y) = ($xfmt, $log_y);
+        let mut chart = $chart;
+        chart
+            .configure_mesh()
+            .x_desc(xlabel)
+            .y_desc(ylabel)
+            .x_label_formatter(&xfmt)
+            .y_label_formatter(&|y: &f64| tick(*y))
+            .x_labels(if categories.is_some() {
+                categories.map_or(10, |c| c.len())
+            } else {
+                10
+            })
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 17))
+            .draw()?;
+        for (i, (label, pts)) in lines.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let pts: Vec<(f64, f64)> = pts
+                .iter()
+                .cloned()
+                .filter(|p| !log_y || p.1 > 0.0)
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                .label(label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+                });
+            if markers {
+                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+            }
+        }
+        // A one-point figure names its mappings on the x axis instead.
+        if categories.is_none() {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 15))
+                .position(SeriesLabelPosition::UpperRight)
+                .draw()?;
+        }
+    }};
+}
+
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
 fn chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, fig: &Figure) -> DrawResult
@@ -394,12 +477,10 @@ where
 {
     let Figure {
         title,
-        xlabel,
-        ylabel,
         lines,
         log_y,
         categories,
-        markers,
+        ..
     } = *fig;
     root.fill(&WHITE)?;
     let xs: Vec<f64> = lines
@@ -414,8 +495,7 @@ where
         xs.iter().cloned().fold(f64::MAX, f64::min),
         xs.iter().cloned().fold(f64::MIN, f64::max),
     );
-    let pos_ys: Vec<f64> = ys.iter().cloned().filter(|&y| y > 0.0).collect();
-    let log_y = log_y && !pos_ys.is_empty();
+    let log_y = log_y && ys.iter().any(|&y| y > 0.0);
     let log_x = categories.is_none() && xmin > 0.0 && xmax / xmin >= 8.0;
     let mut builder = ChartBuilder::on(root);
     builder
@@ -423,43 +503,8 @@ where
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(80);
-    let xr = if categories.is_some() {
-        (-0.5, xmax + 0.5)
-    } else if log_x {
-        (xmin / 1.15, xmax * 1.15)
-    } else {
-        let span = xmax - xmin;
-        let pad = if span > 0.0 {
-            span * 0.05
-        } else {
-            (xmax.abs() * 0.1).max(0.5)
-        };
-        (xmin - pad, xmax + pad)
-    };
-    let (ylo, yhi) = if log_y {
-        log_range(
-            pos_ys.iter().cloned().fold(f64::MAX, f64::min),
-            pos_ys.iter().cloned().fold(f64::MIN, f64::max),
-        )
-    } else {
-        let (a, b) = (
-            ys.iter().cloned().fold(f64::MAX, f64::min),
-            ys.iter().cloned().fold(f64::MIN, f64::max),
-        );
-        let span = b - a;
-        let pad = if span > 0.0 {
-            span * 0.08
-        } else {
-            (b.abs() * 0.1).max(1e-3)
-        };
-        // Quantities that cannot be negative keep zero as the floor.
-        let lo = if a >= 0.0 {
-            (a - pad).max(0.0)
-        } else {
-            a - pad
-        };
-        (lo, b + pad)
-    };
+    let xr = x_range(xmin, xmax, categories.is_some(), log_x);
+    let (ylo, yhi) = y_range(&ys, log_y);
     let cats: Vec<String> = categories.map(|c| c.to_vec()).unwrap_or_default();
     let xfmt = move |x: &f64| -> String {
         if !cats.is_empty() {
@@ -471,109 +516,109 @@ where
         }
         tick(*x)
     };
-    macro_rules! finish {
-        ($chart:expr) => {{
-            let mut chart = $chart;
-            chart
-                .configure_mesh()
-                .x_desc(xlabel)
-                .y_desc(ylabel)
-                .x_label_formatter(&xfmt)
-                .y_label_formatter(&|y: &f64| tick(*y))
-                .x_labels(if categories.is_some() {
-                    categories.map_or(10, |c| c.len())
-                } else {
-                    10
-                })
-                .label_style(("sans-serif", 15))
-                .axis_desc_style(("sans-serif", 17))
-                .draw()?;
-            for (i, (label, pts)) in lines.iter().enumerate() {
-                let color = COLORS[i % COLORS.len()];
-                let pts: Vec<(f64, f64)> = pts
-                    .iter()
-                    .cloned()
-                    .filter(|p| !log_y || p.1 > 0.0)
-                    .collect();
-                chart
-                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-                    .label(label.clone())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
-                    });
-                if markers {
-                    chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
-                }
-            }
-            // A one-point figure names its mappings on the x axis instead.
-            if categories.is_none() {
-                chart
-                    .configure_series_labels()
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .label_font(("sans-serif", 15))
-                    .position(SeriesLabelPosition::UpperRight)
-                    .draw()?;
-            }
-        }};
-    }
-    // A log x axis over a few swept values labels those values themselves.
-    let mut xkeys = xs.clone();
-    xkeys.sort_by(f64::total_cmp);
-    xkeys.dedup();
-    if xkeys.len() > 12 {
-        // Many values (histogram bins): label the decades.
-        let (lo, hi) = (
-            xr.0.max(f64::MIN_POSITIVE).log10().ceil(),
-            xr.1.log10().floor(),
-        );
-        xkeys = (lo as i32..=hi as i32).map(|e| 10f64.powi(e)).collect();
-    }
+    let xkeys = x_key_points(&xs, xr);
     let log_xr = || (xr.0..xr.1).log_scale().with_key_points(xkeys.clone());
     match (log_x, log_y) {
         (true, true) => {
-            finish!(builder.build_cartesian_2d(log_xr(), (ylo..yhi).log_scale())?)
+            finish!(
+                builder.build_cartesian_2d(log_xr(), (ylo..yhi).log_scale())?,
+                fig,
+                &xfmt,
+                log_y
+            )
         }
-        (true, false) => finish!(builder.build_cartesian_2d(log_xr(), ylo..yhi)?),
-        (false, true) => finish!(builder.build_cartesian_2d(xr.0..xr.1, (ylo..yhi).log_scale())?),
+        (true, false) => finish!(
+            builder.build_cartesian_2d(log_xr(), ylo..yhi)?,
+            fig,
+            &xfmt,
+            log_y
+        ),
+        (false, true) => finish!(
+            builder.build_cartesian_2d(xr.0..xr.1, (ylo..yhi).log_scale())?,
+            fig,
+            &xfmt,
+            log_y
+        ),
         (false, false) => {
             let c: ChartContext<DB, Cartesian2d<RangedCoordf64, RangedCoordf64>> =
                 builder.build_cartesian_2d(xr.0..xr.1, ylo..yhi)?;
-            finish!(c)
+            finish!(c, fig, &xfmt, log_y)
         }
     }
     root.present()?;
     Ok(())
 }
 
-/// Overlaid |e| histograms of every mapping at one sweep point (the middle one).
-fn plot_histograms(
-    path: &Path,
-    dir: &Path,
-    stem: &str,
-    header: &[String],
+/// The x axis range: categories at whole numbers, a log axis with some
+/// room, or a linear one padded by 5% (or around a single value).
+fn x_range(xmin: f64, xmax: f64, categories: bool, log_x: bool) -> (f64, f64) {
+    if categories {
+        (-0.5, xmax + 0.5)
+    } else if log_x {
+        (xmin / 1.15, xmax * 1.15)
+    } else {
+        let span = xmax - xmin;
+        let pad = if span > 0.0 {
+            span * 0.05
+        } else {
+            (xmax.abs() * 0.1).max(0.5)
+        };
+        (xmin - pad, xmax + pad)
+    }
+}
+
+/// The y axis range: whole decades over the positive values of a log axis,
+/// or the values padded by 8%, keeping zero as the floor of quantities
+/// that cannot be negative.
+fn y_range(ys: &[f64], log_y: bool) -> (f64, f64) {
+    if log_y {
+        let pos = ys.iter().cloned().filter(|&y| y > 0.0);
+        let (lo, hi) = pos.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
+        return log_range(lo, hi);
+    }
+    let (a, b) = (
+        ys.iter().cloned().fold(f64::MAX, f64::min),
+        ys.iter().cloned().fold(f64::MIN, f64::max),
+    );
+    let span = b - a;
+    let pad = if span > 0.0 {
+        span * 0.08
+    } else {
+        (b.abs() * 0.1).max(1e-3)
+    };
+    let lo = if a >= 0.0 {
+        (a - pad).max(0.0)
+    } else {
+        a - pad
+    };
+    (lo, b + pad)
+}
+
+/// Key points of a log x axis: the swept values themselves when there are
+/// a few, else (histogram bins) the decades of the range.
+fn x_key_points(xs: &[f64], xr: (f64, f64)) -> Vec<f64> {
+    let mut keys = xs.to_vec();
+    keys.sort_by(f64::total_cmp);
+    keys.dedup();
+    if keys.len() > 12 {
+        let (lo, hi) = (
+            xr.0.max(f64::MIN_POSITIVE).log10().ceil(),
+            xr.1.log10().floor(),
+        );
+        keys = (lo as i32..=hi as i32).map(|e| 10f64.powi(e)).collect();
+    }
+    keys
+}
+
+/// The |e| histogram of every mapping at `point`, as fractions of its
+/// outputs per bin: signed bins folded onto |e|, keyed by their rounded
+/// lower edge, the zero bin drawn at 1e-3. `cols` are the columns point,
+/// mapping, bin_lo, bin_hi and count.
+fn abs_histograms(
     rows: &[Vec<String>],
-    data: &Data,
-) -> Result<Option<Vec<PathBuf>>> {
-    let col = |n: &str| header.iter().position(|h| h == n);
-    let (Some(cp), Some(cm), Some(clo), Some(chi), Some(cc)) = (
-        col("point"),
-        col("mapping"),
-        col("bin_lo"),
-        col("bin_hi"),
-        col("count"),
-    ) else {
-        return Err(plot_err(
-            path,
-            "is not a histogram file written by `zebra run`",
-        ));
-    };
-    let mut points: Vec<usize> = rows.iter().filter_map(|r| r[cp].parse().ok()).collect();
-    points.sort();
-    points.dedup();
-    let Some(&point) = points.get(points.len() / 2) else {
-        return Ok(None);
-    };
+    point: usize,
+    (cp, cm, clo, chi, cc): (usize, usize, usize, usize, usize),
+) -> Vec<Series> {
     // |e| bins keyed by their rounded lower edge; the zero bin becomes [0, 1e-3).
     let mut per_map: Vec<(String, AbsBins)> = Vec::new();
     for r in rows
@@ -623,17 +668,16 @@ fn plot_histograms(
             .collect();
         lines.push((m.clone(), pts));
     }
-    if lines.is_empty() {
-        return Ok(None);
-    }
+    lines
+}
+
+/// "point P" and the swept parameters' values at that point.
+fn point_label(data: &Data, point: usize) -> String {
     let mut what = format!("point {point}");
-    if let (Some(pc), Some(r)) = (
-        data.col("point"),
-        data.rows
-            .iter()
-            .find(|r| data.col("point").is_some_and(|c| r[c] == point.to_string())),
-    ) {
-        let _ = pc;
+    let row = data
+        .col("point")
+        .and_then(|c| data.rows.iter().find(|r| r[c] == point.to_string()));
+    if let Some(r) = row {
         for (name, _) in PARAMS.iter().take(7) {
             if let Some(c) = data.col(name) {
                 let first = &data.rows[0][c];
@@ -643,6 +687,42 @@ fn plot_histograms(
             }
         }
     }
+    what
+}
+
+/// Overlaid |e| histograms of every mapping at one sweep point (the middle one).
+fn plot_histograms(
+    path: &Path,
+    dir: &Path,
+    stem: &str,
+    header: &[String],
+    rows: &[Vec<String>],
+    data: &Data,
+) -> Result<Option<Vec<PathBuf>>> {
+    let col = |n: &str| header.iter().position(|h| h == n);
+    let (Some(cp), Some(cm), Some(clo), Some(chi), Some(cc)) = (
+        col("point"),
+        col("mapping"),
+        col("bin_lo"),
+        col("bin_hi"),
+        col("count"),
+    ) else {
+        return Err(plot_err(
+            path,
+            "is not a histogram file written by `zebra run`",
+        ));
+    };
+    let mut points: Vec<usize> = rows.iter().filter_map(|r| r[cp].parse().ok()).collect();
+    points.sort();
+    points.dedup();
+    let Some(&point) = points.get(points.len() / 2) else {
+        return Ok(None);
+    };
+    let lines = abs_histograms(rows, point, (cp, cm, clo, chi, cc));
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    let what = point_label(data, point);
     let title = format!("{stem}: |error| distribution at {what}");
     let fig = Figure {
         title: &title,

@@ -246,44 +246,7 @@ impl Network {
                 .collect();
             let sums = product(index, m, &rows)?;
             index += 1;
-            // Each image's sums start after the positions of the images before it.
-            let starts: Vec<usize> = lowered
-                .iter()
-                .scan(0, |at, (_, oh, ow)| {
-                    let start = *at;
-                    *at += oh * ow;
-                    Some(start)
-                })
-                .collect();
-            let done: Vec<Finished> = acts
-                .par_iter()
-                .zip(&lowered)
-                .zip(&starts)
-                .map(|((a, (_, oh, ow)), &at)| {
-                    let positions = oh * ow;
-                    finish(
-                        m,
-                        &sums[at * m.outputs..(at + positions) * m.outputs],
-                        a.scale,
-                        positions,
-                    )
-                })
-                .collect();
-            let mut logits = Vec::new();
-            for ((a, (_, oh, ow)), d) in acts.iter_mut().zip(&lowered).zip(done) {
-                match d {
-                    Ok((data, scale)) => {
-                        *a = Activation {
-                            c: m.outputs,
-                            h: *oh,
-                            w: *ow,
-                            data,
-                            scale,
-                        }
-                    }
-                    Err(l) => logits.push(l),
-                }
-            }
+            let logits = requantise(m, &mut acts, &lowered, &sums);
             if !logits.is_empty() {
                 return Ok(logits);
             }
@@ -309,6 +272,56 @@ impl Network {
     pub fn image_size(&self) -> usize {
         self.channels * self.height * self.width
     }
+}
+
+/// Turns a matrix layer's sums into each image's next activation (in
+/// place), or, for the last layer, returns every image's logits (empty
+/// otherwise). `lowered` is each image's (rows, out height, out width).
+fn requantise(
+    m: &MatrixLayer,
+    acts: &mut [Activation],
+    lowered: &[Lowered],
+    sums: &[f64],
+) -> Vec<Vec<f32>> {
+    // Each image's sums start after the positions of the images before it.
+    let starts: Vec<usize> = lowered
+        .iter()
+        .scan(0, |at, (_, oh, ow)| {
+            let start = *at;
+            *at += oh * ow;
+            Some(start)
+        })
+        .collect();
+    let done: Vec<Finished> = acts
+        .par_iter()
+        .zip(lowered)
+        .zip(&starts)
+        .map(|((a, (_, oh, ow)), &at)| {
+            let positions = oh * ow;
+            finish(
+                m,
+                &sums[at * m.outputs..(at + positions) * m.outputs],
+                a.scale,
+                positions,
+            )
+        })
+        .collect();
+    let mut logits = Vec::new();
+    for ((a, (_, oh, ow)), d) in acts.iter_mut().zip(lowered).zip(done) {
+        match d {
+            Ok((data, scale)) => {
+                *a = Activation {
+                    c: m.outputs,
+                    h: *oh,
+                    w: *ow,
+                    data,
+                    scale,
+                }
+            }
+            Err(l) => logits.push(l),
+        }
+    }
+    logits
 }
 
 #[allow(clippy::too_many_arguments)]

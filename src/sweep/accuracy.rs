@@ -16,48 +16,70 @@ use crate::experiment::workload::Layer;
 use crate::experiment::{
     stable_hash, stable_hash_bytes, Experiment, NetworkParams, Params, Point, FNV_OFFSET,
 };
+use crate::io::csv::{columns, record, OutputLock};
 use crate::io::dataset::Dataset;
 use crate::model::MappingSpec;
 use crate::network::Network;
-use crate::sweep::output;
+use crate::sweep::output::{self, fixed6, ArrayColumns, NoiseColumns};
+use crate::sweep::resume::ResultFile;
 use rayon::prelude::*;
+use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Columns of `OUT/NAME.csv` for accuracy experiments, in order.
-pub const COLUMNS: [&str; 27] = [
-    "experiment",
-    "point",
-    "mapping",
-    "model",
-    "images",
-    "parallelism",
-    "adc_bits",
-    "adc_range",
-    "encoding",
-    "cell_sigma",
-    "noise_mode",
-    "read_sigma",
-    "leak",
-    "p_sa0",
-    "p_sa1",
-    "trials",
-    "seed",
-    "clean_accuracy",
-    "mean_accuracy",
-    "std_accuracy",
-    "min_accuracy",
-    "max_accuracy",
-    "accuracy_drop",
-    "engine",
-    "images_per_s",
-    "seconds",
-    "point_key",
-];
+/// The columns of `OUT/NAME.csv` for accuracy experiments: one row per
+/// (point, mapping).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AccuracyRow {
+    pub experiment: String,
+    pub point: usize,
+    pub mapping: String,
+    pub model: String,
+    pub images: usize,
+    pub array: ArrayColumns,
+    pub encoding: String,
+    pub noise: NoiseColumns,
+    pub trials: u32,
+    pub seed: u64,
+    #[serde(serialize_with = "fixed6")]
+    pub clean_accuracy: f64,
+    #[serde(serialize_with = "fixed6")]
+    pub mean_accuracy: f64,
+    #[serde(serialize_with = "fixed6")]
+    pub std_accuracy: f64,
+    #[serde(serialize_with = "fixed6")]
+    pub min_accuracy: f64,
+    #[serde(serialize_with = "fixed6")]
+    pub max_accuracy: f64,
+    #[serde(serialize_with = "fixed6")]
+    pub accuracy_drop: f64,
+    pub engine: String,
+    #[serde(serialize_with = "fixed1")]
+    pub images_per_s: f64,
+    #[serde(serialize_with = "fixed2")]
+    pub seconds: f64,
+    pub point_key: String,
+}
 
-/// Columns of `OUT/NAME_trials.csv`: one accuracy per simulated chip.
-pub const TRIAL_COLUMNS: [&str; 5] = ["experiment", "point", "mapping", "trial", "accuracy"];
+/// The columns of `OUT/NAME_trials.csv`: one accuracy per simulated chip.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TrialRow {
+    pub experiment: String,
+    pub point: usize,
+    pub mapping: String,
+    pub trial: u32,
+    #[serde(serialize_with = "fixed6")]
+    pub accuracy: f64,
+}
+
+fn fixed1<S: serde::Serializer>(v: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{v:.1}"))
+}
+
+fn fixed2<S: serde::Serializer>(v: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{v:.2}"))
+}
 
 /// A network, its test images and its clean int8 accuracy.
 pub struct Workload {
@@ -234,14 +256,16 @@ pub struct Report {
     pub images: usize,
 }
 
-/// Everything checked before an engine is opened.
+/// Everything checked before an engine is opened. Holds the output lock
+/// until the run ends.
 pub struct Prepared {
     work: Workload,
     /// The resume key of every (point, mapping), points outermost.
     keys: Vec<String>,
-    csv: PathBuf,
-    trials_csv: PathBuf,
+    csv: ResultFile,
+    trials_csv: ResultFile,
     done: HashMap<String, (Vec<String>, Vec<Vec<String>>)>,
+    _lock: OutputLock,
 }
 
 /// A hash of the bytes of the files an accuracy experiment reads: the
@@ -278,51 +302,35 @@ fn key(
     format!("{:016x}", stable_hash(&text))
 }
 
-/// Loads the network and images and reads existing results; touches nothing.
+/// Loads the network and images, takes the output lock and reads existing
+/// results; writes nothing but the lock file.
 pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
     let net = exp.network.as_ref().expect("an accuracy experiment");
     let work = Workload::load(net)?;
-    let csv = opts.out_dir.join(format!("{}.csv", exp.name));
-    let trials_csv = opts.out_dir.join(format!("{}_trials.csv", exp.name));
     let inputs = inputs_hash(net)?;
+    let lock = OutputLock::acquire(&opts.out_dir, &exp.name)?;
+    let csv = ResultFile::of::<AccuracyRow>(&opts.out_dir, &format!("{}.csv", exp.name));
+    let trials_csv = ResultFile::of::<TrialRow>(&opts.out_dir, &format!("{}_trials.csv", exp.name));
     let keys: Vec<String> = exp
         .points
         .iter()
         .flat_map(|p| exp.mappings.iter().map(move |m| (p, m)))
         .map(|(p, m)| key(inputs, net, work.count, p, m))
         .collect();
+    let finished = csv.finished("point_key", &keys, opts.fresh)?;
+    let trial_rows = trials_csv.companion_rows(opts.fresh)?;
+    let (pc, mc, tc) = (csv.col("point"), csv.col("mapping"), csv.col("trials"));
+    let (tpc, tmc) = (trials_csv.col("point"), trials_csv.col("mapping"));
     let mut done = HashMap::new();
-    if !opts.fresh {
-        if let Some((header, rows)) = crate::io::csv::read_csv(&csv)? {
-            if header != COLUMNS {
-                return Err(Error::Results {
-                    path: csv,
-                    msg: "has other columns than an accuracy experiment writes; pass --fresh to overwrite it or --out DIR to write elsewhere".into(),
-                });
-            }
-            let kc = COLUMNS.len() - 1;
-            let stale = rows.iter().filter(|r| !keys.contains(&r[kc])).count();
-            if stale > 0 {
-                return Err(Error::Results {
-                    path: csv,
-                    msg: format!("holds {stale} row(s) from other parameters than this experiment now has; pass --fresh to overwrite them or --out DIR to write elsewhere"),
-                });
-            }
-            let trial_rows = crate::io::csv::read_csv(&trials_csv)?
-                .filter(|(h, _)| h == &TRIAL_COLUMNS)
-                .map(|(_, r)| r)
-                .unwrap_or_default();
-            for r in rows {
-                let t: Vec<Vec<String>> = trial_rows
-                    .iter()
-                    .filter(|t| t[1] == r[1] && t[2] == r[2])
-                    .cloned()
-                    .collect();
-                let trials: usize = r[15].parse().unwrap_or(0);
-                if t.len() == trials {
-                    done.insert(r[kc].clone(), (r, t));
-                }
-            }
+    for (k, r) in finished {
+        let t: Vec<Vec<String>> = trial_rows
+            .iter()
+            .filter(|t| t[tpc] == r[pc] && t[tmc] == r[mc])
+            .cloned()
+            .collect();
+        // A row whose per-chip accuracies are not all there is recomputed.
+        if r[tc].parse() == Ok(t.len()) {
+            done.insert(k, (r, t));
         }
     }
     Ok(Prepared {
@@ -331,7 +339,15 @@ pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
         csv,
         trials_csv,
         done,
+        _lock: lock,
     })
+}
+
+impl Prepared {
+    /// How many (point, mapping) rows existing results already hold.
+    pub fn finished(&self) -> usize {
+        self.done.len()
+    }
 }
 
 /// Runs every (point, mapping) of an accuracy experiment not already in
@@ -344,15 +360,8 @@ pub fn run(
     engines: &mut [Box<dyn Engine + Send>],
     opts: &Options,
 ) -> Result<Report> {
-    let Prepared {
-        work,
-        keys,
-        csv,
-        trials_csv,
-        done,
-    } = prep;
     let net = exp.network.as_ref().expect("an accuracy experiment");
-    std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
+    let work = &prep.work;
     let device = match engines {
         [] => CpuEngine::new().device(),
         [e] => e.device(),
@@ -362,20 +371,18 @@ pub fn run(
         .points
         .iter()
         .flat_map(|p| exp.mappings.iter().map(move |_| p.params.trials as u64))
-        .zip(&keys)
-        .filter(|(_, k)| !done.contains_key(*k))
+        .zip(&prep.keys)
+        .filter(|(_, k)| !prep.done.contains_key(*k))
         .map(|(t, _)| t)
         .sum();
     let bar = crate::sweep::run::progress_bar(opts.progress, todo, "chips");
-
     let (mut rows, mut trial_rows) = (Vec::new(), Vec::new());
     let (mut computed, mut resumed) = (0, 0);
-    let mut keys = keys.into_iter();
+    let mut keys = prep.keys.iter();
     for point in &exp.points {
-        let params = &point.params;
         for mapping in &exp.mappings {
             let key = keys.next().expect("a key per row");
-            if let Some((r, t)) = done.get(&key) {
+            if let Some((r, t)) = prep.done.get(key) {
                 rows.push(r.clone());
                 trial_rows.extend(t.iter().cloned());
                 resumed += 1;
@@ -384,114 +391,50 @@ pub fn run(
             if let Some(b) = &bar {
                 b.set_message(crate::sweep::run::progress_message(point, mapping));
             }
-            let sim = SimNetwork::new(&work, params, mapping, net.calibration_images)?;
+            let sim = SimNetwork::new(work, &point.params, mapping, net.calibration_images)?;
             let start = Instant::now();
             let tick = || {
                 if let Some(b) = &bar {
                     b.inc(1);
                 }
             };
-            let accs: Vec<f64> = if engines.is_empty() {
-                (0..params.trials)
-                    .into_par_iter()
-                    .map(|t| {
-                        let a = sim.accuracy(&work, &mut CpuEngine::new(), t);
-                        tick();
-                        a
-                    })
-                    .collect::<Result<_>>()?
-            } else {
-                let k = engines.len();
-                let (sim, work, tick) = (&sim, &work, &tick);
-                let parts: Vec<Result<Vec<(u32, f64)>>> = std::thread::scope(|s| {
-                    let handles: Vec<_> = engines
-                        .iter_mut()
-                        .enumerate()
-                        .map(|(e, engine)| {
-                            s.spawn(move || {
-                                let mut out = Vec::new();
-                                for t in (e as u32..params.trials).step_by(k) {
-                                    out.push((t, sim.accuracy(work, engine.as_mut(), t)?));
-                                    tick();
-                                }
-                                Ok(out)
-                            })
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().expect("engine thread"))
-                        .collect()
-                });
-                let mut all = Vec::new();
-                for p in parts {
-                    all.extend(p?);
-                }
-                all.sort_by_key(|p| p.0);
-                all.into_iter().map(|p| p.1).collect()
-            };
-            let seconds = start.elapsed().as_secs_f64();
-            let n = accs.len() as f64;
-            let mean = accs.iter().sum::<f64>() / n;
-            let std =
-                (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
-            let min = accs.iter().cloned().fold(f64::INFINITY, f64::min);
-            let max = accs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let g = |v: f64| format!("{v:.6}");
-            let nz = &params.noise;
-            rows.push(vec![
-                exp.name.clone(),
-                point.index.to_string(),
-                mapping.name.clone(),
-                net.model.display().to_string(),
-                work.count.to_string(),
-                params.parallelism.to_string(),
-                params.adc_bits.map_or("ideal".into(), |b| b.to_string()),
-                mapping.adc_range.label().into(),
-                mapping.encoding.label().into(),
-                nz.cell_sigma.to_string(),
-                format!("{:?}", nz.mode).to_lowercase(),
-                nz.read_sigma.to_string(),
-                nz.leak.to_string(),
-                nz.p_sa0.to_string(),
-                nz.p_sa1.to_string(),
-                params.trials.to_string(),
-                params.seed.to_string(),
-                g(work.clean_accuracy),
-                g(mean),
-                g(std),
-                g(min),
-                g(max),
-                // + 0.0 turns a -0 drop into 0.
-                g(work.clean_accuracy - mean + 0.0),
-                device.clone(),
-                format!("{:.1}", n * work.count as f64 / seconds),
-                format!("{seconds:.2}"),
-                key,
-            ]);
-            for (t, a) in accs.iter().enumerate() {
-                trial_rows.push(vec![
-                    exp.name.clone(),
-                    point.index.to_string(),
-                    mapping.name.clone(),
-                    t.to_string(),
-                    g(*a),
-                ]);
-            }
+            let accs = chip_accuracies(&sim, work, point.params.trials, engines, &tick)?;
+            let row = AccuracyRow::new(
+                exp,
+                point,
+                mapping,
+                work,
+                &accs,
+                start.elapsed().as_secs_f64(),
+            );
+            trial_rows.extend(accs.iter().zip(0..).map(|(&accuracy, trial)| {
+                record(&TrialRow {
+                    experiment: exp.name.clone(),
+                    point: point.index,
+                    mapping: mapping.name.clone(),
+                    trial,
+                    accuracy,
+                })
+            }));
+            rows.push(record(&AccuracyRow {
+                engine: device.clone(),
+                point_key: key.clone(),
+                ..row
+            }));
             computed += 1;
             // Results so far are on disk after every (point, mapping).
-            crate::io::csv::write_csv_atomic(&csv, &COLUMNS, &rows)?;
-            crate::io::csv::write_csv_atomic(&trials_csv, &TRIAL_COLUMNS, &trial_rows)?;
+            prep.csv.write(&rows)?;
+            prep.trials_csv.write(&trial_rows)?;
         }
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    crate::io::csv::write_csv_atomic(&csv, &COLUMNS, &rows)?;
-    crate::io::csv::write_csv_atomic(&trials_csv, &TRIAL_COLUMNS, &trial_rows)?;
+    prep.csv.write(&rows)?;
+    prep.trials_csv.write(&trial_rows)?;
     Ok(Report {
-        csv,
-        trials_csv,
+        csv: prep.csv.path.clone(),
+        trials_csv: prep.trials_csv.path.clone(),
         rows,
         computed,
         resumed,
@@ -500,9 +443,106 @@ pub fn run(
     })
 }
 
+/// The accuracy of every chip (trial) of one (point, mapping), in trial
+/// order: on the CPU engine one chip per thread, or every k-th chip on
+/// each of k engines on its own host thread.
+fn chip_accuracies(
+    sim: &SimNetwork,
+    work: &Workload,
+    trials: u32,
+    engines: &mut [Box<dyn Engine + Send>],
+    tick: &(dyn Fn() + Sync),
+) -> Result<Vec<f64>> {
+    if engines.is_empty() {
+        return (0..trials)
+            .into_par_iter()
+            .map(|t| {
+                let a = sim.accuracy(work, &mut CpuEngine::new(), t);
+                tick();
+                a
+            })
+            .collect();
+    }
+    let k = engines.len();
+    let parts: Vec<Result<Vec<(u32, f64)>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = engines
+            .iter_mut()
+            .enumerate()
+            .map(|(e, engine)| {
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    for t in (e as u32..trials).step_by(k) {
+                        out.push((t, sim.accuracy(work, engine.as_mut(), t)?));
+                        tick();
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("engine thread"))
+            .collect()
+    });
+    let mut all = Vec::new();
+    for p in parts {
+        all.extend(p?);
+    }
+    all.sort_by_key(|p| p.0);
+    Ok(all.into_iter().map(|p| p.1).collect())
+}
+
+impl AccuracyRow {
+    /// The row of one (point, mapping) from its chips' accuracies; `engine`
+    /// and `point_key` are left for the caller.
+    fn new(
+        exp: &Experiment,
+        point: &Point,
+        mapping: &MappingSpec,
+        work: &Workload,
+        accs: &[f64],
+        seconds: f64,
+    ) -> Self {
+        let net = exp.network.as_ref().expect("an accuracy experiment");
+        let n = accs.len() as f64;
+        let mean = accs.iter().sum::<f64>() / n;
+        let std =
+            (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+        AccuracyRow {
+            experiment: exp.name.clone(),
+            point: point.index,
+            mapping: mapping.name.clone(),
+            model: net.model.display().to_string(),
+            images: work.count,
+            array: ArrayColumns::new(&point.params, mapping),
+            encoding: mapping.encoding.label().into(),
+            noise: NoiseColumns::new(&point.params.noise),
+            trials: point.params.trials,
+            seed: point.params.seed,
+            clean_accuracy: work.clean_accuracy,
+            mean_accuracy: mean,
+            std_accuracy: std,
+            min_accuracy: accs.iter().cloned().fold(f64::INFINITY, f64::min),
+            max_accuracy: accs.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+            // + 0.0 turns a -0 drop into 0.
+            accuracy_drop: work.clean_accuracy - mean + 0.0,
+            engine: String::new(),
+            images_per_s: n * work.count as f64 / seconds,
+            seconds,
+            point_key: String::new(),
+        }
+    }
+}
+
 /// The console table: one line per (point, mapping).
 pub fn format_table(exp: &Experiment, rows: &[Vec<String>]) -> String {
-    let col = |name: &str| COLUMNS.iter().position(|c| *c == name).unwrap();
+    let columns = columns::<AccuracyRow>();
+    let col = |name: &str| {
+        columns
+            .iter()
+            .position(|c| c == name)
+            .expect("an AccuracyRow column")
+    };
     let mut header = vec!["point".to_string()];
     header.extend(exp.axes.iter().cloned());
     header.extend(["mapping", "mean acc", "std", "min", "drop", "images/s"].map(String::from));

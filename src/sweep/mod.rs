@@ -3,4 +3,5 @@
 
 pub mod accuracy;
 pub mod output;
+pub mod resume;
 pub mod run;

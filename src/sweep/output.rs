@@ -1,89 +1,13 @@
-//! Result files: tidy CSV rows with a stable column order, written
-//! atomically (temporary file, then rename) after every sweep point.
+//! Result rows: one `Serialize` struct per output file, so a file's header
+//! (its field names, [`crate::io::csv::columns`]) and its values cannot
+//! disagree, and a resume key from a stable serialisation of the parameters.
 
 use crate::engine::stats::Summary;
 use crate::experiment::plan::Plan;
-use crate::experiment::{InputSource, NoiseMode, Params, Point, WeightSource};
+use crate::experiment::{InputSource, NoiseParams, Params, Point, WeightSource};
+use crate::io::csv::record;
 use crate::model::MappingSpec;
-
-/// Columns of `OUT/NAME.csv`, in order.
-pub const COLUMNS: [&str; 64] = [
-    "experiment",
-    "point",
-    "mapping",
-    "k",
-    "n",
-    "inputs",
-    "weight_bits",
-    "input_bits",
-    "weights",
-    "inputs_source",
-    "input_zero_fraction",
-    "parallelism",
-    "adc_bits",
-    "adc_range",
-    "calibrate_percentile",
-    "encoding",
-    "skip_zero_planes",
-    "skip_zero_inputs",
-    "cell_sigma",
-    "noise_mode",
-    "read_sigma",
-    "leak",
-    "p_sa0",
-    "p_sa1",
-    "sampling",
-    "trials",
-    "seed",
-    "bias",
-    "std",
-    "rmse",
-    "max_abs",
-    "p50_abs",
-    "p90_abs",
-    "p99_abs",
-    "p999_abs",
-    "snr_db",
-    "trial_rmse_mean",
-    "trial_rmse_std",
-    "trial_rmse_p5",
-    "trial_rmse_p50",
-    "trial_rmse_p95",
-    "adc_conversions",
-    "active_cell_reads",
-    "skipped_planes",
-    "skipped_input_planes",
-    "macs",
-    "cell_macs",
-    "conversions_per_mac",
-    "reads_per_mac",
-    "skipped_plane_fraction",
-    "digit_density",
-    "plane_density",
-    "adc_fj_per_step",
-    "cell_fj",
-    "energy_fj_per_mac",
-    "energy_adc_share",
-    "engine",
-    "device",
-    "elapsed_s",
-    "cell_macs_per_s",
-    "version",
-    "point_key",
-    "exact_std",
-    "planes",
-];
-
-/// Columns of `OUT/NAME_hist.csv`, in order.
-pub const HIST_COLUMNS: [&str; 7] = [
-    "experiment",
-    "point",
-    "mapping",
-    "bin_lo",
-    "bin_hi",
-    "count",
-    "point_key",
-];
+use serde::{Serialize, Serializer};
 
 /// Where a run's engine ran.
 #[derive(Clone, Debug)]
@@ -93,55 +17,338 @@ pub struct RunInfo {
     pub elapsed_s: f64,
 }
 
-fn g(v: f64) -> String {
-    if v.is_infinite() {
-        if v > 0.0 {
-            "inf".into()
+/// Formats of the numbers in result files, chosen per column.
+mod fmt {
+    use serde::Serializer;
+
+    /// Seven significant digits, `inf` and `-inf` spelled out.
+    pub fn sci<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_infinite() {
+            s.serialize_str(if *v > 0.0 { "inf" } else { "-inf" })
         } else {
-            "-inf".into()
+            s.collect_str(&format_args!("{v:.6e}"))
         }
-    } else {
-        format!("{v:.6e}")
+    }
+
+    /// [`sci`], or an empty field.
+    pub fn sci_opt<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => sci(v, s),
+            None => s.serialize_str(""),
+        }
+    }
+
+    /// The shortest text that reads back as the same value (Rust's `Display`).
+    pub fn display<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    /// [`display`], or an empty field.
+    pub fn display_opt<T: std::fmt::Display, S: Serializer>(
+        v: &Option<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.collect_str(v),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn fixed3<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{v:.3}"))
+    }
+
+    pub fn fixed6<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{v:.6}"))
+    }
+
+    /// Four decimals, or an empty field.
+    pub fn fixed4_opt<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.collect_str(&format_args!("{v:.4}")),
+            None => s.serialize_str(""),
+        }
     }
 }
 
-/// The resume key of one (point, mapping): every parameter that shapes the result.
-pub fn point_key(params: &Params, mapping: &MappingSpec) -> String {
-    let text = format!(
-        "{}|{mapping:?}|v{}",
-        params.fingerprint(),
-        env!("CARGO_PKG_VERSION")
-    );
-    format!("{:016x}", crate::experiment::stable_hash(&text))
+pub(crate) use fmt::{display, fixed3, fixed6};
+
+/// ADC bits as result files write them: a number, or `ideal`.
+fn adc_bits<S: Serializer>(v: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(b) => s.collect_str(b),
+        None => s.serialize_str("ideal"),
+    }
 }
 
-/// One result row, in `COLUMNS` order.
-pub fn result_row(
-    experiment: &str,
-    point: &Point,
-    plan: &Plan,
-    s: &Summary,
-    run: &RunInfo,
-) -> Vec<String> {
-    let p = &point.params;
-    let l = &p.layer;
-    let weights = match &l.weights {
-        WeightSource::Gaussian => "gaussian".to_string(),
-        WeightSource::Laplace => "laplace".to_string(),
-        WeightSource::File(f) => f.display().to_string(),
-    };
-    let (inputs_source, zf) = match &l.input_source {
-        InputSource::RectifiedGaussian { zero_fraction } => {
-            ("rectified-gaussian".to_string(), zero_fraction.to_string())
+/// The array columns both result files share.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ArrayColumns {
+    pub parallelism: usize,
+    #[serde(serialize_with = "adc_bits")]
+    pub adc_bits: Option<u32>,
+    pub adc_range: String,
+}
+
+impl ArrayColumns {
+    pub fn new(params: &Params, mapping: &MappingSpec) -> Self {
+        ArrayColumns {
+            parallelism: params.parallelism,
+            adc_bits: params.adc_bits,
+            adc_range: mapping.adc_range.label().into(),
         }
-        InputSource::File(f) => (f.display().to_string(), String::new()),
-    };
-    let c = &s.counters;
-    let groups = (plan.chunks * plan.j * plan.n) as f64;
-    let cell_macs_total = c.cell_macs as f64 * s.trials as f64;
-    // Non-zero digit density of each plane.
+    }
+}
+
+/// The noise columns both result files share.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NoiseColumns {
+    #[serde(serialize_with = "display")]
+    pub cell_sigma: f32,
+    pub noise_mode: String,
+    #[serde(serialize_with = "display")]
+    pub read_sigma: f32,
+    #[serde(serialize_with = "display")]
+    pub leak: f32,
+    #[serde(serialize_with = "display")]
+    pub p_sa0: f32,
+    #[serde(serialize_with = "display")]
+    pub p_sa1: f32,
+}
+
+impl NoiseColumns {
+    pub fn new(noise: &NoiseParams) -> Self {
+        NoiseColumns {
+            cell_sigma: noise.cell_sigma,
+            noise_mode: noise.mode.label().into(),
+            read_sigma: noise.read_sigma,
+            leak: noise.leak,
+            p_sa0: noise.p_sa0,
+            p_sa1: noise.p_sa1,
+        }
+    }
+}
+
+/// The columns of `OUT/NAME.csv`: one row per (sweep point, mapping).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ResultRow {
+    pub experiment: String,
+    pub point: usize,
+    pub mapping: String,
+    pub k: usize,
+    pub n: usize,
+    pub inputs: usize,
+    pub weight_bits: u32,
+    pub input_bits: u32,
+    pub weights: String,
+    pub inputs_source: String,
+    #[serde(serialize_with = "fmt::display_opt")]
+    pub input_zero_fraction: Option<f64>,
+    pub array: ArrayColumns,
+    #[serde(serialize_with = "display")]
+    pub calibrate_percentile: f64,
+    pub encoding: String,
+    pub skip_zero_planes: bool,
+    pub skip_zero_inputs: bool,
+    pub noise: NoiseColumns,
+    pub sampling: String,
+    pub trials: u32,
+    pub seed: u64,
+    pub errors: ErrorColumns,
+    pub cost: CostColumns,
+    pub engine: String,
+    pub device: String,
+    #[serde(serialize_with = "fixed3")]
+    pub elapsed_s: f64,
+    #[serde(serialize_with = "fmt::sci")]
+    pub cell_macs_per_s: f64,
+    pub version: String,
+    pub point_key: String,
+    #[serde(serialize_with = "fmt::sci")]
+    pub exact_std: f64,
+    pub planes: usize,
+}
+
+impl ResultRow {
+    /// The row of one finished (point, mapping).
+    pub fn new(experiment: &str, point: &Point, plan: &Plan, s: &Summary, run: &RunInfo) -> Self {
+        let p = &point.params;
+        let l = &p.layer;
+        let (inputs_source, input_zero_fraction) = input_source(&l.input_source);
+        let cell_macs_total = s.counters.cell_macs as f64 * s.trials as f64;
+        ResultRow {
+            experiment: experiment.into(),
+            point: point.index,
+            mapping: plan.mapping.name.clone(),
+            k: plan.k,
+            n: plan.n,
+            inputs: plan.b,
+            weight_bits: l.weight_bits,
+            input_bits: l.input_bits,
+            weights: weight_source(&l.weights),
+            inputs_source,
+            input_zero_fraction,
+            array: ArrayColumns::new(p, &plan.mapping),
+            calibrate_percentile: p.calibrate_percentile,
+            encoding: plan.mapping.encoding.label().into(),
+            skip_zero_planes: plan.mapping.skip_zero_planes,
+            skip_zero_inputs: plan.mapping.skip_zero_inputs,
+            noise: NoiseColumns::new(&p.noise),
+            sampling: plan.path.label().into(),
+            trials: s.trials,
+            seed: p.seed,
+            errors: ErrorColumns::new(s),
+            cost: CostColumns::new(p, plan, s),
+            engine: run.engine.clone(),
+            device: run.device.clone(),
+            elapsed_s: run.elapsed_s,
+            cell_macs_per_s: if run.elapsed_s > 0.0 {
+                cell_macs_total / run.elapsed_s
+            } else {
+                0.0
+            },
+            version: env!("CARGO_PKG_VERSION").into(),
+            point_key: point_key(p, &plan.mapping),
+            exact_std: plan.exact_std,
+            planes: plan.j,
+        }
+    }
+}
+
+fn weight_source(w: &WeightSource) -> String {
+    match w {
+        WeightSource::Gaussian => "gaussian".into(),
+        WeightSource::Laplace => "laplace".into(),
+        WeightSource::File(f) => f.display().to_string(),
+    }
+}
+
+fn input_source(x: &InputSource) -> (String, Option<f64>) {
+    match x {
+        InputSource::RectifiedGaussian { zero_fraction } => {
+            ("rectified-gaussian".into(), Some(*zero_fraction))
+        }
+        InputSource::File(f) => (f.display().to_string(), None),
+    }
+}
+
+/// Error statistics of a result row (see docs/MODEL.md, Outputs).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ErrorColumns {
+    #[serde(serialize_with = "fmt::sci")]
+    pub bias: f64,
+    #[serde(serialize_with = "fmt::sci")]
+    pub std: f64,
+    #[serde(serialize_with = "fmt::sci")]
+    pub rmse: f64,
+    #[serde(serialize_with = "fmt::sci")]
+    pub max_abs: f64,
+    #[serde(serialize_with = "fmt::sci")]
+    pub p50_abs: f64,
+    #[serde(serialize_with = "fmt::sci")]
+    pub p90_abs: f64,
+    #[serde(serialize_with = "fmt::sci")]
+    pub p99_abs: f64,
+    #[serde(serialize_with = "fmt::sci")]
+    pub p999_abs: f64,
+    #[serde(serialize_with = "fixed3")]
+    pub snr_db: f64,
+    #[serde(serialize_with = "fmt::sci")]
+    pub trial_rmse_mean: f64,
+    #[serde(serialize_with = "fmt::sci")]
+    pub trial_rmse_std: f64,
+    #[serde(serialize_with = "fmt::sci")]
+    pub trial_rmse_p5: f64,
+    #[serde(serialize_with = "fmt::sci")]
+    pub trial_rmse_p50: f64,
+    #[serde(serialize_with = "fmt::sci")]
+    pub trial_rmse_p95: f64,
+}
+
+impl ErrorColumns {
+    fn new(s: &Summary) -> Self {
+        ErrorColumns {
+            bias: s.bias,
+            std: s.std,
+            rmse: s.rmse,
+            max_abs: s.max_abs,
+            p50_abs: s.p50_abs,
+            p90_abs: s.p90_abs,
+            p99_abs: s.p99_abs,
+            p999_abs: s.p999_abs,
+            snr_db: s.snr_db,
+            trial_rmse_mean: s.trial_rmse_mean,
+            trial_rmse_std: s.trial_rmse_std,
+            trial_rmse_p5: s.trial_rmse_p5,
+            trial_rmse_p50: s.trial_rmse_p50,
+            trial_rmse_p95: s.trial_rmse_p95,
+        }
+    }
+}
+
+/// Cost counters per trial, digit statistics and the energy proxy.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CostColumns {
+    pub adc_conversions: u64,
+    pub active_cell_reads: u64,
+    pub skipped_planes: u64,
+    pub skipped_input_planes: u64,
+    pub macs: u64,
+    pub cell_macs: u64,
+    #[serde(serialize_with = "fmt::sci")]
+    pub conversions_per_mac: f64,
+    #[serde(serialize_with = "fmt::sci")]
+    pub reads_per_mac: f64,
+    #[serde(serialize_with = "fixed6")]
+    pub skipped_plane_fraction: f64,
+    #[serde(serialize_with = "fixed6")]
+    pub digit_density: f64,
+    /// Non-zero digit density of each plane, `;`-separated.
+    pub plane_density: String,
+    #[serde(serialize_with = "display")]
+    pub adc_fj_per_step: f64,
+    #[serde(serialize_with = "display")]
+    pub cell_fj: f64,
+    #[serde(serialize_with = "fmt::sci_opt")]
+    pub energy_fj_per_mac: Option<f64>,
+    #[serde(serialize_with = "fmt::fixed4_opt")]
+    pub energy_adc_share: Option<f64>,
+}
+
+impl CostColumns {
+    fn new(p: &Params, plan: &Plan, s: &Summary) -> Self {
+        let c = &s.counters;
+        let groups = (plan.chunks * plan.j * plan.n) as f64;
+        let density = plane_densities(plan);
+        let energy = energy_per_mac(p, &s.counters);
+        CostColumns {
+            adc_conversions: c.conversions,
+            active_cell_reads: c.active_reads,
+            skipped_planes: c.skipped_groups,
+            skipped_input_planes: c.skipped_input_planes,
+            macs: c.macs,
+            cell_macs: c.cell_macs,
+            conversions_per_mac: c.conversions as f64 / c.macs as f64,
+            reads_per_mac: c.active_reads as f64 / c.macs as f64,
+            skipped_plane_fraction: c.skipped_groups as f64 / groups,
+            digit_density: density.iter().sum::<f64>() / density.len() as f64,
+            plane_density: density
+                .iter()
+                .map(|d| format!("{d:.4}"))
+                .collect::<Vec<_>>()
+                .join(";"),
+            adc_fj_per_step: p.energy.adc_fj_per_step,
+            cell_fj: p.energy.cell_fj,
+            energy_fj_per_mac: energy.map(|e| e.0),
+            energy_adc_share: energy.map(|e| e.1),
+        }
+    }
+}
+
+/// Non-zero digit density of each plane of a plan.
+fn plane_densities(plan: &Plan) -> Vec<f64> {
     let per_plane = plan.k * plan.n;
-    let density: Vec<f64> = (0..plan.j)
+    (0..plan.j)
         .map(|j| {
             plan.digits[j * per_plane..(j + 1) * per_plane]
                 .iter()
@@ -149,9 +356,14 @@ pub fn result_row(
                 .count() as f64
                 / per_plane as f64
         })
-        .collect();
-    // Energy proxy per MAC: conversions at FOM * 2^bits, plus active cell reads (no figure for an ideal ADC).
-    let energy = p.adc_bits.map(|bits| {
+        .collect()
+}
+
+/// The energy proxy per MAC and the ADC's share of it (docs/MODEL.md):
+/// conversions at the Walden figure of merit times `2^bits` steps, plus
+/// active cell reads; no figure for an ideal ADC.
+pub fn energy_per_mac(p: &Params, c: &crate::experiment::plan::Counters) -> Option<(f64, f64)> {
+    p.adc_bits.map(|bits| {
         let adc = c.conversions as f64 * p.energy.adc_fj_per_step * (1u64 << bits) as f64;
         let cells = c.active_reads as f64 * p.energy.cell_fj;
         let total = adc + cells;
@@ -159,83 +371,88 @@ pub fn result_row(
             total / c.macs as f64,
             if total > 0.0 { adc / total } else { 0.0 },
         )
-    });
-    vec![
-        experiment.to_string(),
-        point.index.to_string(),
-        plan.mapping.name.clone(),
-        plan.k.to_string(),
-        plan.n.to_string(),
-        plan.b.to_string(),
-        l.weight_bits.to_string(),
-        l.input_bits.to_string(),
-        weights,
+    })
+}
+
+/// The columns of `OUT/NAME_hist.csv`: error histogram bins per (point, mapping).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HistRow {
+    pub experiment: String,
+    pub point: usize,
+    pub mapping: String,
+    #[serde(serialize_with = "fmt::sci")]
+    pub bin_lo: f64,
+    #[serde(serialize_with = "fmt::sci")]
+    pub bin_hi: f64,
+    pub count: u64,
+    pub point_key: String,
+}
+
+/// Revision of the resume key: part of every key, raised when the same
+/// parameters would give other results (a change of the model), so that
+/// rows from before are refused instead of resumed.
+pub const KEY_REVISION: u32 = 2;
+
+/// Every parameter that shapes a (point, mapping)'s result, in a fixed order
+/// and format of our own (not `Debug`, which may change between Rust
+/// versions): the text behind [`point_key`].
+#[derive(Serialize)]
+struct KeyFields {
+    revision: u32,
+    trials: u32,
+    seed: u64,
+    k: usize,
+    n: usize,
+    inputs: usize,
+    weight_bits: u32,
+    input_bits: u32,
+    weights: String,
+    inputs_source: String,
+    #[serde(serialize_with = "fmt::display_opt")]
+    zero_fraction: Option<f64>,
+    array: ArrayColumns,
+    #[serde(serialize_with = "display")]
+    calibrate_percentile: f64,
+    noise: NoiseColumns,
+    sampling: String,
+    #[serde(serialize_with = "display")]
+    adc_fj_per_step: f64,
+    #[serde(serialize_with = "display")]
+    cell_fj: f64,
+    mapping: String,
+    encoding: String,
+    skip_zero_planes: bool,
+    skip_zero_inputs: bool,
+}
+
+/// The resume key of one (point, mapping): a stable hash of every parameter
+/// that shapes the result ([`KEY_REVISION`] included).
+pub fn point_key(params: &Params, mapping: &MappingSpec) -> String {
+    let l = &params.layer;
+    let (inputs_source, zero_fraction) = input_source(&l.input_source);
+    let fields = KeyFields {
+        revision: KEY_REVISION,
+        trials: params.trials,
+        seed: params.seed,
+        k: l.k,
+        n: l.n,
+        inputs: l.inputs,
+        weight_bits: l.weight_bits,
+        input_bits: l.input_bits,
+        weights: weight_source(&l.weights),
         inputs_source,
-        zf,
-        p.parallelism.to_string(),
-        p.adc_bits.map_or("ideal".to_string(), |b| b.to_string()),
-        plan.mapping.adc_range.label().to_string(),
-        p.calibrate_percentile.to_string(),
-        plan.mapping.encoding.label().to_string(),
-        plan.mapping.skip_zero_planes.to_string(),
-        plan.mapping.skip_zero_inputs.to_string(),
-        p.noise.cell_sigma.to_string(),
-        match p.noise.mode {
-            NoiseMode::Static => "static",
-            NoiseMode::Dynamic => "dynamic",
-        }
-        .to_string(),
-        p.noise.read_sigma.to_string(),
-        p.noise.leak.to_string(),
-        p.noise.p_sa0.to_string(),
-        p.noise.p_sa1.to_string(),
-        plan.path.label().to_string(),
-        s.trials.to_string(),
-        p.seed.to_string(),
-        g(s.bias),
-        g(s.std),
-        g(s.rmse),
-        g(s.max_abs),
-        g(s.p50_abs),
-        g(s.p90_abs),
-        g(s.p99_abs),
-        g(s.p999_abs),
-        format!("{:.3}", s.snr_db),
-        g(s.trial_rmse_mean),
-        g(s.trial_rmse_std),
-        g(s.trial_rmse_p5),
-        g(s.trial_rmse_p50),
-        g(s.trial_rmse_p95),
-        c.conversions.to_string(),
-        c.active_reads.to_string(),
-        c.skipped_groups.to_string(),
-        c.skipped_input_planes.to_string(),
-        c.macs.to_string(),
-        c.cell_macs.to_string(),
-        g(c.conversions as f64 / c.macs as f64),
-        g(c.active_reads as f64 / c.macs as f64),
-        format!("{:.6}", c.skipped_groups as f64 / groups),
-        format!("{:.6}", density.iter().sum::<f64>() / density.len() as f64),
-        density
-            .iter()
-            .map(|d| format!("{d:.4}"))
-            .collect::<Vec<_>>()
-            .join(";"),
-        p.energy.adc_fj_per_step.to_string(),
-        p.energy.cell_fj.to_string(),
-        energy.map_or(String::new(), |(e, _)| g(e)),
-        energy.map_or(String::new(), |(_, share)| format!("{share:.4}")),
-        run.engine.clone(),
-        run.device.clone(),
-        format!("{:.3}", run.elapsed_s),
-        g(if run.elapsed_s > 0.0 {
-            cell_macs_total / run.elapsed_s
-        } else {
-            0.0
-        }),
-        env!("CARGO_PKG_VERSION").to_string(),
-        point_key(p, &plan.mapping),
-        g(plan.exact_std),
-        plan.j.to_string(),
-    ]
+        zero_fraction,
+        array: ArrayColumns::new(params, mapping),
+        calibrate_percentile: params.calibrate_percentile,
+        noise: NoiseColumns::new(&params.noise),
+        sampling: params.noise.sampling.label().into(),
+        adc_fj_per_step: params.energy.adc_fj_per_step,
+        cell_fj: params.energy.cell_fj,
+        mapping: mapping.name.clone(),
+        encoding: mapping.encoding.label().into(),
+        skip_zero_planes: mapping.skip_zero_planes,
+        skip_zero_inputs: mapping.skip_zero_inputs,
+    };
+    let text = record(&fields).join("\u{1f}");
+    format!("{:016x}", crate::experiment::stable_hash(&text))
 }

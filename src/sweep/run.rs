@@ -3,12 +3,14 @@
 
 use crate::engine::stats::{coarse_rows, Accumulator};
 use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::experiment::plan::Plan;
 use crate::experiment::workload::Layers;
 use crate::experiment::{Experiment, Point};
+use crate::io::csv::{columns, record, OutputLock};
 use crate::model::MappingSpec;
-use crate::sweep::output::{self, RunInfo, COLUMNS, HIST_COLUMNS};
+use crate::sweep::output::{self, HistRow, ResultRow, RunInfo};
+use crate::sweep::resume::ResultFile;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -31,7 +33,7 @@ pub struct RunOptions {
 pub struct RunReport {
     pub csv: PathBuf,
     pub hist_csv: PathBuf,
-    /// Result rows, in `COLUMNS` order.
+    /// Result rows, as [`ResultRow`] fields.
     pub rows: Vec<Vec<String>>,
     pub computed: usize,
     pub resumed: usize,
@@ -46,23 +48,28 @@ pub fn result_paths(exp: &Experiment, out_dir: &std::path::Path) -> (PathBuf, Pa
 }
 
 /// Everything checked and loaded before an engine is opened: the layers
-/// build, and existing results can be resumed without losing any.
+/// build, and existing results can be resumed without losing any. Holds the
+/// output lock until the run ends.
 #[derive(Debug)]
 pub struct Prepared {
-    csv_path: PathBuf,
-    hist_path: PathBuf,
+    csv: ResultFile,
+    hist: ResultFile,
     /// (point index, key) of every (point, mapping), in order.
     wanted: Vec<(usize, String)>,
     done: HashMap<String, Vec<String>>,
     done_hist: HashMap<String, Vec<Vec<String>>>,
     layers: Layers,
+    _lock: OutputLock,
 }
 
-/// Checks an experiment's inputs and existing results; touches nothing.
+/// Checks an experiment's inputs, takes the output lock and reads existing
+/// results; writes nothing but the lock file.
 pub fn prepare(exp: &Experiment, opts: &RunOptions) -> Result<Prepared> {
     // Every layer must build (files exist, shapes and values fit) before any result is touched.
     let layers = Layers::build(&exp.points)?;
-    let (csv_path, hist_path) = result_paths(exp, &opts.out_dir);
+    let lock = OutputLock::acquire(&opts.out_dir, &exp.name)?;
+    let csv = ResultFile::of::<ResultRow>(&opts.out_dir, &format!("{}.csv", exp.name));
+    let hist = ResultFile::of::<HistRow>(&opts.out_dir, &format!("{}_hist.csv", exp.name));
     let wanted: Vec<(usize, String)> = exp
         .points
         .iter()
@@ -72,53 +79,31 @@ pub fn prepare(exp: &Experiment, opts: &RunOptions) -> Result<Prepared> {
                 .map(move |m| (p.index, output::point_key(&p.params, m)))
         })
         .collect();
-
-    // Resume: keep finished rows whose key is still wanted; refuse to drop others.
-    let mut done: HashMap<String, Vec<String>> = HashMap::new();
+    let keys: Vec<String> = wanted.iter().map(|(_, k)| k.clone()).collect();
+    let mut done = csv.finished("point_key", &keys, opts.fresh)?;
     let mut done_hist: HashMap<String, Vec<Vec<String>>> = HashMap::new();
-    if !opts.fresh {
-        if let Some((header, rows)) = crate::io::csv::read_csv(&csv_path)? {
-            if header != COLUMNS {
-                return Err(Error::Results {
-                    path: csv_path,
-                    msg: "has other columns than this version writes; pass --fresh to overwrite it or --out DIR to write elsewhere".into(),
-                });
-            }
-            let key_col = COLUMNS.iter().position(|c| *c == "point_key").unwrap();
-            let stale = rows
-                .iter()
-                .filter(|r| !wanted.iter().any(|(_, k)| *k == r[key_col]))
-                .count();
-            if stale > 0 {
-                return Err(Error::Results {
-                    path: csv_path,
-                    msg: format!(
-                        "holds {stale} row(s) from other parameters than this experiment now has; pass --fresh to overwrite them or --out DIR to write elsewhere"
-                    ),
-                });
-            }
-            for r in rows {
-                done.insert(r[key_col].clone(), r);
-            }
-            if let Some((hheader, hrows)) = crate::io::csv::read_csv(&hist_path)? {
-                if hheader == HIST_COLUMNS {
-                    for r in hrows {
-                        done_hist.entry(r[6].clone()).or_default().push(r);
-                    }
-                }
-            }
-        }
+    let hkey = hist.col("point_key");
+    for r in hist.companion_rows(opts.fresh)? {
+        done_hist.entry(r[hkey].clone()).or_default().push(r);
     }
     // A finished row without its histogram is recomputed.
     done.retain(|k, _| done_hist.contains_key(k));
     Ok(Prepared {
-        csv_path,
-        hist_path,
+        csv,
+        hist,
         wanted,
         done,
         done_hist,
         layers,
+        _lock: lock,
     })
+}
+
+impl Prepared {
+    /// How many (point, mapping) rows existing results already hold.
+    pub fn finished(&self) -> usize {
+        self.done.len()
+    }
 }
 
 /// Runs every (point, mapping) not already in the results.
@@ -128,101 +113,114 @@ pub fn run_experiment(
     engine: &mut dyn Engine,
     opts: &RunOptions,
 ) -> Result<RunReport> {
-    let Prepared {
-        csv_path,
-        hist_path,
-        wanted,
-        done,
-        done_hist,
-        layers,
-    } = prep;
-    std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
-
-    let total_trials: u64 = exp
+    let todo: u64 = exp
         .points
         .iter()
         .flat_map(|p| exp.mappings.iter().map(move |m| (p, m)))
-        .filter(|(p, m)| !done.contains_key(&output::point_key(&p.params, m)))
+        .filter(|(p, m)| !prep.done.contains_key(&output::point_key(&p.params, m)))
         .map(|(p, _)| p.params.trials as u64)
         .sum();
-    let bar = progress_bar(opts.progress, total_trials, "trials");
-
-    let mut rows: Vec<Vec<String>> = Vec::new();
-    let mut hist_rows: Vec<Vec<String>> = Vec::new();
+    let bar = progress_bar(opts.progress, todo, "trials");
+    let (mut rows, mut hist_rows) = (Vec::new(), Vec::new());
     let (mut computed, mut resumed) = (0, 0);
     for point in &exp.points {
-        let params = &point.params;
-        let layer = layers.for_point(point.index);
+        let layer = prep.layers.for_point(point.index);
         for mapping in &exp.mappings {
-            let key = output::point_key(params, mapping);
-            if let (Some(row), Some(h)) = (done.get(&key), done_hist.get(&key)) {
+            let key = output::point_key(&point.params, mapping);
+            if let (Some(row), Some(h)) = (prep.done.get(&key), prep.done_hist.get(&key)) {
                 rows.push(row.clone());
                 hist_rows.extend(h.iter().cloned());
                 resumed += 1;
                 continue;
             }
-            let plan = Plan::new(params, layer, mapping);
             if let Some(b) = &bar {
                 b.set_message(progress_message(point, mapping));
             }
-            let start = Instant::now();
-            let mut acc = Accumulator::default();
-            let batch = batch_size(&plan, params.trials);
-            let mut t = 0;
-            while t < params.trials {
-                let end = (t + batch).min(params.trials);
-                let b = engine.run(&plan, t..end, false)?;
-                acc.add(&b);
-                if let Some(bar) = &bar {
-                    bar.inc((end - t) as u64);
-                }
-                t = end;
-            }
-            let summary = acc.summary(&plan);
-            let run = RunInfo {
-                engine: engine.name().into(),
-                device: engine.device(),
-                elapsed_s: start.elapsed().as_secs_f64(),
-            };
-            let row = output::result_row(&exp.name, point, &plan, &summary, &run);
-            for (lo, hi, count) in coarse_rows(&acc.hist, 5) {
-                hist_rows.push(vec![
-                    exp.name.clone(),
-                    point.index.to_string(),
-                    mapping.name.clone(),
-                    format!("{lo:.6e}"),
-                    format!("{hi:.6e}"),
-                    count.to_string(),
-                    key.clone(),
-                ]);
-            }
+            let plan = Plan::new(&point.params, layer, mapping);
+            let (row, hist) = simulate_point(exp, point, &plan, engine, bar.as_ref())?;
             rows.push(row);
+            hist_rows.extend(hist);
             computed += 1;
         }
-        // Rewrite after every point, finished points first, so a crash loses at most this point.
-        let mut all_rows = rows.clone();
-        let mut all_hist = hist_rows.clone();
-        for (idx, key) in &wanted {
-            if *idx > point.index {
-                if let (Some(r), Some(h)) = (done.get(key), done_hist.get(key)) {
-                    all_rows.push(r.clone());
-                    all_hist.extend(h.iter().cloned());
-                }
-            }
-        }
-        crate::io::csv::write_csv_atomic(&csv_path, &COLUMNS, &all_rows)?;
-        crate::io::csv::write_csv_atomic(&hist_path, &HIST_COLUMNS, &all_hist)?;
+        write_point(&prep, point.index, &rows, &hist_rows)?;
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     Ok(RunReport {
-        csv: csv_path,
-        hist_csv: hist_path,
+        csv: prep.csv.path.clone(),
+        hist_csv: prep.hist.path.clone(),
         rows,
         computed,
         resumed,
     })
+}
+
+/// Simulates every trial of one (point, mapping) in batches: its result row
+/// and histogram rows.
+fn simulate_point(
+    exp: &Experiment,
+    point: &Point,
+    plan: &Plan,
+    engine: &mut dyn Engine,
+    bar: Option<&ProgressBar>,
+) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    let trials = point.params.trials;
+    let start = Instant::now();
+    let mut acc = Accumulator::default();
+    let batch = batch_size(plan, trials);
+    let mut t = 0;
+    while t < trials {
+        let end = (t + batch).min(trials);
+        acc.add(&engine.run(plan, t..end, false)?);
+        if let Some(bar) = bar {
+            bar.inc((end - t) as u64);
+        }
+        t = end;
+    }
+    let run = RunInfo {
+        engine: engine.name().into(),
+        device: engine.device(),
+        elapsed_s: start.elapsed().as_secs_f64(),
+    };
+    let row = ResultRow::new(&exp.name, point, plan, &acc.summary(plan), &run);
+    let hist = coarse_rows(&acc.hist, 5)
+        .into_iter()
+        .map(|(bin_lo, bin_hi, count)| {
+            record(&HistRow {
+                experiment: exp.name.clone(),
+                point: point.index,
+                mapping: plan.mapping.name.clone(),
+                bin_lo,
+                bin_hi,
+                count,
+                point_key: row.point_key.clone(),
+            })
+        })
+        .collect();
+    Ok((record(&row), hist))
+}
+
+/// Rewrites both files after a point: the rows so far, then the finished
+/// rows of later points, so a crash loses at most the point in flight.
+fn write_point(
+    prep: &Prepared,
+    index: usize,
+    rows: &[Vec<String>],
+    hist_rows: &[Vec<String>],
+) -> Result<()> {
+    let mut all_rows = rows.to_vec();
+    let mut all_hist = hist_rows.to_vec();
+    for (idx, key) in &prep.wanted {
+        if *idx > index {
+            if let (Some(r), Some(h)) = (prep.done.get(key), prep.done_hist.get(key)) {
+                all_rows.push(r.clone());
+                all_hist.extend(h.iter().cloned());
+            }
+        }
+    }
+    prep.csv.write(&all_rows)?;
+    prep.hist.write(&all_hist)
 }
 
 /// Trials per engine call: about 40 calls per point for progress, at least
@@ -240,7 +238,13 @@ fn batch_size(plan: &Plan, trials: u32) -> u32 {
 
 /// The comparison table for the terminal.
 pub fn format_table(exp: &Experiment, rows: &[Vec<String>]) -> String {
-    let col = |name: &str| COLUMNS.iter().position(|c| *c == name).unwrap();
+    let columns = columns::<ResultRow>();
+    let col = |name: &str| {
+        columns
+            .iter()
+            .position(|c| c == name)
+            .expect("a ResultRow column")
+    };
     let (ci, cm, cr, cs, cp, cc, ca) = (
         col("point"),
         col("mapping"),

@@ -1,0 +1,136 @@
+//! `zebra run` (and `zebra accuracy`): every sweep point of an experiment
+//! file under every mapping, on the chosen engine.
+
+use super::{bad_input, is_bad_input, make_engine, RunArgs};
+use crate::engine::gpu::GpuEngine;
+use crate::engine::Engine;
+use crate::experiment::{Experiment, Overrides};
+use crate::sweep::accuracy;
+use crate::sweep::run::{self as runner, RunOptions};
+use anyhow::{Context, Result};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Loads and checks `file`, then runs it as a layer or an accuracy experiment.
+pub fn run_experiment_file(file: &Path, overrides: Overrides, how: RunArgs) -> Result<ExitCode> {
+    let exp = match Experiment::load(file, overrides) {
+        Ok(e) => e,
+        Err(e) => return bad_input(e),
+    };
+    if exp.network.is_some() {
+        run_accuracy(&exp, &how)
+    } else {
+        run_layers(&exp, &how)
+    }
+}
+
+/// An experiment on a single layer: error statistics per (point, mapping).
+fn run_layers(exp: &Experiment, how: &RunArgs) -> Result<ExitCode> {
+    let opts = RunOptions {
+        out_dir: how.out.clone(),
+        fresh: how.fresh,
+        progress: !how.quiet,
+    };
+    // Inputs and existing results are checked before a GPU is opened.
+    let prep = match runner::prepare(exp, &opts) {
+        Ok(p) => p,
+        Err(e) if is_bad_input(&e) => return bad_input(e),
+        Err(e) => return Err(e).context("cannot read the inputs or results"),
+    };
+    let Some(mut engine) = open_engine(how) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    // Inputs were checked by `prepare`: what fails now is the run itself.
+    let report =
+        runner::run_experiment(exp, prep, engine.as_mut(), &opts).context("simulation failed")?;
+    print!("{}", runner::format_table(exp, &report.rows));
+    let counts = (report.rows.len(), report.computed, report.resumed);
+    summary(counts, &engine.device(), &report.csv, &report.hist_csv);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The engine the user chose, or `None` after saying why it cannot open.
+fn open_engine(how: &RunArgs) -> Option<Box<dyn Engine + Send>> {
+    match make_engine(how.engine, how.adapter.as_deref(), how.threads) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            eprintln!("error: {e}");
+            None
+        }
+    }
+}
+
+/// GPU engines (queues) an accuracy run uses on a hardware adapter, unless
+/// `ZEBRA_GPU_STREAMS` (1 to 16) says otherwise.
+const GPU_STREAMS: usize = 8;
+
+/// The number of GPU streams: `ZEBRA_GPU_STREAMS` if set, else [`GPU_STREAMS`].
+fn gpu_streams() -> Result<usize> {
+    match std::env::var("ZEBRA_GPU_STREAMS") {
+        Err(_) => Ok(GPU_STREAMS.min(std::thread::available_parallelism().map_or(1, |n| n.get()))),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n @ 1..=16) => Ok(n),
+            _ => anyhow::bail!("ZEBRA_GPU_STREAMS is {v:?}; accepted: a whole number from 1 to 16"),
+        },
+    }
+}
+
+/// An accuracy experiment: a network's test accuracy per simulated chip.
+fn run_accuracy(exp: &Experiment, how: &RunArgs) -> Result<ExitCode> {
+    let opts = accuracy::Options {
+        out_dir: how.out.clone(),
+        fresh: how.fresh,
+        progress: !how.quiet,
+    };
+    let prep = match accuracy::prepare(exp, &opts) {
+        Ok(p) => p,
+        Err(e) if is_bad_input(&e) => return bad_input(e),
+        Err(e) => return Err(e).context("cannot read the model, images or results"),
+    };
+    let Some(engine) = open_engine(how) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    // The CPU runs chips in parallel, each on one thread. A hardware GPU gets
+    // several engines (queues), each fed chips by its own host thread, so
+    // lowering and requantising on the host overlap with the device.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(how.threads.unwrap_or(0))
+        .build()
+        .context("cannot start CPU threads")?;
+    let device = engine.device();
+    let mut engines: Vec<Box<dyn Engine + Send>> = Vec::new();
+    if engine.name() == "gpu" {
+        engines.push(engine);
+        for _ in 1..gpu_streams()? {
+            match GpuEngine::new(how.adapter.as_deref(), true) {
+                Ok(g) if !g.adapter().software => engines.push(Box::new(g)),
+                _ => break,
+            }
+        }
+    }
+    let report = pool
+        .install(|| accuracy::run(exp, prep, &mut engines, &opts))
+        .context("simulation failed")?;
+    println!(
+        "clean int8 accuracy {:.2}% on {} images",
+        100.0 * report.clean_accuracy,
+        report.images
+    );
+    print!("{}", accuracy::format_table(exp, &report.rows));
+    let counts = (report.rows.len(), report.computed, report.resumed);
+    summary(counts, &device, &report.csv, &report.trials_csv);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The closing lines of `run`: rows computed and resumed, and the files written.
+fn summary(
+    (rows, computed, resumed): (usize, usize, usize),
+    device: &str,
+    csv: &Path,
+    companion: &Path,
+) {
+    println!(
+        "{rows} (point, mapping) rows: {computed} computed, {resumed} resumed; engine {device}"
+    );
+    println!("wrote {} and {}", csv.display(), companion.display());
+}
