@@ -4,6 +4,7 @@
 pub mod cpu;
 pub mod gpu;
 pub mod stats;
+pub mod wgsl;
 
 use crate::engine::stats::Batch;
 use crate::error::Result;
