@@ -1,6 +1,8 @@
-// Philox4x32-10 and the Gaussian transform, a bit-exact port of src/rng.rs.
-// WGSL has no 64-bit integers on every backend, so the 32x32 -> 64-bit
-// product is built from 16-bit halves.
+// Philox4x32-10 and the Gaussian transform, a bit-exact port of
+// src/model/rng.rs, and the twins of its block-index formulas. WGSL has no
+// 64-bit integers on every backend, so the 32x32 -> 64-bit product is built
+// from 16-bit halves. Follows the prelude (engine::wgsl::prelude), which
+// declares the stream ids, histogram layout and limits.
 
 const PHILOX_M0: u32 = 0xD2511F53u;
 const PHILOX_M1: u32 = 0xCD9E8D57u;
@@ -106,4 +108,35 @@ fn index_mad(a: u32, b: u32, c: u32) -> vec2<u32> {
     let lo = p.y + c;
     let carry = select(0u, 1u, lo < c);
     return vec2<u32>(lo, p.x + carry);
+}
+
+// Where each row of random blocks starts: the twins of model::rng::BlockLayout
+// (docs/MODEL.md, "Random numbers"; tests/gpu.rs compares them with the Rust
+// functions). Row numbers are 32-bit (the engine refuses larger plans),
+// block indices 64-bit, as (lo, hi) words.
+struct BlockLayout {
+    k: u32,      // array rows K
+    j: u32,      // digit planes J
+    xbits: u32,  // input bits Bx
+    chunks: u32, // chunks C
+    nb: u32,     // blocks per row of columns, ceil(N / 4)
+}
+
+// Block `blk` of the row of plane `jj`, array row `kk`: static cell mismatch
+// and stuck-at faults (STREAM_CELL_STATIC, STREAM_FAULT).
+fn static_block(l: BlockLayout, jj: u32, kk: u32, blk: u32) -> vec2<u32> {
+    return index_mad(jj * l.k + kk, l.nb, blk);
+}
+
+// Block `blk` of the row of input vector `bb`, input bit `i`, array row `kk`,
+// plane `jj`: dynamic per-cell noise (STREAM_CELL_DYNAMIC).
+fn dynamic_block(l: BlockLayout, bb: u32, i: u32, kk: u32, jj: u32, blk: u32) -> vec2<u32> {
+    return index_mad(((bb * l.xbits + i) * l.k + kk) * l.j + jj, l.nb, blk);
+}
+
+// Block `blk` of the row of conversions of input vector `bb`, chunk `c`,
+// input bit `i`, plane `jj`: read and aggregated noise (STREAM_READ,
+// STREAM_AGGREGATED).
+fn read_block(l: BlockLayout, bb: u32, c: u32, i: u32, jj: u32, blk: u32) -> vec2<u32> {
+    return index_mad(((bb * l.chunks + c) * l.xbits + i) * l.j + jj, l.nb, blk);
 }

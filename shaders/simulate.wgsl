@@ -1,9 +1,12 @@
-// The GPU engine's kernels (prefixed with rng.wgsl when compiled):
+// The GPU engine's kernels:
 //   cells:    per-trial cell weights W[t][j][k][n] (faults, leak, static mismatch)
 //   simulate, simulate_dynamic: accumulation, noise, ADC, shift-and-add
 //             (the CPU sums each conversion over rows in the same order)
 //   reduce:   one workgroup per trial: error moments and histogram bins
-// Layouts and random-number addresses are those of docs/MODEL.md.
+// Compiled after the prelude (engine::wgsl::prelude: stream ids, noise-path
+// codes, histogram layout, limits), rng.wgsl (Philox, the block-index
+// formulas) and the bindings (engine::wgsl::BINDINGS: P, digits, ..., y,
+// hist). Layouts and random-number addresses are those of docs/MODEL.md.
 
 struct Params {
     k: u32, n: u32, b: u32, xbits: u32,
@@ -11,44 +14,23 @@ struct Params {
     seed_lo: u32, seed_hi: u32, trial0: u32, trials: u32,
     path: u32, adc_bits: u32, has_faults: u32, static_noise: u32,
     sigma: f32, read_sigma: f32, leak: f32, p_sa0: f32,
-    p_sa01: f32, top: f32, hist_side: u32, pad0: u32,
+    p_sa01: f32, top: f32, pad0: u32, pad1: u32,
 }
-
-// Noise paths, as NoisePath in src/plan.rs.
-const PATH_ANALYTIC: u32 = 0u;
-const PATH_AGGREGATED: u32 = 1u;
-const PATH_STATIC: u32 = 2u;
-const PATH_DYNAMIC: u32 = 3u;
-
-const STREAM_CELL_STATIC: u32 = 2u;
-const STREAM_CELL_DYNAMIC: u32 = 3u;
-const STREAM_READ: u32 = 4u;
-const STREAM_AGGREGATED: u32 = 5u;
-const STREAM_FAULT: u32 = 6u;
-
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> digits: array<i32>;      // [j][k][n]
-@group(0) @binding(2) var<storage, read> sa1_digit: array<i32>;   // [k][n]
-@group(0) @binding(3) var<storage, read> xin: array<u32>;         // [b][k]
-@group(0) @binding(4) var<storage, read> groups: array<vec4<f32>>; // [c][j][n]: lo, hi, converted, 0
-@group(0) @binding(5) var<storage, read> row_active: array<u32>;  // [b][c][i]
-@group(0) @binding(6) var<storage, read> scales: array<f32>;      // [j]
-@group(0) @binding(7) var<storage, read> exact: array<f32>;       // [b][n]
-@group(0) @binding(8) var<storage, read_write> weights: array<f32>; // [t][j][k][n]
-@group(0) @binding(9) var<storage, read_write> y: array<f32>;       // [t][b][n]
-@group(0) @binding(10) var<storage, read_write> moments: array<f32>; // [t][3]: sum, sumsq, max |e|
-@group(0) @binding(11) var<storage, read_write> hist: array<atomic<u32>>;
-@group(0) @binding(12) var<storage, read> draw_rank: array<u32>;   // [j][k][n], see Plan::draw_rank
 
 fn seed() -> vec2<u32> {
     return vec2<u32>(P.seed_lo, P.seed_hi);
 }
 
-fn linear_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * 64u;
+// The plan's rows of random blocks (model::rng::BlockLayout).
+fn blocks() -> BlockLayout {
+    return BlockLayout(P.k, P.j, P.xbits, P.chunks, P.nb);
 }
 
-@compute @workgroup_size(64)
+fn linear_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * WORKGROUP_SIZE;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
 fn cells(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     // One thread per (trial, plane, row, block of four columns).
     let id = linear_id(gid, nwg);
@@ -63,7 +45,7 @@ fn cells(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     let jj = row / P.k;
     let kk = row % P.k;
     let t = P.trial0 + tl;
-    let index = index_mad(row, P.nb, blk);
+    let index = static_block(blocks(), jj, kk, blk);
     var fw = vec4<u32>(0u);
     if (P.has_faults != 0u) {
         fw = rng_block(seed(), t, STREAM_FAULT, index.x, index.y);
@@ -155,8 +137,7 @@ fn convert_vector(lo: vec4<f32>, hi: vec4<f32>, slo: vec4<f32>, shi: vec4<f32>, 
             a = lo[i];
             s2 = slo[i];
         }
-        let row = ((bb * P.chunks + c) * P.xbits + i) * P.j + jj;
-        let index = index_mad(row, P.nb, blk);
+        let index = read_block(blocks(), bb, c, i, jj, blk);
         if (P.path == PATH_AGGREGATED) {
             let sd = sqrt(P.sigma * P.sigma * s2 + P.read_sigma * P.read_sigma);
             a = a + sd * gaussian(seed(), t, STREAM_AGGREGATED, index.x, index.y, lane);
@@ -172,7 +153,7 @@ fn convert_vector(lo: vec4<f32>, hi: vec4<f32>, slo: vec4<f32>, shi: vec4<f32>, 
 // input vectors, column). A cell weight is loaded once and used for four input
 // vectors and all eight input bits (bit masks as 0/1 floats, branch-free);
 // the four vectors are unrolled by hand so they stay in registers.
-@compute @workgroup_size(64)
+@compute @workgroup_size(WORKGROUP_SIZE)
 fn simulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let id = linear_id(gid, nwg);
     let bblocks = (P.b + 3u) / 4u;
@@ -242,7 +223,7 @@ fn simulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 
 // Per-cell dynamic noise: one thread per (trial, input vector, column), one
 // Philox draw per read of a cell whose input bit is 1.
-@compute @workgroup_size(64)
+@compute @workgroup_size(WORKGROUP_SIZE)
 fn simulate_dynamic(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let id = linear_id(gid, nwg);
     if (id >= P.trials * P.b * P.n) {
@@ -259,15 +240,15 @@ fn simulate_dynamic(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
         let k0 = c * P.p;
         let k1 = min(k0 + P.p, P.k);
         // Conversion values of this chunk, [i][j], added in the CPU's (i, j) order.
-        var vals: array<f32, 64>;
+        var vals: array<f32, MAX_INPUT_BITS * MAX_PLANES>;
         for (var jj = 0u; jj < P.j; jj = jj + 1u) {
             let grp = groups[(c * P.j + jj) * P.n + nn];
-            var acc: array<f32, 8>;
-            var var_: array<f32, 8>;
-            for (var i = 0u; i < 8u; i = i + 1u) {
+            var acc: array<f32, MAX_INPUT_BITS>;
+            var var_: array<f32, MAX_INPUT_BITS>;
+            for (var i = 0u; i < MAX_INPUT_BITS; i = i + 1u) {
                 acc[i] = 0.0;
                 var_[i] = 0.0;
-                vals[i * 8u + jj] = 0.0;
+                vals[i * MAX_PLANES + jj] = 0.0;
             }
             if (grp.z == 0.0) {
                 continue;
@@ -287,9 +268,8 @@ fn simulate_dynamic(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
                         if (w == 0.0) {
                             continue;
                         }
-                        let row = ((bb * P.xbits + i) * P.k + kk) * P.j + jj;
                         let r = draw_rank[(jj * P.k + kk) * P.n + nn];
-                        let index = index_mad(row, P.nb, r / 4u);
+                        let index = dynamic_block(blocks(), bb, i, kk, jj, r / 4u);
                         let z = gaussian(seed(), t, STREAM_CELL_DYNAMIC, index.x, index.y, r % 4u);
                         acc[i] = acc[i] + (w + w * P.sigma * z);
                     } else {
@@ -303,52 +283,54 @@ fn simulate_dynamic(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
                     continue;
                 }
                 var a = acc[i];
-                let row = ((bb * P.chunks + c) * P.xbits + i) * P.j + jj;
-                let index = index_mad(row, P.nb, blk);
+                let index = read_block(blocks(), bb, c, i, jj, blk);
                 if (P.path == PATH_AGGREGATED) {
                     let sd = sqrt(P.sigma * P.sigma * var_[i] + P.read_sigma * P.read_sigma);
                     a = a + sd * gaussian(seed(), t, STREAM_AGGREGATED, index.x, index.y, lane);
                 } else if (P.read_sigma > 0.0) {
                     a = a + P.read_sigma * gaussian(seed(), t, STREAM_READ, index.x, index.y, lane);
                 }
-                vals[i * 8u + jj] = convert(a, grp.x, grp.y);
+                vals[i * MAX_PLANES + jj] = convert(a, grp.x, grp.y);
             }
         }
         for (var i = 0u; i < P.xbits; i = i + 1u) {
             for (var jj = 0u; jj < P.j; jj = jj + 1u) {
-                yv = yv + f32(1u << i) * scales[jj] * vals[i * 8u + jj];
+                yv = yv + f32(1u << i) * scales[jj] * vals[i * MAX_PLANES + jj];
             }
         }
     }
     y[(tl * P.b + bb) * P.n + nn] = yv;
 }
 
-const HIST_MIN: f32 = 1e-3;
-const BINS_PER_DECADE: f32 = 100.0;
-var<workgroup> red_sum: array<f32, 256>;
-var<workgroup> red_sq: array<f32, 256>;
-var<workgroup> red_max: array<f32, 256>;
+// Threads of one reduce workgroup (a power of two); Rust dispatches one
+// workgroup per trial and never needs the size.
+const REDUCE_SIZE: u32 = 256u;
+var<workgroup> red_sum: array<f32, REDUCE_SIZE>;
+var<workgroup> red_sq: array<f32, REDUCE_SIZE>;
+var<workgroup> red_max: array<f32, REDUCE_SIZE>;
 
+// engine::stats::bin_of in f32: log10 from log2, so a bin can differ from
+// the CPU's for an error within float rounding of a bin edge (tests/gpu.rs).
 fn bin_of(e: f32) -> u32 {
     let a = abs(e);
     if (a < HIST_MIN) {
-        return P.hist_side;
+        return HIST_SIDE;
     }
-    let off = min(u32(log2(a / HIST_MIN) * (0.30102999566 * BINS_PER_DECADE)), P.hist_side - 1u);
+    let off = min(u32(log2(a / HIST_MIN) * (LOG10_2 * f32(HIST_BINS_PER_DECADE))), HIST_SIDE - 1u);
     if (e > 0.0) {
-        return P.hist_side + 1u + off;
+        return HIST_SIDE + 1u + off;
     }
-    return P.hist_side - 1u - off;
+    return HIST_SIDE - 1u - off;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(REDUCE_SIZE)
 fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let tl = wg.x;
     let count = P.b * P.n;
     var s = 0.0;
     var sq = 0.0;
     var mx = 0.0;
-    for (var e_i = li; e_i < count; e_i = e_i + 256u) {
+    for (var e_i = li; e_i < count; e_i = e_i + REDUCE_SIZE) {
         let e = y[tl * count + e_i] - exact[e_i];
         s = s + e;
         sq = sq + e * e;
@@ -359,7 +341,7 @@ fn reduce(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     red_sq[li] = sq;
     red_max[li] = mx;
     workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride = stride / 2u) {
+    for (var stride = REDUCE_SIZE / 2u; stride > 0u; stride = stride / 2u) {
         if (li < stride) {
             red_sum[li] = red_sum[li] + red_sum[li + stride];
             red_sq[li] = red_sq[li] + red_sq[li + stride];

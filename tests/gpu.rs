@@ -4,16 +4,18 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use zebra_cim::engine::cpu::CpuEngine;
-use zebra_cim::engine::gpu::{self, GpuEngine, Params};
-use zebra_cim::engine::Engine;
+use zebra_cim::engine::gpu::{BlockProbe, GpuEngine, Params};
+use zebra_cim::engine::wgsl::{self, Access, BINDINGS};
+use zebra_cim::engine::{stats, Engine};
 use zebra_cim::experiment::plan::{NoisePath, Plan};
-use zebra_cim::model::rng::Address;
+use zebra_cim::model::rng::{stream, Address, BlockLayout};
 use zebra_cim::model::MappingSpec;
 
 #[test]
 fn every_shader_parses_and_validates_with_naga() {
-    let sources = gpu::shader_sources();
+    let sources = wgsl::shader_sources();
     let mut files: Vec<String> = std::fs::read_dir("shaders")
         .expect("shaders/ exists")
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -41,7 +43,7 @@ fn every_shader_parses_and_validates_with_naga() {
 
 #[test]
 fn params_struct_matches_wgsl_size() {
-    let src = gpu::shader_sources()
+    let src = wgsl::shader_sources()
         .into_iter()
         .find(|(n, _)| *n == "simulate.wgsl")
         .unwrap()
@@ -59,6 +61,101 @@ fn params_struct_matches_wgsl_size() {
         .expect("struct Params in simulate.wgsl");
     assert_eq!(size, std::mem::size_of::<Params>());
     assert_eq!(size % 16, 0, "uniform structs are 16-byte aligned");
+}
+
+/// The module-scope constants of a WGSL source as naga evaluates them.
+fn wgsl_constants(src: &str) -> BTreeMap<String, naga::Literal> {
+    let module =
+        naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{}", e.emit_to_string(src)));
+    module
+        .constants
+        .iter()
+        .map(|(_, c)| match module.global_expressions[c.init] {
+            naga::Expression::Literal(l) => (c.name.clone().expect("named"), l),
+            ref e => panic!("{:?} is not a literal: {e:?}", c.name),
+        })
+        .collect()
+}
+
+#[test]
+fn prelude_constants_are_the_rust_values() {
+    use naga::Literal::{F32, U32};
+    use zebra_cim::experiment::plan::NoisePath::*;
+    // What the shaders see, parsed back by the shader compiler.
+    let got = wgsl_constants(&wgsl::prelude());
+    let want: BTreeMap<String, naga::Literal> = [
+        ("STREAM_WORKLOAD", U32(stream::WORKLOAD)),
+        ("STREAM_CELL_STATIC", U32(stream::CELL_STATIC)),
+        ("STREAM_CELL_DYNAMIC", U32(stream::CELL_DYNAMIC)),
+        ("STREAM_READ", U32(stream::READ)),
+        ("STREAM_AGGREGATED", U32(stream::AGGREGATED)),
+        ("STREAM_FAULT", U32(stream::FAULT)),
+        ("PATH_ANALYTIC", U32(wgsl::path_code(Analytic))),
+        ("PATH_AGGREGATED", U32(wgsl::path_code(Aggregated))),
+        ("PATH_STATIC", U32(wgsl::path_code(PerCellStatic))),
+        ("PATH_DYNAMIC", U32(wgsl::path_code(PerCellDynamic))),
+        ("HIST_BINS_PER_DECADE", U32(stats::BINS_PER_DECADE as u32)),
+        ("HIST_DECADES", U32(stats::DECADES as u32)),
+        ("HIST_SIDE", U32(stats::SIDE as u32)),
+        ("HIST_BINS", U32(stats::BINS as u32)),
+        ("HIST_MIN", F32(stats::HIST_MIN as f32)),
+        ("LOG10_2", F32(std::f32::consts::LOG10_2)),
+        ("MAX_PLANES", U32(wgsl::MAX_PLANES as u32)),
+        ("MAX_INPUT_BITS", U32(wgsl::MAX_INPUT_BITS as u32)),
+        ("WORKGROUP_SIZE", U32(wgsl::WORKGROUP_SIZE)),
+    ]
+    .into_iter()
+    .map(|(n, v)| (n.to_string(), v))
+    .collect();
+    assert_eq!(
+        got, want,
+        "prelude (left) against the Rust constants (right)"
+    );
+    // The factor the GPU's bin_of has always used: the shipped GPU results
+    // were binned with it.
+    let old: f32 = "0.30102999566".parse().unwrap();
+    assert_eq!(std::f32::consts::LOG10_2, old);
+}
+
+#[test]
+fn engine_bindings_are_declared_from_the_rust_table_only() {
+    let src = wgsl::simulate_source();
+    let module = naga::front::wgsl::parse_str(&src).unwrap();
+    let mut declared: Vec<(u32, String, Access)> = module
+        .global_variables
+        .iter()
+        .filter_map(|(_, v)| {
+            let b = v.binding.as_ref()?;
+            assert_eq!(b.group, 0, "{:?}", v.name);
+            let access = match v.space {
+                naga::AddressSpace::Uniform => Access::Uniform,
+                naga::AddressSpace::Storage { access }
+                    if access.contains(naga::StorageAccess::STORE) =>
+                {
+                    Access::ReadWrite
+                }
+                naga::AddressSpace::Storage { .. } => Access::Read,
+                ref s => panic!("{:?}: unexpected space {s:?}", v.name),
+            };
+            Some((b.binding, v.name.clone().unwrap(), access))
+        })
+        .collect();
+    declared.sort_by_key(|d| d.0);
+    let table: Vec<(u32, String, Access)> = BINDINGS
+        .iter()
+        .map(|b| (b.slot, b.name.to_string(), b.access))
+        .collect();
+    assert_eq!(declared, table);
+    // The hand-written files declare no engine binding (the probe keeps its own).
+    for (file, text) in [
+        ("simulate.wgsl", wgsl::SIMULATE_WGSL),
+        ("rng.wgsl", wgsl::RNG_WGSL),
+    ] {
+        assert!(
+            !text.contains("@binding"),
+            "{file} declares a binding by hand"
+        );
+    }
 }
 
 /// An adapter, or None (with a note) where there is none and none is required.
@@ -149,6 +246,124 @@ fn rng_words_match_exactly_and_gaussians_closely() {
     assert_eq!(out[1].0, [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]);
     assert_eq!(out[2].0, [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]);
     eprintln!("largest Gaussian difference: {worst:e}");
+}
+
+/// Argument tuples for the block-index formulas: fixed corner cases and
+/// Philox-drawn ones of every magnitude, all with 32-bit row numbers (what
+/// the GPU engine accepts) and many with block indices past 2^32.
+fn block_probes() -> Vec<BlockProbe> {
+    let at = |layout: (usize, usize, usize, usize, usize), a: [usize; 6]| BlockProbe {
+        layout: BlockLayout {
+            k: layout.0,
+            j: layout.1,
+            xbits: layout.2,
+            chunks: layout.3,
+            nb: layout.4,
+        },
+        b: a[0],
+        c: a[1],
+        i: a[2],
+        k: a[3],
+        j: a[4],
+        blk: a[5],
+    };
+    // The first row of each formula, in 128 bits: the engine refuses plans
+    // whose rows pass 2^32 (block indices may reach about 2^64).
+    let fits = |p: &BlockProbe| {
+        let l = &p.layout;
+        let w = |v: usize| v as u128;
+        let rows = [
+            w(p.j) * w(l.k) + w(p.k),
+            ((w(p.b) * w(l.xbits) + w(p.i)) * w(l.k) + w(p.k)) * w(l.j) + w(p.j),
+            ((w(p.b) * w(l.chunks) + w(p.c)) * w(l.xbits) + w(p.i)) * w(l.j) + w(p.j),
+        ];
+        rows.iter().all(|&r| r <= u32::MAX as u128)
+    };
+    let max = u32::MAX as usize;
+    let mut out = vec![
+        at((1, 1, 1, 1, 1), [0; 6]),
+        at((256, 7, 8, 2, 64), [3, 1, 5, 200, 6, 63]),
+        // Rows just under 2^32, the largest block count and offset.
+        at((65_536, 1, 1, 1, max), [0, 0, 0, 65_535, 65_535, max]),
+        at((1, 1, 1, 1, max), [max, 0, 0, 0, 0, max]),
+        at(
+            (4096, 8, 8, 4096, 1 << 20),
+            [16_383, 4095, 7, 4095, 7, (1 << 20) - 1],
+        ),
+    ];
+    assert!(
+        out.iter().all(fits),
+        "a corner case is out of the GPU's range"
+    );
+    let draw = Address {
+        seed: 0xB10C,
+        trial: 0,
+        stream: 0,
+    };
+    let mut t = 0u64;
+    while out.len() < 20_000 {
+        let words: Vec<u32> = (0..4).flat_map(|o| draw.block(4 * t + o)).collect();
+        t += 1;
+        // Value `n` of this tuple, of a random width up to `bits`, so that
+        // small and large values both occur.
+        let value = |n: usize, bits: u32| {
+            let width = (words[11 + n / 4] >> (8 * (n % 4))) as u64 % (bits as u64 + 1);
+            (words[n] as u64 & ((1u64 << width) - 1)) as usize
+        };
+        let layout = (
+            value(0, 20).max(1),
+            value(1, 4).max(1),
+            value(2, 4).max(1),
+            value(3, 16).max(1),
+            value(4, 32).max(1),
+        );
+        let p = at(
+            layout,
+            [
+                value(5, 16),
+                value(6, 16),
+                value(7, 4),
+                value(8, 20),
+                value(9, 4),
+                value(10, 32),
+            ],
+        );
+        if fits(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn block_index_formulas_match_their_wgsl_twins() {
+    let Some(g) = engine() else { return };
+    let probes = block_probes();
+    let got = g.probe_blocks(&probes).unwrap();
+    let past_32_bits = probes
+        .iter()
+        .filter(|p| p.layout.read_block(p.b, p.c, p.i, p.j, p.blk) >> 32 != 0)
+        .count();
+    assert!(past_32_bits > 1000, "only {past_32_bits} indices past 2^32");
+    let mut bad = Vec::new();
+    for (n, (p, gpu)) in probes.iter().zip(&got).enumerate() {
+        let l = &p.layout;
+        let cpu = [
+            l.static_block(p.j, p.k, p.blk),
+            l.dynamic_block(p.b, p.i, p.k, p.j, p.blk),
+            l.read_block(p.b, p.c, p.i, p.j, p.blk),
+        ];
+        if cpu != *gpu {
+            bad.push((n, p, cpu, *gpu));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {} tuples differ; first (index, arguments, rust [static, dynamic, read], wgsl): {:#?}",
+        bad.len(),
+        probes.len(),
+        &bad[..bad.len().min(3)]
+    );
 }
 
 /// Per-entry comparison of raw outputs: equal up to f32 accumulation rounding,
@@ -245,6 +460,24 @@ fn gpu_matches_cpu_on_every_mapping_and_noise_path() {
             NoisePath::PerCellDynamic,
         ),
         (
+            "dynamic per-cell + read",
+            scenario(
+                "cell_sigma = 0.08\nmode = \"dynamic\"\nsampling = \"per-cell\"\nread_sigma = 0.4",
+                "6",
+                33,
+            ),
+            NoisePath::PerCellDynamic,
+        ),
+        (
+            "dynamic per-cell, leak + read",
+            scenario(
+                "cell_sigma = 0.08\nmode = \"dynamic\"\nsampling = \"per-cell\"\nleak = 0.02\nread_sigma = 0.4",
+                "\"ideal\"",
+                33,
+            ),
+            NoisePath::PerCellDynamic,
+        ),
+        (
             "dynamic aggregated",
             scenario(
                 "cell_sigma = 0.08\nmode = \"dynamic\"\nread_sigma = 0.3",
@@ -299,6 +532,91 @@ fn gpu_matches_cpu_on_every_mapping_and_noise_path() {
                     b.sumsq
                 );
             }
+        }
+    }
+}
+
+/// The GPU bins an error with f32 `log2(|e| / HIST_MIN) * LOG10_2 * 100`,
+/// the CPU with f64 `log10`: the two agree except for an |e| within float
+/// rounding of a bin edge. Bound: the f32 path rounds `|e| / HIST_MIN`
+/// (1 ulp, and `HIST_MIN` itself: 1e-7 relative together), `log2` (Vulkan:
+/// 3 ulp of a result below 37, 1.2e-5), and the product with `LOG10_2 * 100`
+/// (1 ulp of up to 1100 and of the factor: 2e-4 bins): under 6e-4 of a
+/// fine bin. An error counts as near an edge within 1e-3 of a bin (2.3e-5
+/// relative in |e|); exact decades, frequent with an ADC, are edges.
+#[test]
+fn gpu_histogram_bins_are_the_cpu_bins_except_at_edges() {
+    let Some(mut g) = engine() else { return };
+    const NEAR: f64 = 1e-3;
+    for (what, adc) in [("ideal ADC", "\"ideal\""), ("6-bit ADC", "6")] {
+        let (params, layer) =
+            common::point(&scenario("cell_sigma = 0.05\nread_sigma = 0.2", adc, 32));
+        for mapping in ["dense", "zebra"] {
+            let plan = common::plan(&params, &layer, mapping);
+            let out = g.run(&plan, 0..64, true).unwrap();
+            // The raw errors are the f32 `y - exact` the GPU binned (both
+            // exact in f64 below 2^24, so rounded once, as the GPU rounds).
+            let raw = out.raw.unwrap();
+            let (mut far, mut slack) = (vec![0u64; stats::BINS], vec![0u64; stats::BINS]);
+            let mut near = 0;
+            for &e in &raw {
+                let e = e as f64;
+                // Fine-bin offset of |e| in f64; edges are at whole offsets 0, 1, ...
+                let m = (e.abs() / stats::HIST_MIN).log10() * stats::BINS_PER_DECADE as f64;
+                let edge = m.round();
+                if e != 0.0 && edge >= 0.0 && (m - edge).abs() < NEAR {
+                    // Either bin beside the edge (offset edge - 1, or the
+                    // zero bin, and offset edge).
+                    near += 1;
+                    let bin = |off: f64| {
+                        if off < 0.0 {
+                            return stats::SIDE;
+                        }
+                        let off = (off as usize).min(stats::SIDE - 1);
+                        if e > 0.0 {
+                            stats::SIDE + 1 + off
+                        } else {
+                            stats::SIDE - 1 - off
+                        }
+                    };
+                    let (below, above) = (bin(edge - 1.0), bin(edge));
+                    slack[below] += 1;
+                    if above != below {
+                        slack[above] += 1;
+                    }
+                } else {
+                    far[stats::bin_of(e)] += 1;
+                }
+            }
+            let label = format!("{what} / {mapping}");
+            assert_eq!(
+                out.hist.iter().sum::<u64>(),
+                raw.len() as u64,
+                "{label}: total"
+            );
+            let bad: Vec<(usize, u64, u64)> = (0..stats::BINS)
+                .filter(|&b| out.hist[b] < far[b] || out.hist[b] > far[b] + slack[b])
+                .map(|b| (b, far[b], out.hist[b]))
+                .take(5)
+                .collect();
+            assert!(
+                bad.is_empty(),
+                "{label}: bins (bin, cpu count, gpu count) differ beyond {near} errors at edges: {bad:?}"
+            );
+            let cpu_bins = raw.iter().fold(vec![0u64; stats::BINS], |mut h, &e| {
+                h[stats::bin_of(e as f64)] += 1;
+                h
+            });
+            let moved: u64 = cpu_bins
+                .iter()
+                .zip(&out.hist)
+                .map(|(a, b)| a.abs_diff(*b))
+                .sum();
+            eprintln!(
+                "{label}: {} errors, {near} within {NEAR} bins of an edge, {} binned apart",
+                raw.len(),
+                moved / 2
+            );
         }
     }
 }

@@ -2,7 +2,7 @@
 //! over trials with rayon. Every random draw comes from its Philox address,
 //! so results do not depend on the thread count.
 
-use super::Engine;
+use super::{block_layout, Engine};
 use crate::engine::stats::{accumulate_trial, Batch, TrialMoments, BINS};
 use crate::error::Result;
 use crate::experiment::plan::{chunk_words, digit_masks, NoisePath, Plan};
@@ -623,6 +623,7 @@ fn run_trials(plan: &Plan, shared: &Shared, trials: Range<u32>, raw: bool) -> Ba
 /// Draws this trial's stuck-at faults into `out` (`[j][k][n]`).
 fn faulted_digits(plan: &Plan, trial: u32, out: &mut Vec<i8>) {
     let (k, n, nb) = (plan.k, plan.n, plan.nb());
+    let layout = block_layout(plan);
     let addr = Address {
         seed: plan.seed,
         trial,
@@ -635,7 +636,7 @@ fn faulted_digits(plan: &Plan, trial: u32, out: &mut Vec<i8>) {
         for kk in 0..k {
             let row = (jj * k + kk) * n;
             for blk in 0..nb {
-                let w = addr.block(((jj * k + kk) * nb + blk) as u64);
+                let w = addr.block(layout.static_block(jj, kk, blk));
                 for (lane, &word) in w.iter().enumerate() {
                     let nn = blk * 4 + lane;
                     if nn >= n {
@@ -712,6 +713,7 @@ enum Moments<'a> {
 /// (dynamic cell noise and read noise together) per conversion.
 fn analytic_trial(plan: &Plan, shared: &Shared, moments: Moments, trial: u32, s: &mut Scratch) {
     let (n, j, nb, xbits) = (plan.n, plan.j, plan.nb(), plan.xbits);
+    let layout = block_layout(plan);
     let draws = plan.path == NoisePath::Aggregated || plan.noise.read_sigma > 0.0;
     let addr = Address {
         seed: plan.seed,
@@ -753,7 +755,7 @@ fn analytic_trial(plan: &Plan, shared: &Shared, moments: Moments, trial: u32, s:
                         }
                     };
                     if draws {
-                        gaussian_row(&addr, (conv / n * nb) as u64, nb, z);
+                        gaussian_row(&addr, layout.read_block(b, c, i, jj, 0), nb, z);
                     }
                     for nn in 0..n {
                         acc[nn] = m[nn] + d[nn] * z[nn];
@@ -859,12 +861,18 @@ fn add_rows_blocked<const B: usize>(acc: &mut [f32], g: &[f32], rows: &[usize]) 
     }
 }
 
+/// One (input vector `b`, chunk `c`, input bit `i`): the conversions of
+/// every plane and column that share an input plane.
+#[derive(Clone, Copy, Debug)]
+struct InputPlane {
+    b: usize,
+    c: usize,
+    i: usize,
+}
+
 /// Per-cell sampling: static cells drawn once per trial, or dynamic cells per read.
 fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mut Scratch) {
-    let (k, n, j, words, nb, xbits) = (plan.k, plan.n, plan.j, plan.words, plan.nb(), plan.xbits);
-    let jn = j * n;
-    let sigma = plan.noise.cell_sigma;
-    let read = plan.noise.read_sigma;
+    let (n, xbits) = (plan.n, plan.xbits);
     // Noiseless row sums (`Shared::row_sums`) take the static path with G = base.
     let static_noise = matches!(plan.path, NoisePath::PerCellStatic | NoisePath::Analytic);
     let cell_addr = Address {
@@ -881,123 +889,29 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
         trial,
         stream: stream::READ,
     };
-
-    if static_noise && sigma == 0.0 {
-        s.g.clear();
-        s.g.extend_from_slice(base);
-    } else if static_noise {
-        // G[k][j][n] = base * (1 + sigma z), z addressed by (plane, row, column).
-        s.g.resize(k * jn, 0.0);
-        for kk in 0..k {
-            for jj in 0..j {
-                gaussian_row(&cell_addr, ((jj * k + kk) * nb) as u64, nb, &mut s.z);
-                let row = (kk * j + jj) * n;
-                for ((g, &bw), &z) in s.g[row..row + n]
-                    .iter_mut()
-                    .zip(&base[row..row + n])
-                    .zip(&s.z)
-                {
-                    *g = bw + bw * sigma * z;
-                }
-            }
-        }
+    if static_noise {
+        chip_weights(plan, base, &cell_addr, s);
     }
-    s.acc.resize(jn, 0.0);
+    s.acc.resize(plan.j * n, 0.0);
     let mut zr: Vec<f32> = Vec::new();
     for b in 0..plan.b {
         for c in 0..plan.chunks {
-            let cw = &shared.cws[c];
             for i in 0..xbits {
                 if !plan.row_active[(b * plan.chunks + c) * xbits + i] {
                     continue;
                 }
-                let xm = &plan.xmask[(b * xbits + i) * words..(b * xbits + i + 1) * words];
+                let at = InputPlane { b, c, i };
                 s.acc.fill(0.0);
-                s.rows.clear();
-                for &(w, mask) in cw {
-                    let mut bits = xm[w] & mask;
-                    while bits != 0 {
-                        s.rows.push(w * 64 + bits.trailing_zeros() as usize);
-                        bits &= bits - 1;
-                    }
-                }
+                conducting_rows(plan, shared, at, &mut s.rows);
                 if static_noise {
                     add_rows(&mut s.acc, &s.g, &s.rows);
                 } else if let Some(cr) = &shared.compact {
-                    // Draw t of a plane's row belongs to its t-th conducting
-                    // cell. The draws of a few rows are made in one pass, so
-                    // few 16-block batches are partly used.
-                    let planes = |kk: usize| {
-                        (0..j)
-                            .filter(|&jj| {
-                                shared.plane_live[c * j + jj] && cr.counts[kk * j + jj] > 0
-                            })
-                            .fold(0u32, |set, jj| set | 1 << jj)
-                    };
-                    for group in s.rows.chunks(ROWS_PER_FILL) {
-                        let mut sets = [(0, 0); ROWS_PER_FILL];
-                        for (set, &kk) in sets.iter_mut().zip(group) {
-                            *set = (kk, planes(kk));
-                        }
-                        let sets = &sets[..group.len()];
-                        // Each plane's run of blocks is written 16 indices at
-                        // a time (whole vectors, no scalar tail) into a buffer
-                        // that only grows, and the next run starts where it
-                        // ends.
-                        let mut used = 0;
-                        for &(kk, set) in sets {
-                            for (r, jj, _) in cr.planes(kk, set) {
-                                let first = ((((b * xbits + i) * k + kk) * j + jj) * nb) as u64;
-                                let blocks = cr.blocks_of(r);
-                                let end = used + blocks.next_multiple_of(16);
-                                if s.idx.len() < end {
-                                    s.idx.resize(end, 0);
-                                }
-                                for (o, lanes) in s.idx[used..end].chunks_exact_mut(16).enumerate()
-                                {
-                                    let lanes: &mut [u64; 16] = lanes.try_into().expect("16");
-                                    *lanes = std::array::from_fn(|l| first + (16 * o + l) as u64);
-                                }
-                                used += blocks;
-                            }
-                        }
-                        if s.z.len() < used * 4 {
-                            s.z.resize(used * 4, 0.0);
-                        }
-                        cell_addr.fill_gaussian_at(&s.idx[..used], &mut s.z);
-                        let mut at = 0;
-                        for &(kk, set) in sets {
-                            at += cr.accumulate(kk, set, &mut s.acc, &s.z[at..], sigma);
-                        }
-                    }
+                    add_compact_draws(plan, shared, cr, &cell_addr, at, s);
                 } else {
-                    for &kk in &s.rows {
-                        for jj in 0..j {
-                            if !shared.plane_live[c * j + jj] {
-                                continue;
-                            }
-                            let first = ((((b * xbits + i) * k + kk) * j + jj) * nb) as u64;
-                            let row = kk * jn + jj * n;
-                            let acc = &mut s.acc[jj * n..jj * n + n];
-                            gaussian_row(&cell_addr, first, nb, &mut s.z);
-                            for ((a, &bw), &z) in acc.iter_mut().zip(&base[row..row + n]).zip(&s.z)
-                            {
-                                *a += bw + bw * sigma * z;
-                            }
-                        }
-                    }
+                    add_dense_draws(plan, shared, base, &cell_addr, at, s);
                 }
-                if read > 0.0 {
-                    for jj in 0..j {
-                        if !shared.plane_live[c * j + jj] {
-                            continue;
-                        }
-                        let first = ((((b * plan.chunks + c) * xbits + i) * j + jj) * nb) as u64;
-                        gaussian_row(&read_addr, first, nb, &mut zr);
-                        for (av, &z) in s.acc[jj * n..(jj + 1) * n].iter_mut().zip(&zr) {
-                            *av += read * z;
-                        }
-                    }
+                if plan.noise.read_sigma > 0.0 {
+                    add_read_noise(plan, shared, &read_addr, at, &mut s.acc, &mut zr);
                 }
                 convert_chunk(
                     plan,
@@ -1008,6 +922,162 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
                     (1u64 << i) as f64,
                 );
             }
+        }
+    }
+}
+
+/// This trial's chip, `s.g = G[k][j][n] = base (1 + sigma z)`, `z`
+/// addressed by (plane, row, column); `base` itself without mismatch.
+fn chip_weights(plan: &Plan, base: &[f32], cell_addr: &Address, s: &mut Scratch) {
+    let (k, n, j, nb) = (plan.k, plan.n, plan.j, plan.nb());
+    let sigma = plan.noise.cell_sigma;
+    if sigma == 0.0 {
+        s.g.clear();
+        s.g.extend_from_slice(base);
+        return;
+    }
+    let layout = block_layout(plan);
+    s.g.resize(k * j * n, 0.0);
+    for kk in 0..k {
+        for jj in 0..j {
+            gaussian_row(cell_addr, layout.static_block(jj, kk, 0), nb, &mut s.z);
+            let row = (kk * j + jj) * n;
+            for ((g, &bw), &z) in s.g[row..row + n]
+                .iter_mut()
+                .zip(&base[row..row + n])
+                .zip(&s.z)
+            {
+                *g = bw + bw * sigma * z;
+            }
+        }
+    }
+}
+
+/// The rows of chunk `at.c` whose input bit `at.i` of vector `at.b` is 1, in order.
+fn conducting_rows(plan: &Plan, shared: &Shared, at: InputPlane, rows: &mut Vec<usize>) {
+    let (words, xbits) = (plan.words, plan.xbits);
+    let first = (at.b * xbits + at.i) * words;
+    let xm = &plan.xmask[first..first + words];
+    rows.clear();
+    for &(w, mask) in &shared.cws[at.c] {
+        let mut bits = xm[w] & mask;
+        while bits != 0 {
+            rows.push(w * 64 + bits.trailing_zeros() as usize);
+            bits &= bits - 1;
+        }
+    }
+}
+
+/// Dynamic draws for the conducting cells only (no leak, no faults): adds
+/// `w + w sigma z` of the rows `s.rows` to `s.acc` `[j][n]`. Draw `t` of a
+/// plane's row belongs to its `t`-th conducting cell. The draws of a few
+/// rows are made in one pass, so few 16-block batches are partly used.
+fn add_compact_draws(
+    plan: &Plan,
+    shared: &Shared,
+    cr: &CompactRows,
+    cell_addr: &Address,
+    at: InputPlane,
+    s: &mut Scratch,
+) {
+    let (j, c) = (plan.j, at.c);
+    let layout = block_layout(plan);
+    let planes = |kk: usize| {
+        (0..j)
+            .filter(|&jj| shared.plane_live[c * j + jj] && cr.counts[kk * j + jj] > 0)
+            .fold(0u32, |set, jj| set | 1 << jj)
+    };
+    for group in s.rows.chunks(ROWS_PER_FILL) {
+        let mut sets = [(0, 0); ROWS_PER_FILL];
+        for (set, &kk) in sets.iter_mut().zip(group) {
+            *set = (kk, planes(kk));
+        }
+        let sets = &sets[..group.len()];
+        // Each plane's run of blocks is written 16 indices at a time (whole
+        // vectors, no scalar tail) into a buffer that only grows, and the
+        // next run starts where it ends.
+        let mut used = 0;
+        for &(kk, set) in sets {
+            for (r, jj, _) in cr.planes(kk, set) {
+                let first = layout.dynamic_block(at.b, at.i, kk, jj, 0);
+                let blocks = cr.blocks_of(r);
+                let end = used + blocks.next_multiple_of(16);
+                if s.idx.len() < end {
+                    s.idx.resize(end, 0);
+                }
+                for (o, lanes) in s.idx[used..end].chunks_exact_mut(16).enumerate() {
+                    let lanes: &mut [u64; 16] = lanes.try_into().expect("16");
+                    *lanes = std::array::from_fn(|l| first + (16 * o + l) as u64);
+                }
+                used += blocks;
+            }
+        }
+        if s.z.len() < used * 4 {
+            s.z.resize(used * 4, 0.0);
+        }
+        cell_addr.fill_gaussian_at(&s.idx[..used], &mut s.z);
+        let mut drawn = 0;
+        for &(kk, set) in sets {
+            drawn += cr.accumulate(kk, set, &mut s.acc, &s.z[drawn..], plan.noise.cell_sigma);
+        }
+    }
+}
+
+/// Dynamic draws for every cell of the rows `s.rows` (leak or faults make
+/// every cell conduct): adds `w + w sigma z` to `s.acc` `[j][n]`, draw `t`
+/// of a row to column `t`.
+fn add_dense_draws(
+    plan: &Plan,
+    shared: &Shared,
+    base: &[f32],
+    cell_addr: &Address,
+    at: InputPlane,
+    s: &mut Scratch,
+) {
+    let (n, j, nb) = (plan.n, plan.j, plan.nb());
+    let sigma = plan.noise.cell_sigma;
+    let layout = block_layout(plan);
+    for &kk in &s.rows {
+        for jj in 0..j {
+            if !shared.plane_live[at.c * j + jj] {
+                continue;
+            }
+            let first = layout.dynamic_block(at.b, at.i, kk, jj, 0);
+            let row = kk * j * n + jj * n;
+            let acc = &mut s.acc[jj * n..jj * n + n];
+            gaussian_row(cell_addr, first, nb, &mut s.z);
+            for ((a, &bw), &z) in acc.iter_mut().zip(&base[row..row + n]).zip(&s.z) {
+                *a += bw + bw * sigma * z;
+            }
+        }
+    }
+}
+
+/// Adds read noise, one draw per conversion, to the analog sums `acc`
+/// `[j][n]` of the converted planes.
+fn add_read_noise(
+    plan: &Plan,
+    shared: &Shared,
+    read_addr: &Address,
+    at: InputPlane,
+    acc: &mut [f32],
+    zr: &mut Vec<f32>,
+) {
+    let (n, j, nb) = (plan.n, plan.j, plan.nb());
+    let read = plan.noise.read_sigma;
+    let layout = block_layout(plan);
+    for jj in 0..j {
+        if !shared.plane_live[at.c * j + jj] {
+            continue;
+        }
+        gaussian_row(
+            read_addr,
+            layout.read_block(at.b, at.c, at.i, jj, 0),
+            nb,
+            zr,
+        );
+        for (av, &z) in acc[jj * n..(jj + 1) * n].iter_mut().zip(zr.iter()) {
+            *av += read * z;
         }
     }
 }

@@ -3,29 +3,15 @@
 //! and reduces errors to moments and histogram bins on the device, so only
 //! summaries cross the bus unless raw errors are asked for.
 
-use super::Engine;
-use crate::engine::stats::{Batch, TrialMoments, BINS, SIDE};
+use super::wgsl::{self, binding, Access, BINDINGS, MAX_INPUT_BITS, MAX_PLANES, WORKGROUP_SIZE};
+use super::{block_layout, Engine};
+use crate::engine::stats::{Batch, TrialMoments, BINS};
 use crate::error::{Error, Result};
 use crate::experiment::plan::{NoisePath, Plan};
+use crate::model::rng::{Address, BlockLayout};
 use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 use std::ops::Range;
-
-/// The RNG shader, prefixed to every kernel file.
-pub const RNG_WGSL: &str = include_str!("../../shaders/rng.wgsl");
-/// The simulation kernels.
-pub const SIMULATE_WGSL: &str = include_str!("../../shaders/simulate.wgsl");
-/// The RNG probe used by the parity tests.
-pub const PROBE_WGSL: &str = include_str!("../../shaders/probe.wgsl");
-
-/// Every shader file with the source the engine compiles for it.
-pub fn shader_sources() -> Vec<(&'static str, String)> {
-    vec![
-        ("rng.wgsl", RNG_WGSL.to_string()),
-        ("simulate.wgsl", format!("{RNG_WGSL}\n{SIMULATE_WGSL}")),
-        ("probe.wgsl", format!("{RNG_WGSL}\n{PROBE_WGSL}")),
-    ]
-}
 
 /// Kernel parameters; mirrors `struct Params` in `shaders/simulate.wgsl`.
 #[repr(C)]
@@ -53,12 +39,26 @@ pub struct Params {
     pub p_sa0: f32,
     pub p_sa01: f32,
     pub top: f32,
-    pub hist_side: u32,
     pub pad0: u32,
+    pub pad1: u32,
 }
 
 /// One probe answer: four words, four Gaussians, and `(hi, lo)` of a product.
 pub type ProbeResult = ([u32; 4], [f32; 4], (u32, u32));
+
+/// Arguments of the block-index formulas for [`GpuEngine::probe_blocks`]:
+/// input vector `b`, chunk `c`, input bit `i`, array row `k`, plane `j`,
+/// block `blk` of the row.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockProbe {
+    pub layout: BlockLayout,
+    pub b: usize,
+    pub c: usize,
+    pub i: usize,
+    pub k: usize,
+    pub j: usize,
+    pub blk: usize,
+}
 
 /// What `zebra devices` shows of an adapter.
 #[derive(Clone, Debug)]
@@ -124,6 +124,82 @@ fn rank(s: &AdapterSummary) -> u32 {
     }
 }
 
+/// The adapter named (by case-insensitive substring) `wanted`, else the
+/// best ranked one, software adapters only when `allow_software`; an error
+/// lists the adapters found.
+fn choose_adapter<'a>(
+    adapters: &'a [wgpu::Adapter],
+    wanted: Option<&str>,
+    allow_software: bool,
+) -> Result<&'a wgpu::Adapter> {
+    let listing = || {
+        let names: Vec<String> = adapters
+            .iter()
+            .map(summary)
+            .map(|s| format!("{} ({}, {})", s.name, s.backend, s.device_type))
+            .collect();
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join("; ")
+        }
+    };
+    if let Some(w) = wanted {
+        let lw = w.to_lowercase();
+        return adapters
+            .iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&lw))
+            .ok_or_else(|| {
+                Error::Gpu(format!(
+                    "no adapter matches `{w}`; adapters found: {}",
+                    listing()
+                ))
+            });
+    }
+    let mut best: Option<&wgpu::Adapter> = None;
+    for a in adapters {
+        let s = summary(a);
+        if s.software && !allow_software {
+            continue;
+        }
+        if best.is_none_or(|b| rank(&s) < rank(&summary(b))) {
+            best = Some(a);
+        }
+    }
+    best.ok_or_else(|| {
+        Error::Gpu(format!(
+            "no {}GPU adapter found (adapters: {}); install a Vulkan driver (e.g. Debian's mesa-vulkan-drivers) or use --engine cpu",
+            if allow_software { "" } else { "hardware " },
+            listing()
+        ))
+    })
+}
+
+/// The engine's bind group layout, one entry per [`BINDINGS`] slot.
+fn bind_group_layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = BINDINGS
+        .iter()
+        .map(|b| wgpu::BindGroupLayoutEntry {
+            binding: b.slot,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match b.access {
+                    Access::Uniform => wgpu::BufferBindingType::Uniform,
+                    Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                    Access::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("zebra"),
+        entries: &entries,
+    })
+}
+
 /// The GPU engine: device, pipelines and work buffers built once, reused across plans.
 pub struct GpuEngine {
     device: wgpu::Device,
@@ -167,53 +243,10 @@ impl GpuEngine {
     pub fn new(name: Option<&str>, allow_software: bool) -> Result<GpuEngine> {
         let inst = instance();
         let adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
-        let env_name = std::env::var("WGPU_ADAPTER_NAME").ok();
-        let wanted = name.map(str::to_string).or(env_name);
-        let listing = || {
-            let names: Vec<String> = adapters
-                .iter()
-                .map(summary)
-                .map(|s| format!("{} ({}, {})", s.name, s.backend, s.device_type))
-                .collect();
-            if names.is_empty() {
-                "none".to_string()
-            } else {
-                names.join("; ")
-            }
-        };
-        let chosen = match &wanted {
-            Some(w) => {
-                let lw = w.to_lowercase();
-                adapters
-                    .iter()
-                    .find(|a| a.get_info().name.to_lowercase().contains(&lw))
-                    .ok_or_else(|| {
-                        Error::Gpu(format!(
-                            "no adapter matches `{w}`; adapters found: {}",
-                            listing()
-                        ))
-                    })?
-            }
-            None => {
-                let mut best: Option<&wgpu::Adapter> = None;
-                for a in &adapters {
-                    let s = summary(a);
-                    if s.software && !allow_software {
-                        continue;
-                    }
-                    if best.is_none_or(|b| rank(&s) < rank(&summary(b))) {
-                        best = Some(a);
-                    }
-                }
-                best.ok_or_else(|| {
-                    Error::Gpu(format!(
-                        "no {}GPU adapter found (adapters: {}); install a Vulkan driver (e.g. Debian's mesa-vulkan-drivers) or use --engine cpu",
-                        if allow_software { "" } else { "hardware " },
-                        listing()
-                    ))
-                })?
-            }
-        };
+        let wanted = name
+            .map(str::to_string)
+            .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok());
+        let chosen = choose_adapter(&adapters, wanted.as_deref(), allow_software)?;
         let info = summary(chosen);
         let (device, queue) = pollster::block_on(chosen.request_device(&wgpu::DeviceDescriptor {
             label: Some("zebra"),
@@ -222,43 +255,15 @@ impl GpuEngine {
             ..Default::default()
         }))
         .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", info.name)))?;
-
-        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        };
-        let mut entries = vec![wgpu::BindGroupLayoutEntry {
-            binding: 0,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        }];
-        entries.extend((1..=7).map(|b| storage(b, true)));
-        entries.extend((8..=11).map(|b| storage(b, false)));
-        entries.push(storage(12, true));
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("zebra"),
-            entries: &entries,
-        });
+        let layout = bind_group_layout(&device);
         let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("zebra"),
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
-        let source = format!("{RNG_WGSL}\n{SIMULATE_WGSL}");
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("simulate.wgsl"),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
+            source: wgpu::ShaderSource::Wgsl(wgsl::simulate_source().into()),
         });
         let pipeline = |entry: &str| {
             device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -302,11 +307,7 @@ impl GpuEngine {
     /// Evaluates the WGSL generator at `(address, block index)` pairs and the
     /// 16-bit-halves multiply at `(a, b)`: returns the four words, the four
     /// Gaussians and `(hi, lo)` of `a * b`, for the parity tests.
-    pub fn probe(
-        &self,
-        requests: &[(crate::model::rng::Address, u64, u32, u32)],
-    ) -> Result<Vec<ProbeResult>> {
-        use wgpu::util::DeviceExt;
+    pub fn probe(&self, requests: &[(Address, u64, u32, u32)]) -> Result<Vec<ProbeResult>> {
         let mut input: Vec<u32> = Vec::with_capacity(requests.len() * 8);
         for (addr, index, a, b) in requests {
             input.extend_from_slice(&[
@@ -317,19 +318,69 @@ impl GpuEngine {
             ]);
             input.extend_from_slice(&[*index as u32, (*index >> 32) as u32, *a, *b]);
         }
+        let words = self.run_probe("probe", &input, requests.len(), 12)?;
+        Ok(words
+            .chunks(12)
+            .map(|w| {
+                let z = [
+                    f32::from_bits(w[4]),
+                    f32::from_bits(w[5]),
+                    f32::from_bits(w[6]),
+                    f32::from_bits(w[7]),
+                ];
+                ([w[0], w[1], w[2], w[3]], z, (w[8], w[9]))
+            })
+            .collect())
+    }
+
+    /// Evaluates the WGSL twins of the block-index formulas
+    /// (`static_block`, `dynamic_block`, `read_block` in `shaders/rng.wgsl`)
+    /// for the parity tests: per request, the three indices at `(b, c, i,
+    /// k, j, blk)` of its layout. Every value must fit in 32 bits.
+    pub fn probe_blocks(&self, requests: &[BlockProbe]) -> Result<Vec<[u64; 3]>> {
+        let word = |v: usize| u32::try_from(v).expect("probe arguments fit in 32 bits");
+        let mut input: Vec<u32> = Vec::with_capacity(requests.len() * 12);
+        for r in requests {
+            let l = &r.layout;
+            input.extend(
+                [
+                    l.k, l.j, l.xbits, l.chunks, l.nb, r.b, r.c, r.i, r.k, r.j, r.blk, 0,
+                ]
+                .map(word),
+            );
+        }
+        let words = self.run_probe("probe_blocks", &input, requests.len(), 8)?;
+        let index = |w: &[u32]| w[0] as u64 | (w[1] as u64) << 32;
+        Ok(words
+            .chunks(8)
+            .map(|w| [index(&w[0..2]), index(&w[2..4]), index(&w[4..6])])
+            .collect())
+    }
+
+    /// Runs probe kernel `entry` of `shaders/probe.wgsl` with one thread per
+    /// request on `input` (binding 0) and returns `out_words` words per
+    /// request (binding 1).
+    fn run_probe(
+        &self,
+        entry: &str,
+        input: &[u32],
+        requests: usize,
+        out_words: usize,
+    ) -> Result<Vec<u32>> {
+        use wgpu::util::DeviceExt;
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some("probe.wgsl"),
-                source: wgpu::ShaderSource::Wgsl(format!("{RNG_WGSL}\n{PROBE_WGSL}").into()),
+                source: wgpu::ShaderSource::Wgsl(wgsl::probe_source().into()),
             });
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some("probe"),
+                label: Some(entry),
                 layout: None,
                 module: &module,
-                entry_point: Some("probe"),
+                entry_point: Some(entry),
                 compilation_options: Default::default(),
                 cache: None,
             });
@@ -337,10 +388,10 @@ impl GpuEngine {
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("probe in"),
-                contents: bytemuck::cast_slice(&input),
+                contents: bytemuck::cast_slice(input),
                 usage: wgpu::BufferUsages::STORAGE,
             });
-        let bytes = (requests.len() * 48) as u64;
+        let bytes = (requests * out_words * 4) as u64;
         let outbuf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("probe out"),
             size: bytes,
@@ -379,23 +430,11 @@ impl GpuEngine {
             });
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind, &[]);
-            pass.dispatch_workgroups((requests.len() as u32).div_ceil(64), 1, 1);
+            pass.dispatch_workgroups((requests as u32).div_ceil(WORKGROUP_SIZE), 1, 1);
         }
         enc.copy_buffer_to_buffer(&outbuf, 0, &readbuf, 0, bytes);
         self.queue.submit([enc.finish()]);
-        let words: Vec<u32> = bytemuck::cast_slice(&self.read(&readbuf, bytes)?).to_vec();
-        Ok(words
-            .chunks(12)
-            .map(|w| {
-                let z = [
-                    f32::from_bits(w[4]),
-                    f32::from_bits(w[5]),
-                    f32::from_bits(w[6]),
-                    f32::from_bits(w[7]),
-                ];
-                ([w[0], w[1], w[2], w[3]], z, (w[8], w[9]))
-            })
-            .collect())
+        Ok(bytemuck::cast_slice(&self.read(&readbuf, bytes)?).to_vec())
     }
 
     fn storage_buffer(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
@@ -455,6 +494,7 @@ impl GpuEngine {
 
     /// Trials per dispatch for `plan` when up to `max_trials` are wanted.
     fn batch(&self, plan: &Plan, max_trials: u32) -> Result<u32> {
+        check_limits(plan)?;
         let limit = (self.info.max_storage_binding).min(1 << 30);
         let (per_trial_w, per_trial_y) = per_trial_bytes(plan);
         // The digits buffer is as large as one trial's weights.
@@ -521,36 +561,58 @@ impl GpuEngine {
         let active: Vec<u32> = plan.row_active.par_iter().map(|&a| a as u32).collect();
         let scales: Vec<f32> = plan.scales.iter().map(|&s| s as f32).collect();
         let exact: Vec<f32> = plan.exact.par_iter().map(|&e| e as f32).collect();
+        let rank = plan.draw_rank();
         let buffers = vec![
-            self.storage_buffer("digits", bytemuck::cast_slice(&digits)),
-            self.storage_buffer("sa1", bytemuck::cast_slice(&sa1)),
-            self.storage_buffer("x", bytemuck::cast_slice(&plan.x)),
-            self.storage_buffer("groups", bytemuck::cast_slice(&groups)),
-            self.storage_buffer("row_active", bytemuck::cast_slice(&active)),
-            self.storage_buffer("scales", bytemuck::cast_slice(&scales)),
-            self.storage_buffer("exact", bytemuck::cast_slice(&exact)),
-            self.storage_buffer("draw_rank", bytemuck::cast_slice(&plan.draw_rank())),
+            (
+                binding::DIGITS,
+                self.storage_buffer("digits", bytemuck::cast_slice(&digits)),
+            ),
+            (
+                binding::SA1_DIGIT,
+                self.storage_buffer("sa1", bytemuck::cast_slice(&sa1)),
+            ),
+            (
+                binding::X,
+                self.storage_buffer("x", bytemuck::cast_slice(&plan.x)),
+            ),
+            (
+                binding::GROUPS,
+                self.storage_buffer("groups", bytemuck::cast_slice(&groups)),
+            ),
+            (
+                binding::ROW_ACTIVE,
+                self.storage_buffer("row_active", bytemuck::cast_slice(&active)),
+            ),
+            (
+                binding::SCALES,
+                self.storage_buffer("scales", bytemuck::cast_slice(&scales)),
+            ),
+            (
+                binding::EXACT,
+                self.storage_buffer("exact", bytemuck::cast_slice(&exact)),
+            ),
+            (
+                binding::DRAW_RANK,
+                self.storage_buffer("draw_rank", bytemuck::cast_slice(&rank)),
+            ),
         ];
         let work = self.work.as_ref().expect("work buffers");
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: self.params.as_entire_binding(),
-        }];
-        for (i, b) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: if i < 7 { i as u32 + 1 } else { 12 },
-                resource: b.as_entire_binding(),
-            });
-        }
-        for (i, b) in [&work.weights, &work.y, &work.moments, &work.hist]
+        let shared = [
+            (binding::PARAMS, &self.params),
+            (binding::WEIGHTS, &work.weights),
+            (binding::Y, &work.y),
+            (binding::MOMENTS, &work.moments),
+            (binding::HIST, &work.hist),
+        ];
+        let entries: Vec<wgpu::BindGroupEntry> = shared
             .into_iter()
-            .enumerate()
-        {
-            entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 8,
+            .chain(buffers.iter().map(|(slot, b)| (*slot, b)))
+            .map(|(binding, b)| wgpu::BindGroupEntry {
+                binding,
                 resource: b.as_entire_binding(),
-            });
-        }
+            })
+            .collect();
+        debug_assert_eq!(entries.len(), BINDINGS.len(), "every binding is bound");
         let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("plan"),
             layout: &self.layout,
@@ -559,7 +621,7 @@ impl GpuEngine {
         self.loaded = Some(Loaded {
             plan_id: plan.id(),
             bind,
-            _buffers: buffers,
+            _buffers: buffers.into_iter().map(|(_, b)| b).collect(),
             batch,
         });
         Ok(())
@@ -579,12 +641,7 @@ impl GpuEngine {
             seed_hi: (plan.seed >> 32) as u32,
             trial0,
             trials,
-            path: match plan.path {
-                NoisePath::Analytic => 0,
-                NoisePath::Aggregated => 1,
-                NoisePath::PerCellStatic => 2,
-                NoisePath::PerCellDynamic => 3,
-            },
+            path: wgsl::path_code(plan.path),
             adc_bits: plan.adc.bits.unwrap_or(0),
             has_faults: plan.has_faults() as u32,
             static_noise: (plan.path == NoisePath::PerCellStatic) as u32,
@@ -594,14 +651,14 @@ impl GpuEngine {
             p_sa0: plan.noise.p_sa0,
             p_sa01: plan.noise.p_sa0 + plan.noise.p_sa1,
             top: plan.adc.bits.map_or(0.0, crate::model::Adc::top),
-            hist_side: SIDE as u32,
             pad0: 0,
+            pad1: 0,
         }
     }
 
-    /// Splits `threads` into a (x, y) grid of 64-wide workgroups within the per-dimension limit.
+    /// Splits `threads` into a (x, y) grid of workgroups within the per-dimension limit.
     fn grid(&self, threads: u64) -> (u32, u32) {
-        let groups = threads.div_ceil(64).max(1);
+        let groups = threads.div_ceil(WORKGROUP_SIZE as u64).max(1);
         let max = self.info.max_workgroups_per_dim.clamp(1, 65_535) as u64;
         let x = groups.min(max);
         (x as u32, groups.div_ceil(x) as u32)
@@ -620,6 +677,25 @@ impl GpuEngine {
         buffer.unmap();
         Ok(out)
     }
+}
+
+/// Refuses a plan beyond what the kernels hold: more planes or input bits
+/// than their register arrays, or random rows numbered past 32 bits (the
+/// WGSL block-index formulas number rows in 32 bits).
+fn check_limits(plan: &Plan) -> Result<()> {
+    if plan.j > MAX_PLANES || plan.xbits > MAX_INPUT_BITS {
+        return Err(Error::Gpu(format!(
+            "the GPU kernels handle at most {MAX_PLANES} digit planes and {MAX_INPUT_BITS} input bits, this plan has {} and {}; use --engine cpu",
+            plan.j, plan.xbits
+        )));
+    }
+    let rows = block_layout(plan).rows(plan.b);
+    if rows > 1 << 32 {
+        return Err(Error::Gpu(format!(
+            "this plan numbers {rows} rows of random blocks, more than the GPU kernels' 2^32; use --engine cpu"
+        )));
+    }
+    Ok(())
 }
 
 /// Bytes of one trial's cell weights `[j][k][n]` and outputs `[b][n]` (f32).

@@ -4,10 +4,12 @@
 pub mod cpu;
 pub mod gpu;
 pub mod stats;
+pub mod wgsl;
 
 use crate::engine::stats::Batch;
 use crate::error::Result;
 use crate::experiment::plan::Plan;
+use crate::model::rng::BlockLayout;
 use std::ops::Range;
 
 /// Something that simulates trials of a plan.
@@ -24,4 +26,15 @@ pub trait Engine {
     /// network's next layer. No statistics are gathered, and the plan's
     /// `exact` may be empty (see [`Plan::with_inputs`]).
     fn outputs(&mut self, plan: &Plan, trial: u32) -> Result<Vec<f64>>;
+}
+
+/// Where a plan's rows of random blocks start, for both engines.
+pub fn block_layout(plan: &Plan) -> BlockLayout {
+    BlockLayout {
+        k: plan.k,
+        j: plan.j,
+        xbits: plan.xbits,
+        chunks: plan.chunks,
+        nb: plan.nb(),
+    }
 }

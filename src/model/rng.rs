@@ -30,6 +30,75 @@ pub mod stream {
     pub const FAULT: u32 = 6;
 }
 
+/// Where each row of random blocks starts (docs/MODEL.md, "Random
+/// numbers"): a row is `nb = ceil(N / 4)` consecutive blocks, one Gaussian
+/// per column, and these are the only formulas for a block's index. Both
+/// engines call them (the GPU through the WGSL twins in `shaders/rng.wgsl`,
+/// which `tests/gpu.rs` compares with these), so they cannot drift apart.
+///
+/// The WGSL twins compute the row number (everything before the final
+/// `* nb + blk`) in 32 bits and the block index in 64;
+/// [`rows`](Self::rows) is what the GPU engine checks fits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockLayout {
+    /// Rows of the array (`K`).
+    pub k: usize,
+    /// Digit planes (`J`).
+    pub j: usize,
+    /// Input bits (`Bx`).
+    pub xbits: usize,
+    /// Chunks of `P` rows (`C`).
+    pub chunks: usize,
+    /// Blocks per row of columns, `ceil(N / 4)`.
+    pub nb: usize,
+}
+
+impl BlockLayout {
+    /// Block `blk` of the row of plane `j`, array row `k`: static cell
+    /// mismatch ([`stream::CELL_STATIC`]) and stuck-at faults
+    /// ([`stream::FAULT`]), `(j K + k) nb + blk`.
+    #[inline(always)]
+    pub fn static_block(&self, j: usize, k: usize, blk: usize) -> u64 {
+        self.at(j as u64 * self.k as u64 + k as u64, blk)
+    }
+
+    /// Block `blk` of the row of input vector `b`, input bit `i`, array row
+    /// `k`, plane `j`: dynamic per-cell noise ([`stream::CELL_DYNAMIC`]),
+    /// `(((b Bx + i) K + k) J + j) nb + blk`.
+    #[inline(always)]
+    pub fn dynamic_block(&self, b: usize, i: usize, k: usize, j: usize, blk: usize) -> u64 {
+        let row = ((b as u64 * self.xbits as u64 + i as u64) * self.k as u64 + k as u64)
+            * self.j as u64
+            + j as u64;
+        self.at(row, blk)
+    }
+
+    /// Block `blk` of the row of conversions of input vector `b`, chunk `c`,
+    /// input bit `i`, plane `j`: read noise ([`stream::READ`]) and
+    /// aggregated noise ([`stream::AGGREGATED`]), `(((b C + c) Bx + i) J +
+    /// j) nb + blk`.
+    #[inline(always)]
+    pub fn read_block(&self, b: usize, c: usize, i: usize, j: usize, blk: usize) -> u64 {
+        let row = ((b as u64 * self.chunks as u64 + c as u64) * self.xbits as u64 + i as u64)
+            * self.j as u64
+            + j as u64;
+        self.at(row, blk)
+    }
+
+    /// The number of rows of each formula above for `inputs` input vectors,
+    /// the largest first row number plus one: the GPU needs it below 2^32.
+    pub fn rows(&self, inputs: usize) -> u64 {
+        let (b, k, j) = (inputs as u64, self.k as u64, self.j as u64);
+        let (xbits, chunks) = (self.xbits as u64, self.chunks as u64);
+        (j * k).max(b * xbits * k * j).max(b * chunks * xbits * j)
+    }
+
+    #[inline(always)]
+    fn at(&self, row: u64, blk: usize) -> u64 {
+        row * self.nb as u64 + blk as u64
+    }
+}
+
 /// The 32x32 -> 64-bit product split into (hi, lo) words.
 #[inline(always)]
 pub fn mulhilo(a: u32, b: u32) -> (u32, u32) {
@@ -403,6 +472,50 @@ mod tests {
                 "ctr {ctr:08x?} key {key:08x?}"
             );
         }
+    }
+
+    #[test]
+    fn block_rows_follow_the_documented_order_without_gaps() {
+        // docs/MODEL.md: rows in the nesting order of each formula's
+        // indices, `nb` blocks each, consecutive from block 0.
+        let l = BlockLayout {
+            k: 5,
+            j: 3,
+            xbits: 2,
+            chunks: 4,
+            nb: 7,
+        };
+        let b = 3;
+        let mut want = 0u64;
+        for j in 0..l.j {
+            for k in 0..l.k {
+                for blk in 0..l.nb {
+                    assert_eq!(l.static_block(j, k, blk), want);
+                    want += 1;
+                }
+            }
+        }
+        let (mut dynamic, mut read) = (Vec::new(), Vec::new());
+        for bb in 0..b {
+            for i in 0..l.xbits {
+                for k in 0..l.k {
+                    for j in 0..l.j {
+                        dynamic.extend((0..l.nb).map(|blk| l.dynamic_block(bb, i, k, j, blk)));
+                    }
+                }
+            }
+            for c in 0..l.chunks {
+                for i in 0..l.xbits {
+                    for j in 0..l.j {
+                        read.extend((0..l.nb).map(|blk| l.read_block(bb, c, i, j, blk)));
+                    }
+                }
+            }
+        }
+        assert!(dynamic.iter().copied().eq(0..dynamic.len() as u64));
+        assert!(read.iter().copied().eq(0..read.len() as u64));
+        let rows = (l.j * l.k).max(dynamic.len() / l.nb).max(read.len() / l.nb);
+        assert_eq!(l.rows(b), rows as u64);
     }
 
     #[test]
