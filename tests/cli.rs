@@ -400,3 +400,66 @@ fn accuracy_experiment_runs_resumes_and_plots() {
         .code(2)
         .stderr(predicate::str::contains("missing.toml"));
 }
+
+#[test]
+fn a_second_run_into_the_same_output_stops_at_once_and_keeps_the_first_ones_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_tiny(dir.path());
+    let before = fs::read_to_string(out.join("tiny.csv")).unwrap();
+    // Another run (this test process) is writing tiny.* in `out`.
+    let held = zebra_cim::io::csv::OutputLock::acquire(&out, "tiny").unwrap();
+    let exp = dir.path().join("tiny.toml");
+    zebra()
+        .args(["run", exp.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args(["--engine", "cpu", "--fresh"])
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("another zebra run")
+                .and(predicate::str::contains(std::process::id().to_string()))
+                .and(predicate::str::contains("--out DIR")),
+        );
+    assert_eq!(fs::read_to_string(out.join("tiny.csv")).unwrap(), before);
+    drop(held);
+    // Once it is done, the run goes ahead and leaves no lock or temporary file.
+    zebra()
+        .args(["run", exp.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args(["--engine", "cpu"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("0 computed, 4 resumed"));
+    let mut left: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["tiny.csv", "tiny_hist.csv"]);
+}
+
+#[test]
+fn rows_with_resume_keys_this_version_does_not_produce_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_tiny(dir.path());
+    let csv = out.join("tiny.csv");
+    let text = fs::read_to_string(&csv).unwrap();
+    let key_col = columns::<ResultRow>()
+        .iter()
+        .position(|c| c == "point_key")
+        .unwrap();
+    let first_key = text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .nth(key_col)
+        .unwrap()
+        .to_string();
+    fs::write(&csv, text.replace(&first_key, "0123456789abcdef")).unwrap();
+    let exp = dir.path().join("tiny.toml");
+    zebra()
+        .args(["run", exp.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args(["--engine", "cpu"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("holds 1 row(s) whose resume keys"));
+}

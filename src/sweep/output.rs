@@ -456,3 +456,38 @@ pub fn point_key(params: &Params, mapping: &MappingSpec) -> String {
     let text = record(&fields).join("\u{1f}");
     format!("{:016x}", crate::experiment::stable_hash(&text))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::{Experiment, Overrides};
+    use std::path::Path;
+
+    fn key_of(toml: &str, mapping: &str) -> String {
+        let text = format!("version = 1\n{toml}");
+        let exp = Experiment::parse(&text, Path::new("k.toml"), Overrides::default()).unwrap();
+        point_key(
+            &exp.points[0].params,
+            &MappingSpec::preset(mapping).unwrap(),
+        )
+    }
+
+    #[test]
+    fn resume_keys_are_a_fixed_function_of_the_parameters() {
+        // The key of a fixed point, written down: if this changes, every
+        // committed result stops resuming. Change it only with KEY_REVISION.
+        let base = "seed = 7\n[layer]\nk = 64\nn = 8\n[noise]\ncell_sigma = 0.05\n";
+        assert_eq!(key_of(base, "zebra"), "64ebf9ecacbc78e8");
+        let others = [
+            key_of(base, "dense"),
+            key_of(&base.replace("seed = 7", "seed = 8"), "zebra"),
+            key_of(&base.replace("n = 8", "n = 9"), "zebra"),
+            key_of(&base.replace("0.05", "0.050001"), "zebra"),
+            key_of(&format!("{base}leak = 0.001\n"), "zebra"),
+            key_of(&format!("{base}[adc]\nbits = 5\n"), "zebra"),
+        ];
+        for (i, k) in others.iter().enumerate() {
+            assert_ne!(k, &key_of(base, "zebra"), "change {i} kept the key");
+        }
+    }
+}
