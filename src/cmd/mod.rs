@@ -84,6 +84,21 @@ pub enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Compute only shard I of N (I from 0) of the sweep's trials, as
+        /// partial results OUT/NAME.shard-I-of-N.toml for `zebra merge`;
+        /// `slurm` takes I and N from the Slurm job array's environment.
+        #[arg(long, value_name = "I/N|slurm")]
+        shard: Option<String>,
+    },
+    /// Merge the partial results of every shard of a sharded run (`run
+    /// --shard`) into OUT/NAME.csv and OUT/NAME_hist.csv, the files one
+    /// unsharded run writes.
+    Merge {
+        /// Folder for the merged result files.
+        out: PathBuf,
+        /// Folders holding the shards' partial results (all of them).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
     },
     /// Validate an experiment file; show the sweep and the work it implies.
     Check {
@@ -169,6 +184,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             threads,
             fresh,
             quiet,
+            shard,
         } => {
             let overrides = Overrides {
                 trials,
@@ -183,8 +199,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 adapter,
                 threads,
             };
-            run::run_experiment_file(&file, overrides, how)
+            match shard {
+                Some(s) => run::run_shard(&file, overrides, &s, how),
+                None => run::run_experiment_file(&file, overrides, how),
+            }
         }
+        Command::Merge { out, dirs } => run::run_merge(&out, &dirs),
         Command::Check { file, trials, seed } => check::run_check(&file, trials, seed),
         Command::Inspect {
             file,

@@ -7,6 +7,7 @@ use crate::engine::Engine;
 use crate::experiment::{Experiment, Overrides};
 use crate::sweep::accuracy;
 use crate::sweep::run::{self as runner, RunOptions};
+use crate::sweep::shard::{self, Shard};
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::process::ExitCode;
@@ -133,4 +134,70 @@ fn summary(
         "{rows} (point, mapping) rows: {computed} computed, {resumed} resumed; engine {device}"
     );
     println!("wrote {} and {}", csv.display(), companion.display());
+}
+
+/// `zebra run FILE --shard I/N`: one shard's partial results.
+pub fn run_shard(file: &Path, overrides: Overrides, spec: &str, how: RunArgs) -> Result<ExitCode> {
+    let shard = match Shard::parse(spec) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(super::EXIT_USAGE));
+        }
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return bad_input(crate::error::Error::io(file, e)),
+    };
+    // Checked before an engine opens, as for an unsharded run.
+    if let Err(e) = Experiment::parse(&text, file, overrides) {
+        return bad_input(e);
+    }
+    let Some(mut engine) = open_engine(&how) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let report = match shard::run_shard(
+        file,
+        &text,
+        overrides,
+        shard,
+        engine.as_mut(),
+        &how.out,
+        how.fresh,
+    ) {
+        Ok(r) => r,
+        Err(e) if is_bad_input(&e) => return bad_input(e),
+        Err(e) => return Err(e).context("simulation failed"),
+    };
+    println!(
+        "shard {}/{}: {} (point, mapping, trial range) units: {} computed, {} resumed; engine {}",
+        shard.index,
+        shard.count,
+        report.computed + report.resumed,
+        report.computed,
+        report.resumed,
+        engine.device()
+    );
+    println!("wrote {}", report.path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zebra merge OUT DIR...`: the merged result files of a sharded run.
+pub fn run_merge(out: &Path, dirs: &[std::path::PathBuf]) -> Result<ExitCode> {
+    let report = match shard::merge(out, dirs) {
+        Ok(r) => r,
+        Err(e) => return bad_input(e),
+    };
+    print!("{}", runner::format_table(&report.experiment, &report.rows));
+    println!(
+        "{} (point, mapping) rows merged from {} shards",
+        report.rows.len(),
+        report.shards
+    );
+    println!(
+        "wrote {} and {}",
+        report.csv.display(),
+        report.hist_csv.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

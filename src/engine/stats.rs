@@ -2,7 +2,7 @@
 //! histogram of signed errors, merged in trial order so results never depend
 //! on thread count.
 
-use crate::experiment::plan::{Counters, Plan};
+use crate::experiment::plan::{Counters, PlanFacts};
 
 /// Errors below this magnitude fall in the zero bin.
 pub const HIST_MIN: f64 = 1e-3;
@@ -116,30 +116,59 @@ pub struct Summary {
     pub counters: Counters,
 }
 
-/// Accumulates batches of one (point, mapping) in trial order.
-#[derive(Clone, Debug)]
+/// Accumulates batches of one (point, mapping) in trial order, from trial
+/// `first` on. Everything it holds is exact (per-trial moments, bin
+/// counts), so accumulators of consecutive trial ranges joined in order
+/// equal one accumulator of the whole range: the basis of sharded runs.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Accumulator {
+    /// The first trial.
+    pub first: u32,
     pub trials: Vec<TrialMoments>,
     pub hist: Vec<u64>,
 }
 
 impl Default for Accumulator {
     fn default() -> Self {
-        Accumulator {
-            trials: Vec::new(),
-            hist: vec![0; BINS],
-        }
+        Accumulator::starting_at(0)
     }
 }
 
 impl Accumulator {
+    /// An empty accumulator whose first batch starts at trial `first`.
+    pub fn starting_at(first: u32) -> Self {
+        Accumulator {
+            first,
+            trials: Vec::new(),
+            hist: vec![0; BINS],
+        }
+    }
+
+    /// The trial after the last one added.
+    pub fn end(&self) -> u32 {
+        self.first + self.trials.len() as u32
+    }
+
+    /// Appends `next`, which must start where this one ends.
+    pub fn append(&mut self, next: &Accumulator) -> Result<(), String> {
+        if next.first != self.end() {
+            return Err(format!(
+                "trials {}.. do not follow trials {}..{}",
+                next.first,
+                self.first,
+                self.end()
+            ));
+        }
+        self.trials.extend_from_slice(&next.trials);
+        for (a, b) in self.hist.iter_mut().zip(&next.hist) {
+            *a += b;
+        }
+        Ok(())
+    }
+
     /// Adds a batch; batches must arrive in trial order.
     pub fn add(&mut self, batch: &Batch) {
-        assert_eq!(
-            batch.first_trial as usize,
-            self.trials.len(),
-            "batches out of order"
-        );
+        assert_eq!(batch.first_trial, self.end(), "batches out of order");
         self.trials.extend_from_slice(&batch.trials);
         for (a, b) in self.hist.iter_mut().zip(&batch.hist) {
             *a += b;
@@ -147,7 +176,7 @@ impl Accumulator {
     }
 
     /// Final metrics.
-    pub fn summary(&self, plan: &Plan) -> Summary {
+    pub fn summary(&self, plan: &PlanFacts) -> Summary {
         let per_trial = (plan.b * plan.n) as f64;
         let samples = per_trial * self.trials.len() as f64;
         let (mut sum, mut sumsq, mut max_abs) = (0.0, 0.0, 0.0f64);

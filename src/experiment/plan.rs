@@ -35,7 +35,7 @@ impl NoisePath {
 }
 
 /// Cost of one trial (one pass of all inputs through the layer).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     /// ADC conversions performed.
     pub conversions: u64,
@@ -92,6 +92,50 @@ impl std::ops::Deref for Plan {
     type Target = PlanData;
     fn deref(&self) -> &PlanData {
         &self.data
+    }
+}
+
+/// What a result row needs to know of a plan beyond its statistics: small,
+/// and serialisable, so partial results of a sharded run carry it and
+/// `zebra merge` needs no plan (nor the layer's files).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PlanFacts {
+    pub k: usize,
+    pub n: usize,
+    /// Input vectors per trial.
+    pub b: usize,
+    /// Planes.
+    pub j: usize,
+    pub chunks: usize,
+    /// The noise path's label (the `sampling` column).
+    pub sampling: String,
+    pub exact_std: f64,
+    pub counters: Counters,
+    /// Non-zero digit density of each plane.
+    pub plane_density: Vec<f64>,
+}
+
+impl Plan {
+    /// The facts of this plan a result row reports.
+    pub fn facts(&self) -> PlanFacts {
+        let per_plane = self.k * self.n;
+        let plane_density = (0..self.j)
+            .map(|j| {
+                let digits = &self.digits[j * per_plane..(j + 1) * per_plane];
+                digits.iter().filter(|&&d| d != 0).count() as f64 / per_plane as f64
+            })
+            .collect();
+        PlanFacts {
+            k: self.k,
+            n: self.n,
+            b: self.b,
+            j: self.j,
+            chunks: self.chunks,
+            sampling: self.path.label().into(),
+            exact_std: self.exact_std,
+            counters: self.counters,
+            plane_density,
+        }
     }
 }
 

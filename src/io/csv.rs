@@ -39,32 +39,38 @@ pub fn read_csv(path: &Path) -> Result<Option<Table>> {
     Ok(Some((header, rows)))
 }
 
-/// Writes a CSV atomically: a temporary file with a unique name beside it
-/// (created exclusively, so no existing file or link is followed), synced to
-/// disk, then renamed over `path`. On any error the temporary file is
-/// removed and `path` is untouched.
+/// Writes a CSV atomically (see [`write_atomic`]).
 pub fn write_csv_atomic(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<()> {
-    let dir = parent_dir(path);
-    let name = path
-        .file_name()
-        .map_or("out".into(), |n| n.to_string_lossy());
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
     let csv_err = |e| Error::Csv {
         path: path.into(),
         source: e,
     };
-    {
-        let mut w = csv::Writer::from_writer(tmp.as_file());
-        w.write_record(header).map_err(csv_err)?;
-        for r in rows {
-            w.write_record(r).map_err(csv_err)?;
-        }
-        w.flush().map_err(|e| Error::io(path, e))?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(header).map_err(csv_err)?;
+    for r in rows {
+        w.write_record(r).map_err(csv_err)?;
     }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| Error::io(path, e.into_error()))?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes a file atomically: a temporary file with a unique name beside it
+/// (created exclusively, so no existing file or link is followed), synced to
+/// disk, then renamed over `path`. On any error the temporary file is
+/// removed and `path` is untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .map_or("out".into(), |n| n.to_string_lossy());
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     // The rename is durable once the folder is synced (best effort: not

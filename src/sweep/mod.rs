@@ -5,3 +5,4 @@ pub mod accuracy;
 pub mod output;
 pub mod resume;
 pub mod run;
+pub mod shard;

@@ -3,7 +3,7 @@
 //! disagree, and a resume key from a stable serialisation of the parameters.
 
 use crate::engine::stats::Summary;
-use crate::experiment::plan::Plan;
+use crate::experiment::plan::PlanFacts;
 use crate::experiment::{InputSource, NoiseParams, Params, Point, WeightSource};
 use crate::io::csv::record;
 use crate::model::MappingSpec;
@@ -171,7 +171,14 @@ pub struct ResultRow {
 
 impl ResultRow {
     /// The row of one finished (point, mapping).
-    pub fn new(experiment: &str, point: &Point, plan: &Plan, s: &Summary, run: &RunInfo) -> Self {
+    pub fn new(
+        experiment: &str,
+        point: &Point,
+        mapping: &MappingSpec,
+        plan: &PlanFacts,
+        s: &Summary,
+        run: &RunInfo,
+    ) -> Self {
         let p = &point.params;
         let l = &p.layer;
         let (inputs_source, input_zero_fraction) = input_source(&l.input_source);
@@ -179,7 +186,7 @@ impl ResultRow {
         ResultRow {
             experiment: experiment.into(),
             point: point.index,
-            mapping: plan.mapping.name.clone(),
+            mapping: mapping.name.clone(),
             k: plan.k,
             n: plan.n,
             inputs: plan.b,
@@ -188,13 +195,13 @@ impl ResultRow {
             weights: weight_source(&l.weights),
             inputs_source,
             input_zero_fraction,
-            array: ArrayColumns::new(p, &plan.mapping),
+            array: ArrayColumns::new(p, mapping),
             calibrate_percentile: p.calibrate_percentile,
-            encoding: plan.mapping.encoding.label().into(),
-            skip_zero_planes: plan.mapping.skip_zero_planes,
-            skip_zero_inputs: plan.mapping.skip_zero_inputs,
+            encoding: mapping.encoding.label().into(),
+            skip_zero_planes: mapping.skip_zero_planes,
+            skip_zero_inputs: mapping.skip_zero_inputs,
             noise: NoiseColumns::new(&p.noise),
-            sampling: plan.path.label().into(),
+            sampling: plan.sampling.clone(),
             trials: s.trials,
             seed: p.seed,
             errors: ErrorColumns::new(s),
@@ -208,7 +215,7 @@ impl ResultRow {
                 0.0
             },
             version: env!("CARGO_PKG_VERSION").into(),
-            point_key: point_key(p, &plan.mapping),
+            point_key: point_key(p, mapping),
             exact_std: plan.exact_std,
             planes: plan.j,
         }
@@ -316,10 +323,10 @@ pub struct CostColumns {
 }
 
 impl CostColumns {
-    fn new(p: &Params, plan: &Plan, s: &Summary) -> Self {
+    fn new(p: &Params, plan: &PlanFacts, s: &Summary) -> Self {
         let c = &s.counters;
         let groups = (plan.chunks * plan.j * plan.n) as f64;
-        let density = plane_densities(plan);
+        let density = &plan.plane_density;
         let energy = energy_per_mac(p, &s.counters);
         CostColumns {
             adc_conversions: c.conversions,
@@ -343,20 +350,6 @@ impl CostColumns {
             energy_adc_share: energy.map(|e| e.1),
         }
     }
-}
-
-/// Non-zero digit density of each plane of a plan.
-fn plane_densities(plan: &Plan) -> Vec<f64> {
-    let per_plane = plan.k * plan.n;
-    (0..plan.j)
-        .map(|j| {
-            plan.digits[j * per_plane..(j + 1) * per_plane]
-                .iter()
-                .filter(|&&d| d != 0)
-                .count() as f64
-                / per_plane as f64
-        })
-        .collect()
 }
 
 /// The energy proxy per MAC and the ADC's share of it (docs/MODEL.md):

@@ -183,7 +183,15 @@ fn simulate_point(
         device: engine.device(),
         elapsed_s: start.elapsed().as_secs_f64(),
     };
-    let row = ResultRow::new(&exp.name, point, plan, &acc.summary(plan), &run);
+    let facts = plan.facts();
+    let row = ResultRow::new(
+        &exp.name,
+        point,
+        &plan.mapping,
+        &facts,
+        &acc.summary(&facts),
+        &run,
+    );
     let hist = coarse_rows(&acc.hist, 5)
         .into_iter()
         .map(|(bin_lo, bin_hi, count)| {
