@@ -287,20 +287,25 @@ fn auto_engine_names_what_ran_and_warns_once_on_fallback() {
             "{err}"
         );
     }
-    let csv = fs::read_to_string(dir.path().join("tiny.csv")).unwrap();
-    let engine_col = zebra_cim::sweep::output::COLUMNS
-        .iter()
-        .position(|c| *c == "engine")
+    // The result file names the engine and device the run reported.
+    let (header, rows) = zebra_cim::io::csv::read_csv(&dir.path().join("tiny.csv"))
+        .unwrap()
         .unwrap();
-    let engine = csv
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .nth(engine_col)
-        .unwrap()
-        .to_string();
-    assert!(engine == "cpu" || engine == "gpu");
+    let column = |name: &str| {
+        let at = header.iter().position(|c| c == name).unwrap();
+        rows[0][at].clone()
+    };
+    let ran = if out.contains("engine cpu") {
+        "cpu"
+    } else {
+        "gpu"
+    };
+    assert_eq!(column("engine"), ran, "{out}");
+    assert!(
+        out.contains(&format!("engine {}", column("device"))),
+        "device {} not in {out}",
+        column("device")
+    );
 }
 
 #[test]
