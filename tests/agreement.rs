@@ -117,16 +117,21 @@ fn check_against_reference(
     want: &[f64],
     got: &[f64],
     f32_errors: bool,
-) -> usize {
+) -> Stats {
     assert_eq!(want.len(), got.len(), "{label}: lengths");
     let bounds = common::f32_sum_bounds(plan);
     let per = plan.b * plan.n;
     let exact = integer_sums(plan);
     let (mut flips, mut bad, mut expected) = (Vec::new(), Vec::new(), 0.0);
+    let (mut identical, mut worst) = (0usize, 0f64);
     for (idx, (&r, &c)) in want.iter().zip(got).enumerate() {
         let (float_bound, step, p_flip) = bounds[idx % per];
         expected += p_flip;
         let d = (c - r).abs();
+        identical += (d == 0.0) as usize;
+        if plan.adc.bits.is_none() && float_bound > 0.0 {
+            worst = worst.max(d / float_bound);
+        }
         // `run` reports errors as f32: half an ulp of |e| on each side.
         let ex = plan.exact[idx % per] as f64;
         let e_round = if f32_errors {
@@ -174,22 +179,48 @@ fn check_against_reference(
         flips.len(),
         &flips[..flips.len().min(5)]
     );
-    flips.len()
+    Stats {
+        flips: flips.len(),
+        identical,
+        outputs: want.len(),
+        worst,
+    }
+}
+
+/// What one comparison saw.
+#[derive(Default)]
+struct Stats {
+    flips: usize,
+    identical: usize,
+    outputs: usize,
+    /// Largest |difference| / bound with an ideal ADC.
+    worst: f64,
+}
+
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, o: Stats) {
+        self.flips += o.flips;
+        self.identical += o.identical;
+        self.outputs += o.outputs;
+        self.worst = self.worst.max(o.worst);
+    }
 }
 
 #[test]
 fn cpu_engine_agrees_with_the_reference() {
     let (mut reference, mut cpu) = (ReferenceEngine::new(), CpuEngine::new());
-    let (mut flips, mut outputs_checked) = (0, 0);
+    let mut stats = Stats::default();
     for (label, plan) in plans() {
         let (want_run, want) = outputs(&mut reference, &plan);
         let (got_run, got) = outputs(&mut cpu, &plan);
-        flips += check_against_reference(&format!("{label} (outputs)"), &plan, &want, &got, false);
-        flips +=
+        stats += check_against_reference(&format!("{label} (outputs)"), &plan, &want, &got, false);
+        stats +=
             check_against_reference(&format!("{label} (run)"), &plan, &want_run, &got_run, true);
-        outputs_checked += 2 * want.len();
     }
-    eprintln!("cpu vs reference: {flips} single-step flips in {outputs_checked} outputs");
+    eprintln!(
+        "cpu vs reference: {} outputs, {} identical, {} one ADC step off; ideal ADC: largest difference {:.3} of its bound",
+        stats.outputs, stats.identical, stats.flips, stats.worst
+    );
 }
 
 #[test]

@@ -521,85 +521,99 @@ fn leak_bias_matches_its_expectation(engine: &mut dyn Engine) {
 /// computed here from the layer; and without noise each engine outputs
 /// `sum 2^i s_j adc(clean sum)` over that range, clipping included.
 fn calibrated_range_is_the_stated_quantiles_of_clean_sums(engine: &mut dyn Engine) {
+    use zebra_cim::model::{encode_planes, Adc, AdcRange, Encoding};
+    // A 2-bit ADC: 3 codes, so every range wider than 3 cells is read with
+    // its ends as the extreme codes, and sums beyond them are clipped.
     let text = "version = 1\nseed = 8\n[layer]\nk = 60\nn = 10\ninputs = 6\ninput_bits = 4\n[array]\nparallelism = 16\n\
-                [adc]\nbits = 4\ncalibrate_percentile = 90.0\n";
+                [adc]\nbits = 2\ncalibrate_percentile = 90.0\n";
     let (params, layer) = common::point(text);
     let (k, n, b, p) = (layer.k, layer.n, layer.inputs, 16);
     let xbits = layer.input_bits as usize;
-    let planes = zebra_cim::model::encode_planes(
-        zebra_cim::model::Encoding::TwosComplement,
-        layer.weight_bits,
-        &layer.w,
-        k,
-        n,
-    );
+    let adc = Adc { bits: Some(2) };
     let chunks = k.div_ceil(p);
-    let clean = |bb: usize, c: usize, i: usize, j: usize, col: usize| -> i64 {
-        (c * p..((c + 1) * p).min(k))
-            .map(|kk| (layer.x[bb * k + kk] >> i & 1) as i64 * planes.digit(j, kk, col) as i64)
-            .sum()
+    // dense-cal ({0,1} digits: the low end is 0) and a signed calibrated
+    // mapping (sign-magnitude digits: both ends are quantiles).
+    let signed = MappingSpec {
+        name: "signmag-cal".into(),
+        encoding: Encoding::SignMagnitude,
+        skip_zero_planes: false,
+        skip_zero_inputs: false,
+        adc_range: AdcRange::Calibrated,
     };
-    let mut ranges = Vec::new();
-    let mut clipped = 0;
-    for j in 0..planes.count() {
-        let mut sums = Vec::new();
-        for bb in 0..b {
-            for c in 0..chunks {
-                for i in 0..xbits {
-                    for col in 0..n {
-                        sums.push(clean(bb, c, i, j, col));
+    for mapping in [MappingSpec::preset("dense-cal").unwrap(), signed] {
+        let planes = encode_planes(mapping.encoding, layer.weight_bits, &layer.w, k, n);
+        let clean = |bb: usize, c: usize, i: usize, j: usize, col: usize| -> i64 {
+            (c * p..((c + 1) * p).min(k))
+                .map(|kk| (layer.x[bb * k + kk] >> i & 1) as i64 * planes.digit(j, kk, col) as i64)
+                .sum()
+        };
+        let (mut ranges, mut clipped_high, mut clipped_low) = (Vec::new(), 0, 0);
+        for j in 0..planes.count() {
+            let mut sums = Vec::new();
+            for bb in 0..b {
+                for c in 0..chunks {
+                    for i in 0..xbits {
+                        for col in 0..n {
+                            sums.push(clean(bb, c, i, j, col));
+                        }
                     }
                 }
             }
-        }
-        sums.sort();
-        let q = |f: f64| sums[(f * (sums.len() - 1) as f64).round() as usize];
-        let lo = q(0.1).min(0);
-        let hi = q(0.9).max(0).max(lo + 1);
-        clipped += sums.iter().filter(|&&s| s < lo || s > hi).count();
-        ranges.push((lo as f32, hi as f32));
-    }
-    assert!(
-        clipped > 0,
-        "no clean sum outside the 90% range: the test would not see clipping"
-    );
-    let plan = common::plan(&params, &layer, "dense-cal");
-    for c in 0..chunks {
-        for (j, &(lo, hi)) in ranges.iter().enumerate() {
-            for col in 0..n {
-                let g = plan.group(c, j, col);
-                assert_eq!(
-                    (plan.lo[g], plan.hi[g]),
-                    (lo, hi),
-                    "plane {j} chunk {c} column {col}"
-                );
+            sums.sort();
+            let q = |f: f64| sums[(f * (sums.len() - 1) as f64).round() as usize];
+            let lo = q(0.1).min(0);
+            let hi = q(0.9).max(0).max(lo + 1);
+            if hi - lo >= 3 {
+                clipped_high += sums.iter().filter(|&&s| s > hi).count();
+                clipped_low += sums.iter().filter(|&&s| s < lo).count();
             }
+            ranges.push((lo as f32, hi as f32));
         }
-    }
-    let adc = zebra_cim::model::Adc { bits: Some(4) };
-    let want: Vec<f64> = (0..b * n)
-        .map(|o| {
-            let (bb, col) = (o / n, o % n);
-            let mut y = 0.0;
-            for c in 0..chunks {
-                for i in 0..xbits {
-                    for (j, &(lo, hi)) in ranges.iter().enumerate() {
-                        let v = adc.convert(clean(bb, c, i, j, col) as f32, lo, hi) as f64;
-                        y += (1u64 << i) as f64 * planes.scales[j] as f64 * v;
-                    }
-                }
-            }
-            y
-        })
-        .collect();
-    let bounds = common::f32_engine_bounds(&plan);
-    let y = engine.outputs(&plan, 0).unwrap();
-    for (o, (&got, &w)) in y.iter().zip(&want).enumerate() {
+        let name = &mapping.name;
         assert!(
-            (got - w).abs() <= bounds[o],
-            "output {o}: engine {got}, from the calibrated range {w} (tolerance {:e})",
-            bounds[o]
+            clipped_high > 0,
+            "{name}: no clipping at the high end to see"
         );
+        if mapping.signed_digits() {
+            assert!(clipped_low > 0, "{name}: no clipping at the low end to see");
+        }
+        let plan = Plan::new(&params, &layer, &mapping);
+        for c in 0..chunks {
+            for (j, &(lo, hi)) in ranges.iter().enumerate() {
+                for col in 0..n {
+                    let g = plan.group(c, j, col);
+                    assert_eq!(
+                        (plan.lo[g], plan.hi[g]),
+                        (lo, hi),
+                        "{name}: plane {j} chunk {c} column {col}"
+                    );
+                }
+            }
+        }
+        let want: Vec<f64> = (0..b * n)
+            .map(|o| {
+                let (bb, col) = (o / n, o % n);
+                let mut y = 0.0;
+                for c in 0..chunks {
+                    for i in 0..xbits {
+                        for (j, &(lo, hi)) in ranges.iter().enumerate() {
+                            let v = adc.convert(clean(bb, c, i, j, col) as f32, lo, hi) as f64;
+                            y += (1u64 << i) as f64 * planes.scales[j] as f64 * v;
+                        }
+                    }
+                }
+                y
+            })
+            .collect();
+        let bounds = common::f32_engine_bounds(&plan);
+        let y = engine.outputs(&plan, 0).unwrap();
+        for (o, (&got, &w)) in y.iter().zip(&want).enumerate() {
+            assert!(
+                (got - w).abs() <= bounds[o],
+                "{name}: output {o}: engine {got}, from the calibrated range {w} (tolerance {:e})",
+                bounds[o]
+            );
+        }
     }
 }
 
