@@ -62,7 +62,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     /// No noise and a lossless ADC give the exact product, for every mapping,
-    /// shape, parallelism and bit width, on every engine path.
+    /// shape, parallelism and bit width, on every CPU engine path and on the
+    /// reference engine.
     #[test]
     fn zero_noise_is_exact(
         k in 1usize..90, n in 1usize..10, b in 1usize..3, p in 1usize..100,
@@ -84,10 +85,12 @@ proptest! {
             let plan = Plan::new(&params, &layer, &m);
             for path in [NoisePath::Analytic, NoisePath::PerCellStatic, NoisePath::PerCellDynamic] {
                 let plan = plan.with_path(path);
-                let out = CpuEngine::new().run(&plan, 0..1, true).unwrap();
-                let raw = out.raw.unwrap();
-                let bad: Vec<(usize, f32)> = raw.iter().cloned().enumerate().filter(|(_, e)| *e != 0.0).take(5).collect();
-                prop_assert!(bad.is_empty(), "mapping {} path {:?} k={} n={} p={}: first errors (index, e) {:?}", m.name, path, k, n, p, bad);
+                let engines: [Box<dyn Engine>; 2] = [Box::new(CpuEngine::new()), Box::new(ReferenceEngine::new())];
+                for mut engine in engines {
+                    let raw = engine.run(&plan, 0..1, true).unwrap().raw.unwrap();
+                    let bad: Vec<(usize, f32)> = raw.iter().cloned().enumerate().filter(|(_, e)| *e != 0.0).take(5).collect();
+                    prop_assert!(bad.is_empty(), "{} engine, mapping {} path {:?} k={} n={} p={}: first errors (index, e) {:?}", engine.name(), m.name, path, k, n, p, bad);
+                }
             }
         }
     }
@@ -303,7 +306,8 @@ fn read_noise_matches_closed_form(engine: &mut dyn Engine) {
 
 /// No noise and a lossless ADC (or an ideal one) give the exact product for
 /// every mapping and every noise path's code, on fixed awkward shapes
-/// (`zero_noise_is_exact` above searches shapes on the CPU engine). Sums are
+/// (`zero_noise_is_exact` above searches shapes on the CPU and reference
+/// engines). Sums are
 /// integers below 2^24, exact in f32 too.
 fn zero_noise_is_exact_for_every_mapping_and_path(engine: &mut dyn Engine) {
     for (k, n, b, p, wbits, xbits) in [
