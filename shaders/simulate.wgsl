@@ -123,7 +123,7 @@ fn bits_hi(x: u32) -> vec4<f32> {
 // The conversions of one (input vector, chunk, plane): analog sums `lo`
 // (input bits 0-3) and `hi` (bits 4-7), summed squared weights `slo`/`shi`
 // for the aggregated path; returns the shift-and-add contribution.
-fn convert_vector(lo: vec4<f32>, hi: vec4<f32>, slo: vec4<f32>, shi: vec4<f32>, bb: u32, c: u32, jj: u32, nn: u32, t: u32, grp: vec4<f32>) -> f32 {
+fn convert_vector(lo: vec4<f32>, hi: vec4<f32>, slo: vec4<f32>, shi: vec4<f32>, zlo: vec4<f32>, zhi: vec4<f32>, bb: u32, c: u32, jj: u32, nn: u32, t: u32, grp: vec4<f32>) -> f32 {
     var out = 0.0;
     let lane = nn % 4u;
     let blk = nn / 4u;
@@ -133,9 +133,19 @@ fn convert_vector(lo: vec4<f32>, hi: vec4<f32>, slo: vec4<f32>, shi: vec4<f32>, 
         }
         var a = hi[(i + 4u) % 4u];
         var s2 = shi[(i + 4u) % 4u];
+        var z = zhi[(i + 4u) % 4u];
         if (i < 4u) {
             a = lo[i];
             s2 = slo[i];
+            z = zlo[i];
+        }
+        // Without static noise the sums are of digits and the leak is added
+        // once, `D + leak Z`, as the CPU engine adds it (Z counts the zero
+        // digits read): summed cell by cell, leak rounds differently and
+        // can move a sum that is an exact ADC tie.
+        if (P.static_noise == 0u) {
+            a = a + P.leak * z;
+            s2 = s2 + P.leak * P.leak * z;
         }
         let index = read_block(blocks(), bb, c, i, jj, blk);
         if (P.path == PATH_AGGREGATED) {
@@ -169,6 +179,7 @@ fn simulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let b2 = min(b0 + 2u, P.b - 1u);
     let b3 = min(b0 + 3u, P.b - 1u);
     let agg = P.path == PATH_AGGREGATED;
+    let digit_sums = P.static_noise == 0u && P.leak != 0.0;
     var y0 = 0.0;
     var y1 = 0.0;
     var y2 = 0.0;
@@ -189,9 +200,24 @@ fn simulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
             var sl1 = vec4<f32>(0.0); var sh1 = vec4<f32>(0.0);
             var sl2 = vec4<f32>(0.0); var sh2 = vec4<f32>(0.0);
             var sl3 = vec4<f32>(0.0); var sh3 = vec4<f32>(0.0);
+            var zl0 = vec4<f32>(0.0); var zh0 = vec4<f32>(0.0);
+            var zl1 = vec4<f32>(0.0); var zh1 = vec4<f32>(0.0);
+            var zl2 = vec4<f32>(0.0); var zh2 = vec4<f32>(0.0);
+            var zl3 = vec4<f32>(0.0); var zh3 = vec4<f32>(0.0);
             let wbase = (tl * P.j + jj) * P.k;
             for (var kk = k0; kk < k1; kk = kk + 1u) {
-                let w = weights[(wbase + kk) * P.n + nn];
+                var w = weights[(wbase + kk) * P.n + nn];
+                if (digit_sums && abs(w) != 1.0) {
+                    // A zero digit: counted, its leak added per conversion.
+                    w = 0.0;
+                    let x0 = xin[b0 * P.k + kk]; let x1 = xin[b1 * P.k + kk];
+                    let x2 = xin[b2 * P.k + kk]; let x3 = xin[b3 * P.k + kk];
+                    zl0 = zl0 + bits_lo(x0); zh0 = zh0 + bits_hi(x0);
+                    zl1 = zl1 + bits_lo(x1); zh1 = zh1 + bits_hi(x1);
+                    zl2 = zl2 + bits_lo(x2); zh2 = zh2 + bits_hi(x2);
+                    zl3 = zl3 + bits_lo(x3); zh3 = zh3 + bits_hi(x3);
+                    continue;
+                }
                 let f0l = bits_lo(xin[b0 * P.k + kk]); let f0h = bits_hi(xin[b0 * P.k + kk]);
                 let f1l = bits_lo(xin[b1 * P.k + kk]); let f1h = bits_hi(xin[b1 * P.k + kk]);
                 let f2l = bits_lo(xin[b2 * P.k + kk]); let f2h = bits_hi(xin[b2 * P.k + kk]);
@@ -208,10 +234,10 @@ fn simulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
                     sl3 = sl3 + w2 * f3l; sh3 = sh3 + w2 * f3h;
                 }
             }
-            y0 = y0 + convert_vector(l0, h0, sl0, sh0, b0, c, jj, nn, t, grp);
-            if (b0 + 1u < P.b) { y1 = y1 + convert_vector(l1, h1, sl1, sh1, b1, c, jj, nn, t, grp); }
-            if (b0 + 2u < P.b) { y2 = y2 + convert_vector(l2, h2, sl2, sh2, b2, c, jj, nn, t, grp); }
-            if (b0 + 3u < P.b) { y3 = y3 + convert_vector(l3, h3, sl3, sh3, b3, c, jj, nn, t, grp); }
+            y0 = y0 + convert_vector(l0, h0, sl0, sh0, zl0, zh0, b0, c, jj, nn, t, grp);
+            if (b0 + 1u < P.b) { y1 = y1 + convert_vector(l1, h1, sl1, sh1, zl1, zh1, b1, c, jj, nn, t, grp); }
+            if (b0 + 2u < P.b) { y2 = y2 + convert_vector(l2, h2, sl2, sh2, zl2, zh2, b2, c, jj, nn, t, grp); }
+            if (b0 + 3u < P.b) { y3 = y3 + convert_vector(l3, h3, sl3, sh3, zl3, zh3, b3, c, jj, nn, t, grp); }
         }
     }
     let out = (tl * P.b + b0) * P.n + nn;

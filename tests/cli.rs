@@ -289,20 +289,26 @@ fn auto_engine_names_what_ran_and_warns_once_on_fallback() {
             "{err}"
         );
     }
-    let csv = fs::read_to_string(dir.path().join("tiny.csv")).unwrap();
-    let engine_col = columns::<ResultRow>()
-        .iter()
-        .position(|c| c == "engine")
+    // The result file names the engine and device the run reported.
+    let (header, rows) = zebra_cim::io::csv::read_csv(&dir.path().join("tiny.csv"))
+        .unwrap()
         .unwrap();
-    let engine = csv
+    let column = |name: &str| {
+        let at = header.iter().position(|c| c == name).unwrap();
+        rows[0][at].clone()
+    };
+    // The summary line ends "; engine DEVICE".
+    let device = out
         .lines()
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .nth(engine_col)
-        .unwrap()
-        .to_string();
-    assert!(engine == "cpu" || engine == "gpu");
+        .find_map(|l| l.split_once("; engine ").map(|(_, d)| d.to_string()))
+        .unwrap_or_else(|| panic!("no engine named in {out}"));
+    let ran = if device.starts_with("cpu") {
+        "cpu"
+    } else {
+        "gpu"
+    };
+    assert_eq!(column("engine"), ran, "{out}");
+    assert_eq!(column("device"), device, "{out}");
 }
 
 #[test]

@@ -1,10 +1,14 @@
-//! Physics checks from DESIGN.md: exactness without noise, the closed-form
-//! error variances, and determinism across thread counts.
+//! Physics checks from docs/MODEL.md, one list run on every engine
+//! (`physics_tests!`): the closed-form error variances, exactness without
+//! noise, determinism, stuck-at faults, leak, calibration, and aggregated
+//! against per-cell sampling. Then plan-level checks and the CPU engine's
+//! own (thread counts, a cache across plans, a property search of shapes).
 
 mod common;
 
 use proptest::prelude::*;
 use zebra_cim::engine::cpu::CpuEngine;
+use zebra_cim::engine::reference::ReferenceEngine;
 use zebra_cim::engine::Engine;
 use zebra_cim::experiment::plan::{NoisePath, Plan};
 use zebra_cim::experiment::workload::Layer;
@@ -58,7 +62,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     /// No noise and a lossless ADC give the exact product, for every mapping,
-    /// shape, parallelism and bit width, on every engine path.
+    /// shape, parallelism and bit width, on every CPU engine path and on the
+    /// reference engine.
     #[test]
     fn zero_noise_is_exact(
         k in 1usize..90, n in 1usize..10, b in 1usize..3, p in 1usize..100,
@@ -80,23 +85,88 @@ proptest! {
             let plan = Plan::new(&params, &layer, &m);
             for path in [NoisePath::Analytic, NoisePath::PerCellStatic, NoisePath::PerCellDynamic] {
                 let plan = plan.with_path(path);
-                let out = CpuEngine::new().run(&plan, 0..1, true).unwrap();
-                let raw = out.raw.unwrap();
-                let bad: Vec<(usize, f32)> = raw.iter().cloned().enumerate().filter(|(_, e)| *e != 0.0).take(5).collect();
-                prop_assert!(bad.is_empty(), "mapping {} path {:?} k={} n={} p={}: first errors (index, e) {:?}", m.name, path, k, n, p, bad);
+                let engines: [Box<dyn Engine>; 2] = [Box::new(CpuEngine::new()), Box::new(ReferenceEngine::new())];
+                for mut engine in engines {
+                    let raw = engine.run(&plan, 0..1, true).unwrap().raw.unwrap();
+                    let bad: Vec<(usize, f32)> = raw.iter().cloned().enumerate().filter(|(_, e)| *e != 0.0).take(5).collect();
+                    prop_assert!(bad.is_empty(), "{} engine, mapping {} path {:?} k={} n={} p={}: first errors (index, e) {:?}", engine.name(), m.name, path, k, n, p, bad);
+                }
             }
         }
     }
 }
 
+// ---------------------------------------------------------------------------
+// The shared physics list: every check below runs on every engine through
+// `physics_tests!` (reference, cpu, gpu; the gpu instantiation skips with a
+// note where there is no adapter, and fails then under ZEBRA_REQUIRE_GPU=1).
+// ---------------------------------------------------------------------------
+
+/// An engine for one test of the list, or None where it is unavailable.
+type MakeEngine = fn() -> Option<Box<dyn Engine>>;
+
+macro_rules! physics_tests {
+    ($engine:ident, $make:ident) => {
+        mod $engine {
+            const MAKE: super::MakeEngine = super::$make;
+            physics_tests!(@each
+                static_cell_noise_matches_closed_form,
+                dynamic_cell_noise_matches_closed_form_per_cell_and_aggregated,
+                read_noise_matches_closed_form,
+                zero_noise_is_exact_for_every_mapping_and_path,
+                same_seed_same_result_and_trial_ranges_split_or_whole,
+                stuck_at_faults_shift_the_mean_by_their_rates,
+                leak_bias_matches_its_expectation,
+                calibrated_range_is_the_stated_quantiles_of_clean_sums,
+                aggregated_and_per_cell_agree_in_distribution
+            );
+        }
+    };
+    (@each $($test:ident),*) => {
+        $(
+            #[test]
+            fn $test() {
+                match MAKE() {
+                    Some(mut engine) => super::$test(&mut *engine),
+                    None => eprintln!("skipped {}: engine unavailable", stringify!($test)),
+                }
+            }
+        )*
+    };
+}
+
+fn reference_engine() -> Option<Box<dyn Engine>> {
+    Some(Box::new(ReferenceEngine::new()))
+}
+
+fn cpu_engine() -> Option<Box<dyn Engine>> {
+    Some(Box::new(CpuEngine::new()))
+}
+
+fn gpu_engine() -> Option<Box<dyn Engine>> {
+    common::gpu_engine().map(|g| Box::new(g) as Box<dyn Engine>)
+}
+
+physics_tests!(reference, reference_engine);
+physics_tests!(cpu, cpu_engine);
+physics_tests!(gpu, gpu_engine);
+
 /// Per-column sample variance of raw errors `[trial][n]` (one input vector).
 fn column_variances(raw: &[f32], n: usize) -> Vec<f64> {
+    column_moments(raw, n).into_iter().map(|m| m.1).collect()
+}
+
+/// Per-column (mean, unbiased variance, fourth central moment) of raw
+/// errors `[trial][n]` (one input vector).
+fn column_moments(raw: &[f32], n: usize) -> Vec<(f64, f64, f64)> {
     let t = raw.len() / n;
     (0..n)
         .map(|c| {
             let v: Vec<f64> = (0..t).map(|i| raw[i * n + c] as f64).collect();
             let mean = v.iter().sum::<f64>() / t as f64;
-            v.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (t - 1) as f64
+            let var = v.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (t - 1) as f64;
+            let m4 = v.iter().map(|e| (e - mean).powi(4)).sum::<f64>() / t as f64;
+            (mean, var, m4)
         })
         .collect()
 }
@@ -131,12 +201,8 @@ fn noisy(mode: &str, sampling: &str, cell: f64, read: f64) -> String {
     )
 }
 
-fn simulate(plan: &Plan) -> Vec<f32> {
-    CpuEngine::new()
-        .run(plan, 0..TRIALS, true)
-        .unwrap()
-        .raw
-        .unwrap()
+fn simulate(engine: &mut dyn Engine, plan: &Plan, trials: u32) -> Vec<f32> {
+    engine.run(plan, 0..trials, true).unwrap().raw.unwrap()
 }
 
 /// sum_j s_j^2 |d_kjn| for one weight.
@@ -149,8 +215,7 @@ fn plane_energy(plan: &Plan, k: usize, n: usize) -> f64 {
         .sum()
 }
 
-#[test]
-fn static_cell_noise_matches_closed_form() {
+fn static_cell_noise_matches_closed_form(engine: &mut dyn Engine) {
     let sigma = 0.05f64;
     let (params, layer) = common::point(&noisy("static", "auto", sigma, 0.0));
     for mapping in ["dense", "zebra"] {
@@ -167,15 +232,14 @@ fn static_cell_noise_matches_closed_form() {
             .collect();
         assert_variances(
             &format!("static {mapping}"),
-            &column_variances(&simulate(&plan), plan.n),
+            &column_variances(&simulate(engine, &plan, TRIALS), plan.n),
             &theory,
             TRIALS as usize,
         );
     }
 }
 
-#[test]
-fn dynamic_cell_noise_matches_closed_form_per_cell_and_aggregated() {
+fn dynamic_cell_noise_matches_closed_form_per_cell_and_aggregated(engine: &mut dyn Engine) {
     let sigma = 0.05f64;
     for sampling in ["per-cell", "aggregated"] {
         let (params, layer) = common::point(&noisy("dynamic", sampling, sigma, 0.0));
@@ -200,7 +264,7 @@ fn dynamic_cell_noise_matches_closed_form_per_cell_and_aggregated() {
             let what = format!("dynamic {sampling} {mapping}");
             assert_variances(
                 &what,
-                &column_variances(&simulate(&plan), plan.n),
+                &column_variances(&simulate(engine, &plan, TRIALS), plan.n),
                 &theory,
                 TRIALS as usize,
             );
@@ -208,8 +272,7 @@ fn dynamic_cell_noise_matches_closed_form_per_cell_and_aggregated() {
     }
 }
 
-#[test]
-fn read_noise_matches_closed_form() {
+fn read_noise_matches_closed_form(engine: &mut dyn Engine) {
     let read = 0.3f64;
     let (params, layer) = common::point(&noisy("static", "auto", 0.0, read));
     for mapping in ["dense", "zebra"] {
@@ -234,12 +297,374 @@ fn read_noise_matches_closed_form() {
             .collect();
         assert_variances(
             &format!("read {mapping}"),
-            &column_variances(&simulate(&plan), plan.n),
+            &column_variances(&simulate(engine, &plan, TRIALS), plan.n),
             &theory,
             TRIALS as usize,
         );
     }
 }
+
+/// No noise and a lossless ADC (or an ideal one) give the exact product for
+/// every mapping and every noise path's code, on fixed awkward shapes
+/// (`zero_noise_is_exact` above searches shapes on the CPU and reference
+/// engines). Sums are
+/// integers below 2^24, exact in f32 too.
+fn zero_noise_is_exact_for_every_mapping_and_path(engine: &mut dyn Engine) {
+    for (k, n, b, p, wbits, xbits) in [
+        (1, 1, 1, 1, 2, 1),
+        (65, 7, 2, 13, 8, 8),
+        (80, 9, 2, 37, 5, 3),
+        (130, 5, 3, 64, 8, 6),
+    ] {
+        let params = noiseless_params(k, n, b, p, wbits, xbits, None);
+        let mut layer = Layer::build(&params.layer, k as u64).unwrap();
+        let q = (1i32 << (wbits - 1)) - 1;
+        layer.w[0] = -q;
+        *layer.w.last_mut().unwrap() = q;
+        layer.x[0] = (1 << xbits) - 1;
+        for m in MappingSpec::presets() {
+            for adc in [None, Some(lossless_bits(&m, p))] {
+                let mut params = params.clone();
+                params.adc_bits = adc;
+                let plan = Plan::new(&params, &layer, &m);
+                for path in [
+                    NoisePath::Analytic,
+                    NoisePath::Aggregated,
+                    NoisePath::PerCellStatic,
+                    NoisePath::PerCellDynamic,
+                ] {
+                    let plan = plan.with_path(path);
+                    let raw = simulate(engine, &plan, 2);
+                    let bad: Vec<(usize, f32)> = raw
+                        .iter()
+                        .cloned()
+                        .enumerate()
+                        .filter(|(_, e)| *e != 0.0)
+                        .take(5)
+                        .collect();
+                    assert!(
+                        bad.is_empty(),
+                        "{} {path:?} adc {adc:?} k={k} n={n} p={p}: first errors (index, e) {bad:?}",
+                        m.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The same plan gives the same per-trial results in a fresh engine, in the
+/// same engine again, and in trial ranges split anywhere.
+fn same_seed_same_result_and_trial_ranges_split_or_whole(engine: &mut dyn Engine) {
+    let text = "version = 1\nseed = 3\n[layer]\nk = 100\nn = 9\ninputs = 3\n[array]\nparallelism = 24\n\
+                [adc]\nbits = 6\n[noise]\ncell_sigma = 0.08\nread_sigma = 0.4\np_sa0 = 0.01\np_sa1 = 0.01\nleak = 0.02\n";
+    let (params, layer) = common::point(text);
+    for mapping in ["dense", "zebra", "dense-cal"] {
+        for (mode, sampling) in [
+            (NoiseMode::Static, Sampling::Auto),
+            (NoiseMode::Dynamic, Sampling::PerCell),
+            (NoiseMode::Dynamic, Sampling::Aggregated),
+        ] {
+            let mut params = params.clone();
+            params.noise.mode = mode;
+            params.noise.sampling = sampling;
+            let plan = Plan::new(&params, &layer, &MappingSpec::preset(mapping).unwrap());
+            let what = format!("{mapping} {mode:?} {sampling:?}");
+            let whole = engine.run(&plan, 0..12, true).unwrap();
+            let again = engine.run(&plan, 0..12, true).unwrap();
+            assert_eq!(whole.trials, again.trials, "{what}: same engine again");
+            assert_eq!(whole.raw, again.raw, "{what}: same engine again");
+            assert_eq!(whole.hist, again.hist, "{what}: same engine again");
+            // A new plan built from the same inputs (a new id, no cache).
+            let rebuilt = Plan::new(&params, &layer, &MappingSpec::preset(mapping).unwrap());
+            let fresh = engine.run(&rebuilt, 0..12, true).unwrap();
+            assert_eq!(whole.raw, fresh.raw, "{what}: rebuilt plan");
+            let mut split_trials = Vec::new();
+            let mut split_raw = Vec::new();
+            for range in [0..1, 1..5, 5..12] {
+                let part = engine.run(&plan, range.clone(), true).unwrap();
+                assert_eq!(part.first_trial, range.start);
+                split_trials.extend(part.trials);
+                split_raw.extend(part.raw.unwrap());
+            }
+            assert_eq!(whole.trials, split_trials, "{what}: split ranges");
+            assert_eq!(
+                whole.raw.as_ref().unwrap(),
+                &split_raw,
+                "{what}: split ranges"
+            );
+            // The outputs path is the same simulation as the statistics path.
+            let per = plan.b * plan.n;
+            for t in [0u32, 7] {
+                let y = engine.outputs(&plan, t).unwrap();
+                for (o, &yv) in y.iter().enumerate() {
+                    let e = whole.raw.as_ref().unwrap()[t as usize * per + o] as f64;
+                    let want = plan.exact[o] as f64 + e;
+                    assert!(
+                        (yv - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                        "{what}: trial {t} output {o}: outputs() {yv}, run() {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A layer with only stuck-at faults and an ideal ADC: each cell's digit
+/// `d` stays with probability `1 - p0 - p1`, becomes 0 with `p0`, and the
+/// "on" digit (+1, or sign(w) for signed encodings) with `p1`. Summed over
+/// a trial's outputs, `S = sum_(b,n) e` has, over converted groups only,
+/// `E[S] = sum s_j X_k (p1 on - (p0 + p1) d)` and `Var[S] = sum (s_j X_k)^2
+/// Var(d')`, `X_k = sum_b x_bk` (faults are independent across cells and
+/// trials). The mean of `S` over T trials must be within 5 standard errors.
+fn stuck_at_faults_shift_the_mean_by_their_rates(engine: &mut dyn Engine) {
+    let trials = 400u32;
+    for (p0, p1) in [(0.05f64, 0.0f64), (0.0, 0.05), (0.03, 0.02)] {
+        let text = format!(
+            "version = 1\nseed = 9\n[layer]\nk = 40\nn = 6\ninputs = 2\ninput_bits = 4\n[array]\nparallelism = 16\n\
+             [adc]\nbits = \"ideal\"\n[noise]\np_sa0 = {p0}\np_sa1 = {p1}\n"
+        );
+        let (params, layer) = common::point(&text);
+        for mapping in ["dense", "zebra"] {
+            let plan = common::plan(&params, &layer, mapping);
+            let signed = plan.mapping.signed_digits();
+            let (mut mean, mut var) = (0.0, 0.0);
+            for j in 0..plan.j {
+                for k in 0..plan.k {
+                    let xk: f64 = (0..plan.b).map(|b| plan.x[b * plan.k + k] as f64).sum();
+                    for n in 0..plan.n {
+                        if !plan.converted[plan.group(k / plan.p, j, n)] {
+                            continue;
+                        }
+                        let d = plan.digits[(j * plan.k + k) * plan.n + n] as f64;
+                        let on = if signed && layer.w[k * plan.n + n] < 0 {
+                            -1.0
+                        } else {
+                            1.0
+                        };
+                        let e1 = (1.0 - p0 - p1) * d + p1 * on;
+                        let e2 = (1.0 - p0 - p1) * d * d + p1 * on * on;
+                        let coef = plan.scales[j] as f64 * xk;
+                        mean += coef * (e1 - d);
+                        var += coef * coef * (e2 - e1 * e1);
+                    }
+                }
+            }
+            let raw = simulate(engine, &plan, trials);
+            let per = plan.b * plan.n;
+            let sums: Vec<f64> = raw
+                .chunks(per)
+                .map(|t| t.iter().map(|&e| e as f64).sum())
+                .collect();
+            let got = sums.iter().sum::<f64>() / trials as f64;
+            let se = (var / trials as f64).sqrt();
+            assert!(
+                (got - mean).abs() <= 5.0 * se,
+                "{mapping} p_sa0 {p0} p_sa1 {p1}: mean of S {got:.2} vs expected {mean:.2} (5 SE = {:.2})",
+                5.0 * se
+            );
+        }
+    }
+}
+
+/// With leak and nothing else, every active zero-digit cell of a converted
+/// group adds `leak`: `e_bn = leak sum_k x_bk sum_(j converted) s_j [d_kjn =
+/// 0]`, deterministic. Checked through the analytic and the per-cell code,
+/// within the f32 rounding bound of `common::f32_engine_bounds`.
+fn leak_bias_matches_its_expectation(engine: &mut dyn Engine) {
+    let leak = 0.05f32;
+    let text = format!(
+        "version = 1\nseed = 4\n[layer]\nk = 50\nn = 7\ninputs = 3\n[array]\nparallelism = 16\n\
+         [adc]\nbits = \"ideal\"\n[noise]\nleak = {leak}\n"
+    );
+    let (params, layer) = common::point(&text);
+    for mapping in ["dense", "zebra", "csd"] {
+        let plan = common::plan(&params, &layer, mapping);
+        let want: Vec<f64> = (0..plan.b * plan.n)
+            .map(|o| {
+                let (b, n) = (o / plan.n, o % plan.n);
+                let mut e = 0.0;
+                for k in 0..plan.k {
+                    for j in 0..plan.j {
+                        let zero = plan.digits[(j * plan.k + k) * plan.n + n] == 0;
+                        if zero && plan.converted[plan.group(k / plan.p, j, n)] {
+                            e += plan.x[b * plan.k + k] as f64 * plan.scales[j] as f64;
+                        }
+                    }
+                }
+                leak as f64 * e
+            })
+            .collect();
+        assert!(
+            want.iter().any(|&e| e.abs() > 1.0),
+            "{mapping}: leak bias too small to test"
+        );
+        let bounds = common::f32_engine_bounds(&plan);
+        for path in [
+            NoisePath::Analytic,
+            NoisePath::PerCellStatic,
+            NoisePath::PerCellDynamic,
+        ] {
+            let plan = plan.with_path(path);
+            let raw = simulate(engine, &plan, 1);
+            for (o, (&got, &w)) in raw.iter().zip(&want).enumerate() {
+                let tol = bounds[o] + common::F32_U * w.abs();
+                assert!(
+                    (got as f64 - w).abs() <= tol,
+                    "{mapping} {path:?}: output {o}: error {got} vs leak bias {w} (tolerance {tol:e})"
+                );
+            }
+        }
+    }
+}
+
+/// A calibrated ADC at the 90th percentile: each plane's range is
+/// `[min(0, q_0.1), max(0, q_0.9)]` of that plane's clean sums over every
+/// input vector, chunk, input bit and column (nearest rank, `q_f` the
+/// sorted sums' element `round(f (len - 1))`; and at least one cell wide),
+/// computed here from the layer; and without noise each engine outputs
+/// `sum 2^i s_j adc(clean sum)` over that range, clipping included.
+fn calibrated_range_is_the_stated_quantiles_of_clean_sums(engine: &mut dyn Engine) {
+    use zebra_cim::model::{encode_planes, Adc, AdcRange, Encoding};
+    // A 2-bit ADC: 3 codes, so every range wider than 3 cells is read with
+    // its ends as the extreme codes, and sums beyond them are clipped.
+    let text = "version = 1\nseed = 8\n[layer]\nk = 60\nn = 10\ninputs = 6\ninput_bits = 4\n[array]\nparallelism = 16\n\
+                [adc]\nbits = 2\ncalibrate_percentile = 90.0\n";
+    let (params, layer) = common::point(text);
+    let (k, n, b, p) = (layer.k, layer.n, layer.inputs, 16);
+    let xbits = layer.input_bits as usize;
+    let adc = Adc { bits: Some(2) };
+    let chunks = k.div_ceil(p);
+    // dense-cal ({0,1} digits: the low end is 0) and a signed calibrated
+    // mapping (sign-magnitude digits: both ends are quantiles).
+    let signed = MappingSpec {
+        name: "signmag-cal".into(),
+        encoding: Encoding::SignMagnitude,
+        skip_zero_planes: false,
+        skip_zero_inputs: false,
+        adc_range: AdcRange::Calibrated,
+    };
+    for mapping in [MappingSpec::preset("dense-cal").unwrap(), signed] {
+        let planes = encode_planes(mapping.encoding, layer.weight_bits, &layer.w, k, n);
+        let clean = |bb: usize, c: usize, i: usize, j: usize, col: usize| -> i64 {
+            (c * p..((c + 1) * p).min(k))
+                .map(|kk| (layer.x[bb * k + kk] >> i & 1) as i64 * planes.digit(j, kk, col) as i64)
+                .sum()
+        };
+        let (mut ranges, mut clipped_high, mut clipped_low) = (Vec::new(), 0, 0);
+        for j in 0..planes.count() {
+            let mut sums = Vec::new();
+            for bb in 0..b {
+                for c in 0..chunks {
+                    for i in 0..xbits {
+                        for col in 0..n {
+                            sums.push(clean(bb, c, i, j, col));
+                        }
+                    }
+                }
+            }
+            sums.sort();
+            let q = |f: f64| sums[(f * (sums.len() - 1) as f64).round() as usize];
+            let lo = q(0.1).min(0);
+            let hi = q(0.9).max(0).max(lo + 1);
+            if hi - lo >= 3 {
+                clipped_high += sums.iter().filter(|&&s| s > hi).count();
+                clipped_low += sums.iter().filter(|&&s| s < lo).count();
+            }
+            ranges.push((lo as f32, hi as f32));
+        }
+        let name = &mapping.name;
+        assert!(
+            clipped_high > 0,
+            "{name}: no clipping at the high end to see"
+        );
+        if mapping.signed_digits() {
+            assert!(clipped_low > 0, "{name}: no clipping at the low end to see");
+        }
+        let plan = Plan::new(&params, &layer, &mapping);
+        for c in 0..chunks {
+            for (j, &(lo, hi)) in ranges.iter().enumerate() {
+                for col in 0..n {
+                    let g = plan.group(c, j, col);
+                    assert_eq!(
+                        (plan.lo[g], plan.hi[g]),
+                        (lo, hi),
+                        "{name}: plane {j} chunk {c} column {col}"
+                    );
+                }
+            }
+        }
+        let want: Vec<f64> = (0..b * n)
+            .map(|o| {
+                let (bb, col) = (o / n, o % n);
+                let mut y = 0.0;
+                for c in 0..chunks {
+                    for i in 0..xbits {
+                        for (j, &(lo, hi)) in ranges.iter().enumerate() {
+                            let v = adc.convert(clean(bb, c, i, j, col) as f32, lo, hi) as f64;
+                            y += (1u64 << i) as f64 * planes.scales[j] as f64 * v;
+                        }
+                    }
+                }
+                y
+            })
+            .collect();
+        let bounds = common::f32_engine_bounds(&plan);
+        let y = engine.outputs(&plan, 0).unwrap();
+        for (o, (&got, &w)) in y.iter().zip(&want).enumerate() {
+            assert!(
+                (got - w).abs() <= bounds[o],
+                "{name}: output {o}: engine {got}, from the calibrated range {w} (tolerance {:e})",
+                bounds[o]
+            );
+        }
+    }
+}
+
+/// Dynamic noise sampled per cell and aggregated (one Gaussian per
+/// conversion) draw different numbers but must agree in distribution, also
+/// through a quantising ADC: per column, the two means within 5 standard
+/// errors of their difference (`sqrt(v1/T + v2/T)`), and the two variances
+/// within 5 standard errors of theirs (a sample variance's standard error is
+/// `sqrt((m4 - v^2) / T)`, any distribution).
+fn aggregated_and_per_cell_agree_in_distribution(engine: &mut dyn Engine) {
+    let trials = 2000u32;
+    let text = "version = 1\nseed = 12\n[layer]\nk = 70\nn = 12\ninputs = 1\ninput_zero_fraction = 0.2\n[array]\nparallelism = 32\n\
+                [adc]\nbits = 5\n[noise]\ncell_sigma = 0.1\nmode = \"dynamic\"\nsampling = \"per-cell\"\nread_sigma = 0.3\n";
+    let (params, layer) = common::point(text);
+    for mapping in ["dense", "zebra"] {
+        let plan = common::plan(&params, &layer, mapping);
+        assert_eq!(plan.path, NoisePath::PerCellDynamic);
+        let per_cell = column_moments(&simulate(engine, &plan, trials), plan.n);
+        let aggregated = column_moments(
+            &simulate(engine, &plan.with_path(NoisePath::Aggregated), trials),
+            plan.n,
+        );
+        let t = trials as f64;
+        for (col, (a, g)) in per_cell.iter().zip(&aggregated).enumerate() {
+            let se_mean = (a.1 / t + g.1 / t).sqrt();
+            assert!(
+                (a.0 - g.0).abs() <= 5.0 * se_mean,
+                "{mapping} column {col}: mean per-cell {:.3} aggregated {:.3} (5 SE = {:.3})",
+                a.0,
+                g.0,
+                5.0 * se_mean
+            );
+            let se_var = ((a.2 - a.1 * a.1) / t + (g.2 - g.1 * g.1) / t).sqrt();
+            assert!(
+                (a.1 - g.1).abs() <= 5.0 * se_var,
+                "{mapping} column {col}: variance per-cell {:.3} aggregated {:.3} (5 SE = {:.3})",
+                a.1,
+                g.1,
+                5.0 * se_var
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Plan-level and CPU-engine-specific checks.
+// ---------------------------------------------------------------------------
 
 #[test]
 fn small_negative_weights_cost_dense_far_more_than_zebra() {
@@ -296,14 +721,31 @@ fn adc_quantisation_error_of_dense_full_scale_is_visible() {
         .raw
         .unwrap();
     assert!(raw.iter().any(|&e| e != 0.0));
-    // ZEBRA's adaptive range: at most 128 digits of one sign, 2^6 codes, so
-    // steps stay at one cell whenever a group has at most 63 non-zero digits.
+    // ZEBRA's adaptive range is [-n_neg, n_pos] of each (chunk, plane,
+    // column) group's nominal digits, counted here.
     let zplan = common::plan(&params, &layer, "zebra");
-    assert!(zplan
-        .lo
-        .iter()
-        .zip(&zplan.hi)
-        .all(|(l, h)| l <= &0.0 && h >= &0.0));
+    for c in 0..zplan.chunks {
+        for j in 0..zplan.j {
+            for n in 0..zplan.n {
+                let rows = c * zplan.p..((c + 1) * zplan.p).min(zplan.k);
+                let digits = rows.map(|k| zplan.digits[(j * zplan.k + k) * zplan.n + n]);
+                let (neg, pos) = digits.fold((0, 0), |(neg, pos), d| {
+                    (neg + (d < 0) as i32, pos + (d > 0) as i32)
+                });
+                let g = zplan.group(c, j, n);
+                assert_eq!(
+                    (zplan.lo[g], zplan.hi[g]),
+                    (-(neg as f32), pos as f32),
+                    "chunk {c} plane {j} column {n}"
+                );
+                assert_eq!(
+                    zplan.converted[g],
+                    neg + pos > 0,
+                    "chunk {c} plane {j} column {n}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

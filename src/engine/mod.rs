@@ -1,8 +1,11 @@
-//! Engines run the trials of a plan. The CPU engine is the readable
-//! reference; every engine returns the same `Batch` of streamed statistics.
+//! Engines run the trials of a plan. The reference engine is docs/MODEL.md
+//! as plain loops (the oracle); the CPU and GPU engines are the fast ones,
+//! checked against it. Every engine returns the same `Batch` of streamed
+//! statistics.
 
 pub mod cpu;
 pub mod gpu;
+pub mod reference;
 pub mod stats;
 pub mod wgsl;
 
@@ -14,7 +17,7 @@ use std::ops::Range;
 
 /// Something that simulates trials of a plan.
 pub trait Engine {
-    /// Short name for result files: "cpu" or "gpu".
+    /// Short name for result files: "reference", "cpu" or "gpu".
     fn name(&self) -> &'static str;
     /// What it runs on, for result files and reports.
     fn device(&self) -> String;
