@@ -240,24 +240,10 @@ fn reference_run_and_outputs_agree() {
     }
 }
 
-/// Plans where the GPU engine is known to disagree with the reference
-/// beyond the parity tolerance: no cell or read noise, leak, and a
-/// quantising ADC. The analog value is then `ones + leak zeros`, which for a
-/// decimal leak often sits exactly on an ADC code boundary (e.g. 5 + 10 x
-/// 0.01 over [0, 17] at 4 bits: 5.1 x 15 / 17 = 4.5). The reference (and
-/// the CPU engine, which computes `ones + leak zeros` with one rounding)
-/// gives the code below it (the f32 leak 0.0099999998 puts the value
-/// just under the tie); the GPU sums the leak cell by cell in f32 and lands
-/// just above it (5.1000013): one step off in about a quarter of dense-adaptive
-/// outputs at k = 80, P = 37. Kept out of the parity test below and run by
-/// `gpu_analytic_leak_ties_agree_with_the_reference` (ignored until the
-/// shader's analytic path adds `leak * zeros` once, as the CPU engine does).
-fn known_gpu_tie_case(plan: &Plan) -> bool {
-    plan.path == NoisePath::Analytic
-        && plan.noise.leak != 0.0
-        && plan.noise.read_sigma == 0.0
-        && plan.adc.bits.is_some()
-}
+// The plans include analytic leak with a quantising ADC, where the analog
+// value `ones + leak zeros` often sits exactly on an ADC code boundary (5 +
+// 10 x 0.01 over [0, 17] at 4 bits: 5.1 x 15 / 17 = 4.5); every engine must
+// add the leak once, not cell by cell, to round it the reference's way.
 
 #[test]
 fn gpu_engine_agrees_with_the_reference() {
@@ -266,31 +252,8 @@ fn gpu_engine_agrees_with_the_reference() {
     };
     let mut reference = ReferenceEngine::new();
     for (label, plan) in plans() {
-        if known_gpu_tie_case(&plan) {
-            continue;
-        }
         let want = reference.run(&plan, 0..TRIALS, true).unwrap().raw.unwrap();
         let got = gpu.run(&plan, 0..TRIALS, true).unwrap().raw.unwrap();
         common::compare_within_steps(&plan, &want, &got, &label);
     }
-}
-
-#[test]
-#[ignore = "fails: the GPU's analytic path sums leak per cell in f32 and rounds exact ADC ties the other way (see known_gpu_tie_case)"]
-fn gpu_analytic_leak_ties_agree_with_the_reference() {
-    let Some(mut gpu) = common::gpu_engine() else {
-        return;
-    };
-    let mut reference = ReferenceEngine::new();
-    let mut checked = 0;
-    for (label, plan) in plans() {
-        if !known_gpu_tie_case(&plan) {
-            continue;
-        }
-        let want = reference.run(&plan, 0..TRIALS, true).unwrap().raw.unwrap();
-        let got = gpu.run(&plan, 0..TRIALS, true).unwrap().raw.unwrap();
-        common::compare_within_steps(&plan, &want, &got, &label);
-        checked += 1;
-    }
-    assert!(checked > 0, "no plan of the known case");
 }

@@ -8,8 +8,8 @@ use zebra_cim::engine::Engine;
 use zebra_cim::experiment::plan::{Counters, Plan};
 use zebra_cim::experiment::workload::Layer;
 use zebra_cim::experiment::*;
-use zebra_cim::model::MappingSpec;
 use zebra_cim::io::csv::{columns, record};
+use zebra_cim::model::MappingSpec;
 use zebra_cim::sweep::output::{ResultRow, RunInfo};
 
 /// K = 4, N = 2, two input vectors of 2-bit inputs, 3-bit weights, P = 2
