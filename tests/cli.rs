@@ -469,3 +469,140 @@ fn rows_with_resume_keys_this_version_does_not_produce_are_refused() {
         .code(2)
         .stderr(predicate::str::contains("holds 1 row(s) whose resume keys"));
 }
+
+/// Runs shard `index` of `count` of the tiny experiment the way a Slurm array
+/// task does (`--shard slurm`, its index and count from the environment).
+fn run_shard(dir: &Path, index: u32, count: u32) -> PathBuf {
+    let out = dir.join(format!("shard-{index}"));
+    zebra()
+        .args(["run", dir.join("tiny.toml").to_str().unwrap()])
+        .args([
+            "--engine",
+            "cpu",
+            "--shard",
+            "slurm",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env("SLURM_ARRAY_TASK_ID", (index + 10).to_string())
+        .env("SLURM_ARRAY_TASK_MIN", "10")
+        .env("SLURM_ARRAY_TASK_COUNT", count.to_string())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("shard {index}/{count}")));
+    out
+}
+
+/// Result rows without the timing columns, and the histogram file.
+fn comparable(dir: &Path, name: &str) -> (Vec<Vec<String>>, String) {
+    let (header, rows) = zebra_cim::io::csv::read_csv(&dir.join(format!("{name}.csv")))
+        .unwrap()
+        .unwrap();
+    let timing: Vec<usize> = ["elapsed_s", "cell_macs_per_s"]
+        .iter()
+        .map(|c| header.iter().position(|h| h == c).unwrap())
+        .collect();
+    let rows = rows
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .enumerate()
+                .filter(|(i, _)| !timing.contains(i))
+                .map(|(_, v)| v)
+                .collect()
+        })
+        .collect();
+    let hist = fs::read_to_string(dir.join(format!("{name}_hist.csv"))).unwrap();
+    (rows, hist)
+}
+
+#[test]
+fn sharded_runs_merge_into_the_results_of_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let single = run_tiny(dir.path());
+    let shards: Vec<PathBuf> = (0..3).map(|i| run_shard(dir.path(), i, 3)).collect();
+    let merged = dir.path().join("merged");
+    let merge = |dirs: &[PathBuf]| {
+        let mut cmd = zebra();
+        cmd.args(["merge", merged.to_str().unwrap()]);
+        cmd.args(dirs.iter().map(|d| d.to_str().unwrap()));
+        cmd.assert()
+    };
+    // A missing shard is named, and nothing is written.
+    merge(&shards[..2])
+        .code(2)
+        .stderr(predicate::str::contains("lack shard(s) 2 of 3"));
+    assert!(!merged.join("tiny.csv").exists());
+    merge(&shards).success().stdout(predicate::str::contains(
+        "4 (point, mapping) rows merged from 3 shards",
+    ));
+    assert_eq!(comparable(&merged, "tiny"), comparable(&single, "tiny"));
+    // Shards of another seed do not mix with these.
+    let other = dir.path().join("other");
+    zebra()
+        .args(["run", dir.path().join("tiny.toml").to_str().unwrap()])
+        .args([
+            "--engine",
+            "cpu",
+            "--seed",
+            "5",
+            "--shard",
+            "1/3",
+            "--out",
+            other.to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+    merge(&[shards[0].clone(), other, shards[2].clone()])
+        .code(2)
+        .stderr(predicate::str::contains("another run"));
+}
+
+#[test]
+fn an_interrupted_shard_is_refused_by_merge_and_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let single = run_tiny(dir.path());
+    let s0 = run_shard(dir.path(), 0, 2);
+    let s1 = run_shard(dir.path(), 1, 2);
+    // Make shard 1 look killed after its first unit.
+    let file = s1.join("tiny.shard-1-of-2.toml");
+    let mut partial: toml::Table = fs::read_to_string(&file).unwrap().parse().unwrap();
+    let units = partial["units"].as_array().unwrap().len();
+    assert!(units >= 2, "shard 1 has {units} units");
+    partial.insert("complete".into(), false.into());
+    partial["units"].as_array_mut().unwrap().truncate(1);
+    fs::write(&file, toml::to_string(&partial).unwrap()).unwrap();
+    let merged = dir.path().join("merged");
+    let merge = || {
+        zebra()
+            .args([
+                "merge",
+                merged.to_str().unwrap(),
+                s0.to_str().unwrap(),
+                s1.to_str().unwrap(),
+            ])
+            .assert()
+    };
+    merge()
+        .code(2)
+        .stderr(predicate::str::contains("shard 1 of 2 is incomplete"));
+    // Rerun: the finished unit is kept, the rest computed.
+    zebra()
+        .args(["run", dir.path().join("tiny.toml").to_str().unwrap()])
+        .args([
+            "--engine",
+            "cpu",
+            "--shard",
+            "1/2",
+            "--out",
+            s1.to_str().unwrap(),
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "{} computed, 1 resumed",
+            units - 1
+        )));
+    merge().success();
+    assert_eq!(comparable(&merged, "tiny"), comparable(&single, "tiny"));
+}

@@ -150,8 +150,16 @@ pub fn run_shard(file: &Path, overrides: Overrides, spec: &str, how: RunArgs) ->
         Err(e) => return bad_input(crate::error::Error::io(file, e)),
     };
     // Checked before an engine opens, as for an unsharded run.
-    if let Err(e) = Experiment::parse(&text, file, overrides) {
-        return bad_input(e);
+    match Experiment::parse(&text, file, overrides) {
+        Err(e) => return bad_input(e),
+        Ok(exp) if exp.network.is_some() => {
+            eprintln!(
+                "error: {}: `--shard` splits layer experiments; an accuracy experiment (with `[network]`) runs whole",
+                file.display()
+            );
+            return Ok(ExitCode::from(super::EXIT_USAGE));
+        }
+        Ok(_) => {}
     }
     let Some(mut engine) = open_engine(&how) else {
         return Ok(ExitCode::FAILURE);
