@@ -95,6 +95,9 @@ struct Shared {
     moments: Option<(Vec<f32>, Vec<f32>)>,
     /// ADC step of each group `[c][j][n]` (the same value `Adc::convert` computes).
     step: Vec<f32>,
+    /// The factors of `Adc::code_scaled` of each group `[c][j][n]`.
+    scale: Vec<f32>,
+    den: Vec<f32>,
     /// 1 for converted groups, 0 for skipped ones `[c][j][n]`.
     live: Vec<f32>,
 }
@@ -141,6 +144,12 @@ impl Shared {
             .zip(&plan.hi)
             .map(|(&l, &h)| Adc::step(l, h, top))
             .collect();
+        let (scale, den) = plan
+            .lo
+            .iter()
+            .zip(&plan.hi)
+            .map(|(&l, &h)| Adc::scale(h - l, top))
+            .unzip();
         let live = plan.converted.iter().map(|&c| c as u32 as f32).collect();
         let compact = plan.compact_draws().then(|| CompactRows::new(plan));
         Shared {
@@ -153,6 +162,8 @@ impl Shared {
             plane_live,
             moments,
             step,
+            scale,
+            den,
             live,
         }
     }
@@ -787,9 +798,16 @@ fn quantize_groups(plan: &Plan, shared: &Shared, g0: usize, a: &mut [f32]) {
     if let Some(bits) = plan.adc.bits {
         let top = Adc::top(bits);
         let g = g0..g0 + a.len();
-        let lohi = plan.lo[g.clone()].iter().zip(&plan.hi[g.clone()]);
-        for ((av, (&lo, &hi)), &step) in a.iter_mut().zip(lohi).zip(&shared.step[g]) {
-            *av = Adc::quantize(*av, lo, hi - lo, step, top);
+        let lo = &plan.lo[g.clone()];
+        let (step, scale, den) = (
+            &shared.step[g.clone()],
+            &shared.scale[g.clone()],
+            &shared.den[g],
+        );
+        for (((av, &l), &st), (&sc, &d)) in
+            a.iter_mut().zip(lo).zip(step).zip(scale.iter().zip(den))
+        {
+            *av = l + Adc::code_scaled(*av, l, sc, d, top) * st;
         }
     }
 }

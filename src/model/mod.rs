@@ -256,27 +256,34 @@ impl Adc {
     /// clamped to `[0, top]`.
     ///
     /// Dividing by a precomputed step would round twice and move exact ties
-    /// (integer sums at zero noise) one ulp off the tie. Here the quotient is
-    /// floored and then put right by its remainder, `num - c range`, which is
-    /// exact while `num` and `c range` are integers below 2^24, so ties are
-    /// decided on exact values even where the division is not correctly
-    /// rounded (WGSL allows 2.5 ulp). `simulate.wgsl`'s `adc_code` is the
-    /// same arithmetic, operation for operation.
+    /// (integer sums at zero noise) one ulp off the tie. Here one correctly
+    /// rounded division of exact values, `((a - lo) top) / range`, gives the
+    /// quotient: for integer sums with `(a - lo) top` below 2^22 it is a tie
+    /// exactly when the exact quotient is. GPUs may divide with 2.5 ulp of
+    /// error, so `simulate.wgsl`'s `adc_code` floors the quotient and puts it
+    /// right by its exact remainder instead; the codes are the same.
     #[inline(always)]
     pub fn code(a: f32, lo: f32, range: f32, top: f32) -> f32 {
-        let d = a - lo;
-        if range <= top {
-            return d.round_ties_even().clamp(0.0, top);
+        let (scale, den) = Self::scale(range, top);
+        Self::code_scaled(a, lo, scale, den, top)
+    }
+
+    /// The factors of [`Adc::code_scaled`] for a range of width `range`:
+    /// `(top, range)` when it is wider than `top` codes, else `(1, 1)`.
+    #[inline(always)]
+    pub fn scale(range: f32, top: f32) -> (f32, f32) {
+        if range > top {
+            (top, range)
+        } else {
+            (1.0, 1.0)
         }
-        let num = d * top;
-        let q = (num / range).floor();
-        let below = (num - q * range < 0.0) as u32 as f32;
-        let above = (num - (q + 1.0) * range >= 0.0) as u32 as f32;
-        let c = q - below + above;
-        let twice = 2.0 * (num - c * range);
-        let odd = c - 2.0 * (0.5 * c).floor();
-        let up = (twice > range || (twice == range && odd == 1.0)) as u32 as f32;
-        (c + up).clamp(0.0, top)
+    }
+
+    /// The code of `a` with the group's factors precomputed: branch-free, so
+    /// the CPU engine's loop over a row of conversions vectorises.
+    #[inline(always)]
+    pub fn code_scaled(a: f32, lo: f32, scale: f32, den: f32, top: f32) -> f32 {
+        (((a - lo) * scale) / den).round_ties_even().clamp(0.0, top)
     }
 
     /// Quantises `a` over `[lo, lo + range]` with its precomputed `step`
