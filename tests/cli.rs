@@ -463,3 +463,209 @@ fn rows_with_resume_keys_this_version_does_not_produce_are_refused() {
         .code(2)
         .stderr(predicate::str::contains("holds 1 row(s) whose resume keys"));
 }
+
+/// Runs `zebra ARGS`, expects exit 2 and one stderr line containing `want`.
+fn refuses(args: &[&str], want: &str) -> String {
+    let assert = zebra().args(args).assert().code(2);
+    let err = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(
+        err.contains(want),
+        "`zebra {}` said {err:?}",
+        args.join(" ")
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn inspect_refuses_empty_and_oversized_weights() {
+    for (file, want) in [
+        ("w_0x0.npy", "shape [0, 0] has no elements"),
+        ("w_0x4.npy", "shape [0, 4] has no elements"),
+        ("w_4x0.npy", "shape [4, 0] has no elements"),
+        (
+            "w_huge_header.npy",
+            "the header declares shape [4294967296, 4294967296]",
+        ),
+        ("w_fake_header.npy", "not a readable .npy file"),
+    ] {
+        let path = format!("tests/data/{file}");
+        refuses(&["inspect", "--weights", &path], want);
+    }
+    refuses(
+        &["inspect", "--weights", "/dev/zero"],
+        "is not a regular file (a device, pipe or socket); give a file",
+    );
+}
+
+/// A 10^5 x 10^5 layer and a 10^9-point sweep are refused from their
+/// parameters alone, before anything is allocated or expanded: the answer
+/// comes at once (the bound here is loose, for loaded CI machines; the point
+/// is that it does not allocate terabytes first).
+#[test]
+fn huge_layers_and_sweeps_are_refused_before_allocating() {
+    for file in ["layer_too_large.toml", "sweep_too_many_points.toml"] {
+        let path = format!("tests/configs/bad/{file}");
+        let start = std::time::Instant::now();
+        refuses(&["check", &path], "");
+        assert!(
+            start.elapsed().as_secs_f64() < 10.0,
+            "{file} took {:?}",
+            start.elapsed()
+        );
+    }
+    let err = refuses(
+        &[
+            "check",
+            "tests/configs/good/tiny.toml",
+            "--max-memory",
+            "1KiB",
+        ],
+        "more than --max-memory 1.0 KiB",
+    );
+    assert!(err.contains("sweep point 0 needs about"), "{err}");
+    zebra()
+        .args([
+            "check",
+            "tests/configs/good/tiny.toml",
+            "--max-memory",
+            "lots",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("is not a size"));
+    zebra()
+        .args([
+            "check",
+            "tests/configs/good/tiny.toml",
+            "--max-memory",
+            "1GiB",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("memory: about"));
+}
+
+#[test]
+fn threads_beyond_the_limit_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let start = std::time::Instant::now();
+    refuses(
+        &[
+            "run",
+            "tests/configs/good/tiny.toml",
+            "--out",
+            out,
+            "--threads",
+            "10000",
+        ],
+        "--threads: must be 1..=1024, got 10000",
+    );
+    assert!(start.elapsed().as_secs_f64() < 10.0);
+}
+
+#[test]
+fn unknown_wgpu_backend_is_refused_naming_the_accepted_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    for args in [
+        vec![
+            "run",
+            "tests/configs/good/tiny.toml",
+            "--engine",
+            "gpu",
+            "--out",
+            out,
+        ],
+        vec![
+            "run",
+            "tests/configs/good/tiny.toml",
+            "--engine",
+            "auto",
+            "--out",
+            out,
+        ],
+        vec!["devices"],
+    ] {
+        let assert = zebra()
+            .env("WGPU_BACKEND", "bogus")
+            .args(&args)
+            .assert()
+            .code(2);
+        let err = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+        assert!(
+            err.contains("WGPU_BACKEND: \"bogus\"")
+                && err.contains("accepted: vulkan, metal, dx12, gl"),
+            "{err}"
+        );
+        assert!(!err.contains("install"), "{err}");
+    }
+    // Comma lists as wgpu reads them stay accepted.
+    zebra()
+        .env("WGPU_BACKEND", "vulkan,gl")
+        .args([
+            "run",
+            "tests/configs/good/tiny.toml",
+            "--engine",
+            "cpu",
+            "--out",
+            out,
+        ])
+        .assert()
+        .success();
+}
+
+#[test]
+fn out_that_is_a_file_or_unwritable_results_say_so_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain");
+    fs::write(&file, "x").unwrap();
+    refuses(
+        &[
+            "run",
+            "tests/configs/good/tiny.toml",
+            "--out",
+            file.to_str().unwrap(),
+        ],
+        "is a file; give a folder",
+    );
+    // A result file that cannot be written: one line, the path and the
+    // system's reason once, not "simulation failed".
+    let out = dir.path().join("res");
+    fs::create_dir_all(out.join("tiny_hist.csv")).unwrap();
+    let assert = zebra()
+        .args([
+            "run",
+            "tests/configs/good/tiny.toml",
+            "--engine",
+            "cpu",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&out)
+        .assert()
+        .failure();
+    let err = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(err.contains("tiny_hist.csv"), "{err}");
+    assert!(!err.contains("simulation failed"), "{err}");
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_weights_folder_is_bad_input_in_check_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["check", "tests/configs/bad/weights_folder.toml"],
+        vec![
+            "run",
+            "tests/configs/bad/weights_folder.toml",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ],
+    ] {
+        refuses(&args, "is a folder; give a file");
+    }
+}
