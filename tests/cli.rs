@@ -669,3 +669,61 @@ fn a_weights_folder_is_bad_input_in_check_and_run() {
         refuses(&args, "is a folder; give a file");
     }
 }
+
+/// Rewrites column `col` of every data row of a result CSV with `value(row)`.
+fn set_column(csv: &Path, col: &str, value: impl Fn(usize) -> String) {
+    let text = fs::read_to_string(csv).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let at = header.iter().position(|c| *c == col).unwrap();
+    let mut out = header.join(",") + "\n";
+    for (i, line) in lines.enumerate() {
+        let mut cells: Vec<String> = line.split(',').map(String::from).collect();
+        cells[at] = value(i);
+        out += &(cells.join(",") + "\n");
+    }
+    fs::write(csv, out).unwrap();
+}
+
+/// Values that are not finite numbers are left out of a figure with a
+/// warning naming them (an infinite SNR, which `zebra run` writes for an
+/// exactly zero error, included); a figure with no values left is skipped
+/// with a warning; and when no figure at all can be drawn, plot exits 2.
+#[test]
+fn plot_warns_about_values_and_figures_it_leaves_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_tiny(dir.path());
+    let csv = out.join("tiny.csv");
+    set_column(&csv, "snr_db", |i| {
+        if i == 0 {
+            "inf".into()
+        } else {
+            "12.5".into()
+        }
+    });
+    set_column(&csv, "rmse", |_| "NaN".into());
+    let assert = zebra().arg("plot").arg(&csv).assert().success();
+    let err = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(
+        err.contains("warning:")
+            && err.contains("figure `rmse` skipped: all 4 value(s) that are not finite numbers"),
+        "{err}"
+    );
+    assert!(
+        err.contains("figure `snr_db` leaves out 1 value(s)")
+            && err.contains("snr_db = inf")
+            && err.contains("exactly zero"),
+        "{err}"
+    );
+    assert!(out.join("tiny_snr_db.svg").exists());
+    assert!(!out.join("tiny_rmse.svg").exists());
+    // Nothing drawable at all: exit 2 with the reasons.
+    fs::remove_file(out.join("tiny_hist.csv")).unwrap();
+    set_column(&csv, "snr_db", |_| "not-a-number".into());
+    let assert = zebra().arg("plot").arg(&csv).assert().code(2);
+    let err = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(
+        err.contains("figure `snr_db` skipped") && err.contains("no figure could be drawn"),
+        "{err}"
+    );
+}
