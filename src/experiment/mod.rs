@@ -483,8 +483,10 @@ fn check_name(name: &str) -> std::result::Result<String, String> {
 
 impl Experiment {
     /// A rough upper estimate of the memory (bytes) the largest sweep point
-    /// needs while it runs on `threads` CPU threads, and that point's index,
-    /// from the parameters and `.npy` headers alone (nothing is allocated).
+    /// needs while it runs on `threads` CPU threads, with the result rows of
+    /// the whole sweep (kept to rewrite the result files after every point,
+    /// [`ROW_BYTES`] each), and that point's index, from the parameters and
+    /// `.npy` headers alone (nothing is allocated).
     /// `None` for accuracy experiments, whose size the model and dataset
     /// files already bound.
     pub fn memory_estimate(&self, threads: usize) -> Result<Option<(usize, u64)>> {
@@ -536,9 +538,15 @@ impl Experiment {
                 worst = (p.index, bytes);
             }
         }
-        Ok(Some(worst))
+        let rows = (self.points.len() * self.mappings.len()) as u64;
+        Ok(Some((worst.0, worst.1.saturating_add(rows * ROW_BYTES))))
     }
 }
+
+/// Memory one (point, mapping) holds for the result files while a sweep
+/// runs: its result row and up to a few hundred histogram rows as text
+/// (about 60 KiB measured with wide dynamic-noise histograms).
+pub const ROW_BYTES: u64 = 64 << 10;
 
 /// The estimate behind [`Experiment::memory_estimate`] for a K x N layer
 /// with B input vectors, J digit planes, parallelism P and T trials: the

@@ -43,7 +43,11 @@ pub fn read_csv(path: &Path) -> Result<Option<Table>> {
 /// (created exclusively, so no existing file or link is followed), synced to
 /// disk, then renamed over `path`. On any error the temporary file is
 /// removed and `path` is untouched.
-pub fn write_csv_atomic(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<()> {
+pub fn write_csv_atomic<'a>(
+    path: &Path,
+    header: &[String],
+    rows: impl IntoIterator<Item = &'a Vec<String>>,
+) -> Result<()> {
     let dir = parent_dir(path);
     let name = path
         .file_name()
