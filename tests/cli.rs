@@ -524,7 +524,10 @@ fn huge_layers_and_sweeps_are_refused_before_allocating() {
         ],
         "more than --max-memory 1.0 KiB",
     );
-    assert!(err.contains("sweep point 0 needs about"), "{err}");
+    assert!(
+        err.contains("needs about") && err.contains("at sweep point 0"),
+        "{err}"
+    );
     zebra()
         .args([
             "check",
@@ -564,6 +567,15 @@ fn threads_beyond_the_limit_are_refused_at_once() {
         "--threads: must be 1..=1024, got 10000",
     );
     assert!(start.elapsed().as_secs_f64() < 10.0);
+    // With every row resumed the engine starts no threads at all.
+    let res = run_tiny(dir.path());
+    zebra()
+        .args(["run", dir.path().join("tiny.toml").to_str().unwrap()])
+        .args(["--engine", "cpu", "--threads", "1024", "--out"])
+        .arg(&res)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("0 computed, 4 resumed"));
 }
 
 #[test]

@@ -337,13 +337,13 @@ pub fn check_memory(
         return Err(Error::config(
             exp.file.display().to_string(),
             format!(
-                "sweep point {point} needs about {} of memory, more than {source}; lower `layer.k`, `layer.n`, `layer.inputs` or `trials`, or raise --max-memory",
+                "needs about {} of memory at sweep point {point} (with the layers and result rows the sweep keeps), more than {source}; lower `layer.k`, `layer.n`, `layer.inputs`, `trials` or the sweep, or raise --max-memory",
                 human_bytes(need)
             ),
         ));
     }
     Ok(Some(format!(
-        "memory: about {} for the largest point; limit {source} (--max-memory)",
+        "memory: about {} at most (largest point, layers and result rows); limit {source} (--max-memory)",
         human_bytes(need)
     )))
 }

@@ -120,8 +120,14 @@ fn run_accuracy(exp: &Experiment, how: &RunArgs) -> Result<ExitCode> {
     // The CPU runs chips in parallel, each on one thread. A hardware GPU gets
     // several engines (queues), each fed chips by its own host thread, so
     // lowering and requantising on the host overlap with the device.
+    // No threads are started when every row is resumed (nothing to compute).
+    let nothing_to_do = prep.finished() >= exp.points.len() * exp.mappings.len();
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(how.threads.unwrap_or(0))
+        .num_threads(if nothing_to_do {
+            1
+        } else {
+            how.threads.unwrap_or(0)
+        })
         .build()
         .context("cannot start CPU threads")?;
     let device = engine.device();

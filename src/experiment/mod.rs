@@ -503,6 +503,10 @@ impl Experiment {
             Ok(s)
         };
         let mut worst = (0, 0u64);
+        // Every distinct layer is built up front and kept (weights, inputs,
+        // exact products); the rest of a point is freed before the next.
+        let mut layers = std::collections::HashSet::new();
+        let mut kept = 0u64;
         for p in &self.points {
             let l = &p.params.layer;
             let (k, n) = match &l.weights {
@@ -525,6 +529,13 @@ impl Experiment {
                 .map(|m| crate::model::plane_count(m.encoding, l.weight_bits))
                 .max()
                 .unwrap_or(8);
+            if layers.insert(format!("{:?}/{}", l, p.params.seed)) {
+                let (k, n, b) = (k as u64, n as u64, b as u64);
+                kept = kept.saturating_add(
+                    (k.saturating_mul(n).saturating_mul(4))
+                        .saturating_add(b.saturating_mul(k + 2 * n).saturating_mul(4)),
+                );
+            }
             let bytes = point_bytes(
                 k,
                 n,
@@ -539,7 +550,13 @@ impl Experiment {
             }
         }
         let rows = (self.points.len() * self.mappings.len()) as u64;
-        Ok(Some((worst.0, worst.1.saturating_add(rows * ROW_BYTES))))
+        Ok(Some((
+            worst.0,
+            worst
+                .1
+                .saturating_add(kept)
+                .saturating_add(rows * ROW_BYTES),
+        )))
     }
 }
 

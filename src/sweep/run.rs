@@ -219,8 +219,11 @@ fn write_point(
         .collect();
     prep.csv
         .write(rows.iter().chain(later.iter().map(|(r, _)| *r)))?;
-    prep.hist
-        .write(hist_rows.iter().chain(later.iter().flat_map(|(_, h)| h.iter())))
+    prep.hist.write(
+        hist_rows
+            .iter()
+            .chain(later.iter().flat_map(|(_, h)| h.iter())),
+    )
 }
 
 /// Trials per engine call: about 40 calls per point for progress, at least
