@@ -73,7 +73,7 @@ fn checked_header<R: Read>(
     let header = npyz::NpyHeader::from_reader(&mut *r)
         .map_err(|e| npy_err(path, format!("not a readable .npy file: {}", one_line(e))))?;
     let shape = header.shape().to_vec();
-    if shape.iter().any(|&d| d == 0) {
+    if shape.contains(&0) {
         return Err(npy_err(
             path,
             format!("shape {shape:?} has no elements; every dimension must be at least 1"),
