@@ -569,7 +569,10 @@ pub const ROW_BYTES: u64 = 64 << 10;
 /// with B input vectors, J digit planes, parallelism P and T trials: the
 /// layer (weights as read and as i32, inputs, exact products), the plan
 /// (digits, masks, per-group ranges), the CPU engine's trial-invariant
-/// buffers and each thread's per-chip cell values and outputs, and the
+/// buffers and each thread's per-chip cell values (a cell's noisy weight,
+/// draw and digit: 9 bytes per plane; a static-noise run of a 2048 x 2048
+/// layer measured 70 bytes per cell per thread with 8 planes, and about 48
+/// bytes per cell besides) and outputs, and the
 /// per-trial moments kept for the trial-RMSE percentiles.
 fn point_bytes(k: usize, n: usize, b: usize, j: usize, p: usize, t: u32, threads: usize) -> u64 {
     let (k, n, b, j, th) = (
@@ -582,7 +585,7 @@ fn point_bytes(k: usize, n: usize, b: usize, j: usize, p: usize, t: u32, threads
     let chunks = (k / p.max(1) as f64).ceil();
     let kn = k * n;
     let bytes = kn * (8.0 + 4.0 + 8.0)
-        + j * kn * (1.0 + 0.25 + 8.0 + 4.0 * th)
+        + j * kn * (1.0 + 0.25 + 8.0 + 9.0 * th)
         + b * k * (8.0 + 4.0 + 1.0)
         + b * n * (8.0 + 8.0 + 8.0 * th)
         + chunks * j * n * 9.0
@@ -1051,6 +1054,13 @@ mod tests {
             .to_string();
         assert!(
             msg.contains("`adc.bits` must be 1..=16 or \"ideal\", got 0"),
+            "{msg}"
+        );
+        let msg = parse("version = 1\n[noise]\ncell_sigma = \"big\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("line 3, `noise.cell_sigma`: invalid type: string \"big\""),
             "{msg}"
         );
         let msg = parse("version = 1\n[sweep]\n\"adc.bits\" = [4, 40]\n")
