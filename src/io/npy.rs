@@ -43,12 +43,13 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// One line of a library's (possibly multi-line) message.
+/// The first line of a library's (possibly multi-line, parser-diagram) message.
 fn one_line(msg: impl std::fmt::Display) -> String {
-    msg.to_string()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+    let text = msg.to_string();
+    let first = text.lines().map(str::trim).find(|l| !l.is_empty());
+    // A parser's position arrow (" --> 1:2") starts its diagram.
+    let first = first.unwrap_or("").split("-->").next().unwrap_or("");
+    first.trim().trim_end_matches(':').to_string()
 }
 
 /// The shape a `.npy` header declares, checked against the file's length,
@@ -70,8 +71,15 @@ fn checked_header<R: Read>(
     r: &mut Counting<R>,
     file_len: u64,
 ) -> Result<npyz::NpyHeader> {
-    let header = npyz::NpyHeader::from_reader(&mut *r)
-        .map_err(|e| npy_err(path, format!("not a readable .npy file: {}", one_line(e))))?;
+    let header = npyz::NpyHeader::from_reader(&mut *r).map_err(|e| {
+        npy_err(
+            path,
+            format!(
+                "not a readable .npy file ({}); write it with numpy.save",
+                one_line(e)
+            ),
+        )
+    })?;
     let shape = header.shape().to_vec();
     if shape.contains(&0) {
         return Err(npy_err(
