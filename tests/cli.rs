@@ -497,6 +497,11 @@ fn inspect_refuses_empty_and_oversized_weights() {
         &["inspect", "--weights", "/dev/zero"],
         "is not a regular file (a device, pipe or socket); give a file",
     );
+    // The experiment file itself, too: a read of /dev/zero never ends.
+    refuses(
+        &["check", "/dev/zero"],
+        "/dev/zero: is not a regular file (a device, pipe or socket); give a file",
+    );
 }
 
 /// A 10^5 x 10^5 layer and a 10^9-point sweep are refused from their

@@ -395,7 +395,7 @@ pub struct Overrides {
 impl Experiment {
     /// Reads, validates and expands an experiment file.
     pub fn load(path: &Path, overrides: Overrides) -> Result<Experiment> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::read_regular_text(path)?;
         Self::parse(&text, path, overrides)
     }
 

@@ -124,7 +124,7 @@ pub struct Activation {
 impl Network {
     /// Loads `model.toml` and the safetensors file it names (relative to it).
     pub fn load(path: &Path) -> Result<Network> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::read_regular_text(path)?;
         let raw: RawModel =
             toml::from_str(&text).map_err(|e| bad(path, e.message().trim().replace('\n', " ")))?;
         if raw.version != 1 {
@@ -134,7 +134,7 @@ impl Network {
             ));
         }
         let wpath = path.parent().unwrap_or(Path::new(".")).join(&raw.weights);
-        let bytes = std::fs::read(&wpath).map_err(|e| Error::io(&wpath, e))?;
+        let bytes = crate::io::read_regular(&wpath)?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| bad(&wpath, format!("not a readable safetensors file: {e}")))?;
         if !(raw.input.scale.is_finite() && raw.input.scale > 0.0) {

@@ -300,7 +300,7 @@ pub struct Prepared {
 /// model's TOML and weights, the images and the labels. Retraining the model
 /// or changing the data invalidates old rows; moving the files does not.
 fn inputs_hash(net: &NetworkParams) -> Result<u64> {
-    let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io(p, e));
+    let read = |p: &Path| crate::io::read_regular(p);
     let model = read(&net.model)?;
     let weights = toml::from_str::<toml::Table>(&String::from_utf8_lossy(&model))
         .ok()
