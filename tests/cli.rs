@@ -606,3 +606,284 @@ fn an_interrupted_shard_is_refused_by_merge_and_resumes_where_it_stopped() {
     merge().success();
     assert_eq!(comparable(&merged, "tiny"), comparable(&single, "tiny"));
 }
+
+/// Runs `zebra ARGS`, expects exit 2 and one stderr line containing `want`.
+fn refuses(args: &[&str], want: &str) -> String {
+    let assert = zebra().args(args).assert().code(2);
+    let err = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(
+        err.contains(want),
+        "`zebra {}` said {err:?}",
+        args.join(" ")
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn inspect_refuses_empty_and_oversized_weights() {
+    for (file, want) in [
+        ("w_0x0.npy", "shape [0, 0] has no elements"),
+        ("w_0x4.npy", "shape [0, 4] has no elements"),
+        ("w_4x0.npy", "shape [4, 0] has no elements"),
+        (
+            "w_huge_header.npy",
+            "the header declares shape [4294967296, 4294967296]",
+        ),
+        ("w_fake_header.npy", "not a readable .npy file ("),
+    ] {
+        let path = format!("tests/data/{file}");
+        refuses(&["inspect", "--weights", &path], want);
+    }
+    refuses(
+        &["inspect", "--weights", "/dev/zero"],
+        "is not a regular file (a device, pipe or socket); give a file",
+    );
+    // The experiment file itself, too: a read of /dev/zero never ends.
+    refuses(
+        &["check", "/dev/zero"],
+        "/dev/zero: is not a regular file (a device, pipe or socket); give a file",
+    );
+}
+
+/// A 10^5 x 10^5 layer and a 10^9-point sweep are refused from their
+/// parameters alone, before anything is allocated or expanded: the answer
+/// comes at once (the bound here is loose, for loaded CI machines; the point
+/// is that it does not allocate terabytes first).
+#[test]
+fn huge_layers_and_sweeps_are_refused_before_allocating() {
+    for file in ["layer_too_large.toml", "sweep_too_many_points.toml"] {
+        let path = format!("tests/configs/bad/{file}");
+        let start = std::time::Instant::now();
+        refuses(&["check", &path], "");
+        assert!(
+            start.elapsed().as_secs_f64() < 10.0,
+            "{file} took {:?}",
+            start.elapsed()
+        );
+    }
+    let err = refuses(
+        &[
+            "check",
+            "tests/configs/good/tiny.toml",
+            "--max-memory",
+            "1KiB",
+        ],
+        "more than --max-memory 1.0 KiB",
+    );
+    assert!(
+        err.contains("needs about") && err.contains("at sweep point 0"),
+        "{err}"
+    );
+    zebra()
+        .args([
+            "check",
+            "tests/configs/good/tiny.toml",
+            "--max-memory",
+            "lots",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("is not a size"));
+    zebra()
+        .args([
+            "check",
+            "tests/configs/good/tiny.toml",
+            "--max-memory",
+            "1GiB",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("memory: about"));
+}
+
+#[test]
+fn threads_beyond_the_limit_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let start = std::time::Instant::now();
+    refuses(
+        &[
+            "run",
+            "tests/configs/good/tiny.toml",
+            "--out",
+            out,
+            "--threads",
+            "10000",
+        ],
+        "--threads: must be 1..=1024, got 10000",
+    );
+    assert!(start.elapsed().as_secs_f64() < 10.0);
+    // With every row resumed the engine starts no threads at all.
+    let res = run_tiny(dir.path());
+    zebra()
+        .args(["run", dir.path().join("tiny.toml").to_str().unwrap()])
+        .args(["--engine", "cpu", "--threads", "1024", "--out"])
+        .arg(&res)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("0 computed, 4 resumed"));
+}
+
+#[test]
+fn unknown_wgpu_backend_is_refused_naming_the_accepted_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    for args in [
+        vec![
+            "run",
+            "tests/configs/good/tiny.toml",
+            "--engine",
+            "gpu",
+            "--out",
+            out,
+        ],
+        vec![
+            "run",
+            "tests/configs/good/tiny.toml",
+            "--engine",
+            "auto",
+            "--out",
+            out,
+        ],
+        vec!["devices"],
+    ] {
+        let assert = zebra()
+            .env("WGPU_BACKEND", "bogus")
+            .args(&args)
+            .assert()
+            .code(2);
+        let err = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+        assert!(
+            err.contains("WGPU_BACKEND: \"bogus\"")
+                && err.contains("accepted: vulkan, metal, dx12, gl"),
+            "{err}"
+        );
+        assert!(!err.contains("install"), "{err}");
+    }
+    // Comma lists as wgpu reads them stay accepted.
+    zebra()
+        .env("WGPU_BACKEND", "vulkan,gl")
+        .args([
+            "run",
+            "tests/configs/good/tiny.toml",
+            "--engine",
+            "cpu",
+            "--out",
+            out,
+        ])
+        .assert()
+        .success();
+}
+
+#[test]
+fn out_that_is_a_file_or_unwritable_results_say_so_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain");
+    fs::write(&file, "x").unwrap();
+    refuses(
+        &[
+            "run",
+            "tests/configs/good/tiny.toml",
+            "--out",
+            file.to_str().unwrap(),
+        ],
+        "is a file; give a folder",
+    );
+    // A result file that cannot be written: one line, the path and the
+    // system's reason once, not "simulation failed".
+    let out = dir.path().join("res");
+    fs::create_dir_all(out.join("tiny_hist.csv")).unwrap();
+    let assert = zebra()
+        .args([
+            "run",
+            "tests/configs/good/tiny.toml",
+            "--engine",
+            "cpu",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&out)
+        .assert()
+        .failure();
+    let err = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(err.contains("tiny_hist.csv"), "{err}");
+    assert!(!err.contains("simulation failed"), "{err}");
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_weights_folder_is_bad_input_in_check_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["check", "tests/configs/bad/weights_folder.toml"],
+        vec![
+            "run",
+            "tests/configs/bad/weights_folder.toml",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ],
+    ] {
+        refuses(&args, "is a folder; give a file");
+    }
+}
+
+/// Rewrites column `col` of every data row of a result CSV with `value(row)`.
+fn set_column(csv: &Path, col: &str, value: impl Fn(usize) -> String) {
+    let text = fs::read_to_string(csv).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let at = header.iter().position(|c| *c == col).unwrap();
+    let mut out = header.join(",") + "\n";
+    for (i, line) in lines.enumerate() {
+        let mut cells: Vec<String> = line.split(',').map(String::from).collect();
+        cells[at] = value(i);
+        out += &(cells.join(",") + "\n");
+    }
+    fs::write(csv, out).unwrap();
+}
+
+/// Values that are not finite numbers are left out of a figure with a
+/// warning naming them (an infinite SNR, which `zebra run` writes for an
+/// exactly zero error, included); a figure with no values left is skipped
+/// with a warning; and when no figure at all can be drawn, plot exits 2.
+#[test]
+fn plot_warns_about_values_and_figures_it_leaves_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_tiny(dir.path());
+    let csv = out.join("tiny.csv");
+    set_column(&csv, "snr_db", |i| {
+        if i == 0 {
+            "inf".into()
+        } else {
+            "12.5".into()
+        }
+    });
+    set_column(&csv, "rmse", |_| "NaN".into());
+    let assert = zebra().arg("plot").arg(&csv).assert().success();
+    let err = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(
+        err.contains("warning:")
+            && err.contains("figure `rmse` skipped: all 4 value(s) that are not finite numbers"),
+        "{err}"
+    );
+    assert!(
+        err.contains("figure `snr_db` leaves out 1 value(s)")
+            && err.contains("snr_db = inf")
+            && err.contains("exactly zero"),
+        "{err}"
+    );
+    assert!(out.join("tiny_snr_db.svg").exists());
+    assert!(!out.join("tiny_rmse.svg").exists());
+    // Nothing drawable at all: exit 2 with the reasons.
+    fs::remove_file(out.join("tiny_hist.csv")).unwrap();
+    set_column(&csv, "snr_db", |_| "not-a-number".into());
+    let assert = zebra().arg("plot").arg(&csv).assert().code(2);
+    let err = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(
+        err.contains("figure `snr_db` skipped") && err.contains("no figure could be drawn"),
+        "{err}"
+    );
+}

@@ -88,3 +88,33 @@ fn channels_last_images_are_rearranged() {
         }
     }
 }
+
+/// An IDX header declaring more data than the file holds (or, gzipped, more
+/// than deflate can expand it to) is refused before anything is allocated;
+/// so are empty dimensions and files that are not regular files.
+#[test]
+fn idx_sizes_are_checked_before_allocating() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("huge.idx");
+    // Three dimensions of 2^32 - 1: about 2^96 bytes declared, 4 present.
+    let header = [
+        0u8, 0, 8, 3, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+    ];
+    let mut bytes = header.to_vec();
+    bytes.extend([1, 2, 3, 4]);
+    std::fs::write(&raw, &bytes).unwrap();
+    let msg = read_idx_u8(&raw).unwrap_err().to_string();
+    assert!(msg.contains("the file has 4"), "{msg}");
+    let gz = dir.path().join("huge.idx.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(&bytes).unwrap();
+    std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+    let msg = read_idx_u8(&gz).unwrap_err().to_string();
+    assert!(msg.contains("the file can hold at most"), "{msg}");
+    std::fs::write(&raw, [0, 0, 8, 2, 0, 0, 0, 0, 0, 0, 0, 3]).unwrap();
+    let msg = read_idx_u8(&raw).unwrap_err().to_string();
+    assert!(msg.contains("have no elements"), "{msg}");
+    let msg = read_idx_u8(Path::new("/dev/zero")).unwrap_err().to_string();
+    assert!(msg.contains("is not a regular file"), "{msg}");
+}

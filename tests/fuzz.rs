@@ -169,9 +169,23 @@ fn npy_reader_never_panics() {
         npy_i8(&[3, 4]),
         npy_i8(&[0, 5]),
     ];
+    // Through the reader, a layer built from the file, and `inspect`.
+    let dir = tempfile::tempdir().unwrap();
+    let exp_path = dir.path().join("e.toml");
+    std::fs::write(
+        &exp_path,
+        "version = 1\n[layer]\nweights_file = \"w.npy\"\ninputs = 2\n",
+    )
+    .unwrap();
+    let exp_dir: PathBuf = dir.path().into();
     fuzz_file(1, seeds, "w.npy", |p| {
         let _ = zebra_cim::io::npy::read_npy_ints(p);
         let _ = zebra_cim::io::npy::read_weights(p, 8);
+        let _ = zebra_cim::cmd::inspect::inspect_npy(p, 8, 16);
+        std::fs::copy(p, exp_dir.join("w.npy")).unwrap();
+        if let Ok(exp) = Experiment::load(&exp_path, Overrides::default()) {
+            let _ = zebra_cim::experiment::workload::Layers::build(&exp.points);
+        }
     });
 }
 

@@ -106,13 +106,23 @@ pub fn run_check(
     file: &std::path::Path,
     trials: Option<u32>,
     seed: Option<u64>,
+    max_memory: Option<u64>,
 ) -> anyhow::Result<std::process::ExitCode> {
     let overrides = crate::experiment::Overrides {
         trials,
         seed,
         images: None,
     };
-    let text = Experiment::load(file, overrides).and_then(|exp| describe(&exp));
+    // The memory estimate comes before `describe`, which builds every layer.
+    let text = Experiment::load(file, overrides).and_then(|exp| {
+        let memory = super::check_memory(&exp, max_memory, None)?;
+        let mut text = describe(&exp)?;
+        if let Some(line) = memory {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        Ok(text)
+    });
     match text {
         Ok(text) => {
             print!("{text}");

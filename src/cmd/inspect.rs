@@ -34,6 +34,7 @@ pub fn inspect_experiment(file: &Path, parallelism: Option<usize>) -> Result<Str
         }
         return Ok(out);
     }
+    super::check_memory(&exp, None, None)?;
     let layer = Layer::build(&p.layer, p.seed)?;
     Ok(report(
         &layer.w,

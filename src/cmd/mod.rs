@@ -75,9 +75,15 @@ pub enum Command {
         /// GPU adapter, by name substring (default: the best hardware GPU; also `WGPU_ADAPTER_NAME`).
         #[arg(long)]
         adapter: Option<String>,
-        /// CPU worker threads (default: all cores).
+        /// CPU worker threads, 1 to 1024 (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Refuse sweep points estimated to need more memory than this: bytes,
+        /// or with a unit (KB, MB, GB, TB; KiB, MiB, GiB, TiB; K, M, G, T are
+        /// binary) (default: the available memory, MemAvailable in /proc/meminfo,
+        /// or 8 GiB where that cannot be read).
+        #[arg(long, value_parser = parse_bytes)]
+        max_memory: Option<u64>,
         /// Recompute every point, overwriting existing results.
         #[arg(long)]
         fresh: bool,
@@ -110,6 +116,9 @@ pub enum Command {
         /// Random seed (overrides the file).
         #[arg(long)]
         seed: Option<u64>,
+        /// Refuse sweep points estimated to need more memory than this (as for `run`).
+        #[arg(long, value_parser = parse_bytes)]
+        max_memory: Option<u64>,
     },
     /// Zero-bit statistics of a weight set: per-plane digit density and skippable groups per mapping.
     Inspect {
@@ -182,6 +191,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             engine,
             adapter,
             threads,
+            max_memory,
             fresh,
             quiet,
             shard,
@@ -198,6 +208,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 engine,
                 adapter,
                 threads,
+                max_memory,
             };
             match shard {
                 Some(s) => run::run_shard(&file, overrides, &s, how),
@@ -205,7 +216,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Merge { out, dirs } => run::run_merge(&out, &dirs),
-        Command::Check { file, trials, seed } => check::run_check(&file, trials, seed),
+        Command::Check {
+            file,
+            trials,
+            seed,
+            max_memory,
+        } => check::run_check(&file, trials, seed, max_memory),
         Command::Inspect {
             file,
             weights,
@@ -218,14 +234,20 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             metric,
             x,
         } => plot::run_plot(&csv, out.as_deref(), metric, x),
-        Command::Devices => devices::run_devices(),
+        Command::Devices => match crate::engine::gpu::backends_from_env() {
+            Ok(_) => devices::run_devices(),
+            Err(e) => bad_input(e),
+        },
         Command::Bench {
             workload,
             engine,
             adapter,
             trials,
             repeats,
-        } => bench::run_bench(workload, engine, adapter.as_deref(), trials, repeats),
+        } => match crate::engine::gpu::backends_from_env() {
+            Ok(_) => bench::run_bench(workload, engine, adapter.as_deref(), trials, repeats),
+            Err(e) => bad_input(e),
+        },
     }
 }
 
@@ -238,6 +260,137 @@ pub struct RunArgs {
     pub engine: EngineChoice,
     pub adapter: Option<String>,
     pub threads: Option<usize>,
+    pub max_memory: Option<u64>,
+}
+
+/// Most CPU threads `--threads` accepts: beyond this, threads only cost
+/// memory and start-up time (10000 took minutes to start).
+pub const MAX_THREADS: usize = 1024;
+
+/// The memory limit when `/proc/meminfo` cannot be read.
+pub const FALLBACK_MEMORY: u64 = 8 << 30;
+
+/// `--max-memory`: bytes, or a number with a unit: KB, MB, GB, TB (powers of
+/// 1000), KiB, MiB, GiB, TiB or K, M, G, T (powers of 1024).
+pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = (&t[..split], t[split..].trim());
+    let scale: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024f64.powi(2),
+        "g" | "gib" => 1024f64.powi(3),
+        "t" | "tib" => 1024f64.powi(4),
+        _ => f64::NAN,
+    };
+    match num.parse::<f64>() {
+        Ok(v) if scale.is_finite() && v * scale >= 1.0 && v * scale < 1.8e19 => {
+            Ok((v * scale) as u64)
+        }
+        _ => Err(format!(
+            "{s:?} is not a size; give bytes or a number with a unit, such as 8GiB, 512MiB or 16GB"
+        )),
+    }
+}
+
+/// A size in bytes for people: "7.6 GiB".
+pub fn human_bytes(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// The memory limit and where it comes from: `--max-memory`, else the
+/// available memory (MemAvailable in /proc/meminfo), else [`FALLBACK_MEMORY`].
+pub fn memory_limit(flag: Option<u64>) -> (u64, String) {
+    if let Some(b) = flag {
+        return (b, format!("--max-memory {}", human_bytes(b)));
+    }
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024);
+    match available {
+        Some(b) => (b, format!("the available memory, {}", human_bytes(b))),
+        None => (
+            FALLBACK_MEMORY,
+            format!("the default limit, {}", human_bytes(FALLBACK_MEMORY)),
+        ),
+    }
+}
+
+/// Refuses an experiment whose largest sweep point is estimated to need more
+/// memory than the limit; otherwise returns a line describing the estimate.
+pub fn check_memory(
+    exp: &crate::experiment::Experiment,
+    flag: Option<u64>,
+    threads: Option<usize>,
+) -> std::result::Result<Option<String>, Error> {
+    let threads = threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, MAX_THREADS);
+    let Some((point, need)) = exp.memory_estimate(threads)? else {
+        return Ok(None);
+    };
+    let (limit, source) = memory_limit(flag);
+    if need > limit {
+        return Err(Error::config(
+            exp.file.display().to_string(),
+            format!(
+                "needs about {} of memory at sweep point {point} (with the layers and result rows the sweep keeps), more than {source}; lower `layer.k`, `layer.n`, `layer.inputs`, `trials` or the sweep, or raise --max-memory",
+                human_bytes(need)
+            ),
+        ));
+    }
+    Ok(Some(format!(
+        "memory: about {} at most (largest point, layers and result rows); limit {source} (--max-memory)",
+        human_bytes(need)
+    )))
+}
+
+/// `--threads` and `WGPU_BACKEND`, checked before anything runs.
+pub fn check_run_args(threads: Option<usize>) -> std::result::Result<(), Error> {
+    if let Some(t) = threads {
+        if t == 0 || t > MAX_THREADS {
+            return Err(Error::config(
+                "--threads",
+                format!("must be 1..={MAX_THREADS}, got {t}"),
+            ));
+        }
+    }
+    crate::engine::gpu::backends_from_env()?;
+    Ok(())
+}
+
+/// Refuses a `--out` that exists and is not a folder.
+pub fn check_out_dir(out: &std::path::Path) -> std::result::Result<(), Error> {
+    if out.exists() && !out.is_dir() {
+        return Err(Error::config(
+            "--out",
+            format!("{} is a file; give a folder", out.display()),
+        ));
+    }
+    Ok(())
 }
 
 /// Errors in what the user gave (exit code 2), as opposed to failures of the run.
@@ -263,7 +416,7 @@ pub fn make_engine(
 ) -> Result<Box<dyn Engine + Send>> {
     let cpu = || -> Box<dyn Engine + Send> {
         match threads {
-            Some(t) => Box::new(CpuEngine::with_threads(t.max(1))),
+            Some(t) => Box::new(CpuEngine::with_threads(t.clamp(1, MAX_THREADS))),
             None => Box::new(CpuEngine::new()),
         }
     };

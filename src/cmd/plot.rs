@@ -14,15 +14,24 @@ pub fn run_plot(
     x: Option<String>,
 ) -> Result<ExitCode> {
     let opts = PlotOptions { metrics, x };
+    let mut drawn = 0;
     for file in csv {
         match plot_results(file, out, &opts) {
-            Ok(files) => {
-                for f in files {
+            Ok(plotted) => {
+                for w in &plotted.warnings {
+                    eprintln!("warning: {w}");
+                }
+                for f in &plotted.written {
                     println!("wrote {}", f.display());
                 }
+                drawn += plotted.written.len();
             }
             Err(e) => return bad_input(e),
         }
+    }
+    if drawn == 0 {
+        eprintln!("error: no figure could be drawn (see the warnings above); check the result files and --metric");
+        return Ok(ExitCode::from(super::EXIT_USAGE));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,9 +1,10 @@
 //! `zebra run` (and `zebra accuracy`): every sweep point of an experiment
 //! file under every mapping, on the chosen engine.
 
-use super::{bad_input, is_bad_input, make_engine, RunArgs};
+use super::{bad_input, check_memory, check_out_dir, is_bad_input, make_engine, RunArgs};
 use crate::engine::gpu::GpuEngine;
 use crate::engine::Engine;
+use crate::error::Error;
 use crate::experiment::{Experiment, Overrides};
 use crate::sweep::accuracy;
 use crate::sweep::run::{self as runner, RunOptions};
@@ -14,10 +15,17 @@ use std::process::ExitCode;
 
 /// Loads and checks `file`, then runs it as a layer or an accuracy experiment.
 pub fn run_experiment_file(file: &Path, overrides: Overrides, how: RunArgs) -> Result<ExitCode> {
+    if let Err(e) = super::check_run_args(how.threads).and_then(|()| check_out_dir(&how.out)) {
+        return bad_input(e);
+    }
     let exp = match Experiment::load(file, overrides) {
         Ok(e) => e,
         Err(e) => return bad_input(e),
     };
+    // Before any layer is built: a point too large for memory stops here.
+    if let Err(e) = check_memory(&exp, how.max_memory, how.threads) {
+        return bad_input(e);
+    }
     if exp.network.is_some() {
         run_accuracy(&exp, &how)
     } else {
@@ -36,18 +44,37 @@ fn run_layers(exp: &Experiment, how: &RunArgs) -> Result<ExitCode> {
     let prep = match runner::prepare(exp, &opts) {
         Ok(p) => p,
         Err(e) if is_bad_input(&e) => return bad_input(e),
-        Err(e) => return Err(e).context("cannot read the inputs or results"),
+        Err(e) => return failed(e),
     };
     let Some(mut engine) = open_engine(how) else {
         return Ok(ExitCode::FAILURE);
     };
     // Inputs were checked by `prepare`: what fails now is the run itself.
-    let report =
-        runner::run_experiment(exp, prep, engine.as_mut(), &opts).context("simulation failed")?;
+    let report = match runner::run_experiment(exp, prep, engine.as_mut(), &opts) {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
     print!("{}", runner::format_table(exp, &report.rows));
     let counts = (report.rows.len(), report.computed, report.resumed);
     summary(counts, &engine.device(), &report.csv, &report.hist_csv);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A run that stopped: bad input exits 2; a file that cannot be read or
+/// written exits 1 with the file and the system's reason once; anything
+/// else is the simulation's own failure.
+fn failed(e: Error) -> Result<ExitCode> {
+    match &e {
+        _ if is_bad_input(&e) => bad_input(e),
+        Error::Io { .. } | Error::Csv { .. } => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        _ => {
+            eprintln!("error: simulation failed: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// The engine the user chose, or `None` after saying why it cannot open.
@@ -86,7 +113,7 @@ fn run_accuracy(exp: &Experiment, how: &RunArgs) -> Result<ExitCode> {
     let prep = match accuracy::prepare(exp, &opts) {
         Ok(p) => p,
         Err(e) if is_bad_input(&e) => return bad_input(e),
-        Err(e) => return Err(e).context("cannot read the model, images or results"),
+        Err(e) => return failed(e),
     };
     let Some(engine) = open_engine(how) else {
         return Ok(ExitCode::FAILURE);
@@ -94,8 +121,14 @@ fn run_accuracy(exp: &Experiment, how: &RunArgs) -> Result<ExitCode> {
     // The CPU runs chips in parallel, each on one thread. A hardware GPU gets
     // several engines (queues), each fed chips by its own host thread, so
     // lowering and requantising on the host overlap with the device.
+    // No threads are started when every row is resumed (nothing to compute).
+    let nothing_to_do = prep.finished() >= exp.points.len() * exp.mappings.len();
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(how.threads.unwrap_or(0))
+        .num_threads(if nothing_to_do {
+            1
+        } else {
+            how.threads.unwrap_or(0)
+        })
         .build()
         .context("cannot start CPU threads")?;
     let device = engine.device();
@@ -109,9 +142,10 @@ fn run_accuracy(exp: &Experiment, how: &RunArgs) -> Result<ExitCode> {
             }
         }
     }
-    let report = pool
-        .install(|| accuracy::run(exp, prep, &mut engines, &opts))
-        .context("simulation failed")?;
+    let report = match pool.install(|| accuracy::run(exp, prep, &mut engines, &opts)) {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
     println!(
         "clean int8 accuracy {:.2}% on {} images",
         100.0 * report.clean_accuracy,

@@ -14,7 +14,11 @@ use std::ops::Range;
 /// The multi-threaded CPU engine.
 #[derive(Debug, Default)]
 pub struct CpuEngine {
-    pool: Option<rayon::ThreadPool>,
+    /// Worker threads asked for; `None` is rayon's global pool.
+    threads: Option<usize>,
+    /// Their pool, built on the first run: an engine with nothing to
+    /// compute (every point resumed) starts no threads.
+    pool: std::sync::OnceLock<rayon::ThreadPool>,
     /// The trial-invariant buffers of the plan run last, by plan id (unique
     /// to immutable plan data), so a point simulated in several calls builds
     /// them once.
@@ -27,22 +31,29 @@ impl CpuEngine {
         CpuEngine::default()
     }
 
-    /// An engine with exactly `threads` worker threads.
+    /// An engine with exactly `threads` worker threads (at least one),
+    /// started when it first runs.
     pub fn with_threads(threads: usize) -> Self {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("thread pool");
         CpuEngine {
-            pool: Some(pool),
+            threads: Some(threads.max(1)),
+            pool: std::sync::OnceLock::new(),
             shared: None,
         }
     }
 
     fn threads(&self) -> usize {
-        self.pool
-            .as_ref()
-            .map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
+        self.threads.unwrap_or_else(rayon::current_num_threads)
+    }
+
+    /// The engine's own pool, started on first use; `None` for the global one.
+    fn pool(&self) -> Option<&rayon::ThreadPool> {
+        let threads = self.threads?;
+        Some(self.pool.get_or_init(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("thread pool")
+        }))
     }
 }
 
@@ -61,7 +72,7 @@ impl Engine for CpuEngine {
         }
         let shared = &self.shared.as_ref().expect("just built").1;
         let work = || run_trials(plan, shared, trials.clone(), raw);
-        Ok(match &self.pool {
+        Ok(match self.pool() {
             Some(pool) => pool.install(work),
             None => work(),
         })

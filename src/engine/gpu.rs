@@ -74,8 +74,40 @@ pub struct AdapterSummary {
     pub software: bool,
 }
 
+/// The backend names `WGPU_BACKEND` accepts (wgpu's, case-insensitive), as
+/// a comma list.
+pub const BACKEND_NAMES: [&str; 10] = [
+    "vulkan", "vk", "metal", "mtl", "dx12", "d3d12", "gl", "gles", "opengl", "webgpu",
+];
+
+/// The backends `WGPU_BACKEND` asks for (all primary ones when unset). wgpu
+/// itself skips unknown names, so `WGPU_BACKEND=bogus` would silently find no
+/// adapter; an unknown name is refused here instead.
+pub fn backends_from_env() -> Result<wgpu::Backends> {
+    let Some(value) = std::env::var_os("WGPU_BACKEND") else {
+        return Ok(wgpu::Backends::PRIMARY);
+    };
+    let text = value.to_string_lossy();
+    let bad: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|b| !BACKEND_NAMES.contains(&b.to_lowercase().as_str()))
+        .collect();
+    if !bad.is_empty() {
+        return Err(Error::Config {
+            file: "WGPU_BACKEND".into(),
+            msg: format!(
+                "{text:?} names no backend this build knows ({}); accepted: vulkan, metal, dx12, gl (or vk, mtl, d3d12, gles, opengl, webgpu), or a comma list such as \"vulkan,gl\"",
+                bad.iter().map(|b| format!("{b:?}")).collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
+    Ok(wgpu::Backends::from_comma_list(&text))
+}
+
 fn instance() -> wgpu::Instance {
-    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+    // Checked by `backends_from_env` before any engine is built.
+    let backends = backends_from_env().unwrap_or(wgpu::Backends::PRIMARY);
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = backends;
     wgpu::Instance::new(desc)
@@ -241,6 +273,7 @@ impl GpuEngine {
     /// Opens an adapter: by name substring if given (or `WGPU_ADAPTER_NAME`),
     /// else the best hardware GPU, else (when `allow_software`) a software one.
     pub fn new(name: Option<&str>, allow_software: bool) -> Result<GpuEngine> {
+        backends_from_env()?;
         let inst = instance();
         let adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
         let wanted = name

@@ -153,6 +153,8 @@ fn default_parallelism() -> i64 {
 enum RawBits {
     Bits(i64),
     Name(String),
+    /// Anything else (a float, a table): refused with what is accepted.
+    Other(toml::Value),
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -393,7 +395,7 @@ pub struct Overrides {
 impl Experiment {
     /// Reads, validates and expands an experiment file.
     pub fn load(path: &Path, overrides: Overrides) -> Result<Experiment> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::read_regular_text(path)?;
         Self::parse(&text, path, overrides)
     }
 
@@ -425,11 +427,20 @@ impl Experiment {
         };
         let axes = sweep_axes(&raw.sweep).map_err(err)?;
         let points = expand_points(&table, &axes, &base_dir, overrides).map_err(err)?;
-        let name = raw.name.clone().unwrap_or_else(|| {
-            path.file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "experiment".into())
-        });
+        let name = match &raw.name {
+            Some(n) => check_name(n).map_err(|m| err(format!("`name` {m}")))?,
+            None => {
+                let stem = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "experiment".into());
+                check_name(&stem).map_err(|m| {
+                    err(format!(
+                        "the file name gives the experiment name, which {m}; set `name`"
+                    ))
+                })?
+            }
+        };
         Ok(Experiment {
             name,
             file: path.to_path_buf(),
@@ -440,6 +451,146 @@ impl Experiment {
             network,
         })
     }
+}
+
+/// Longest accepted experiment name (it names the result files).
+pub const MAX_NAME_LEN: usize = 100;
+
+/// Most sweep points an experiment may expand to; larger sweeps are split
+/// into several files (each point's result row is kept and rewritten).
+pub const MAX_POINTS: u64 = 100_000;
+
+/// An experiment name is a file name inside `--out`: letters, digits, `-`,
+/// `_` and `.`, not starting with `.`, at most [`MAX_NAME_LEN`] characters.
+fn check_name(name: &str) -> std::result::Result<String, String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(name.to_string())
+    } else {
+        let shown: String = name.escape_debug().take(40).collect();
+        let more = if name.chars().count() > 40 { "..." } else { "" };
+        Err(format!(
+            "is \"{shown}{more}\" ({} characters); accepted: 1 to {MAX_NAME_LEN} letters, digits, `-`, `_` or `.`, not starting with `.`",
+            name.chars().count()
+        ))
+    }
+}
+
+impl Experiment {
+    /// A rough upper estimate of the memory (bytes) the largest sweep point
+    /// needs while it runs on `threads` CPU threads, with the result rows of
+    /// the whole sweep (kept to rewrite the result files after every point,
+    /// [`ROW_BYTES`] each), and that point's index, from the parameters and
+    /// `.npy` headers alone (nothing is allocated).
+    /// `None` for accuracy experiments, whose size the model and dataset
+    /// files already bound.
+    pub fn memory_estimate(&self, threads: usize) -> Result<Option<(usize, u64)>> {
+        if self.network.is_some() {
+            return Ok(None);
+        }
+        let mut shapes: Vec<(PathBuf, Vec<usize>)> = Vec::new();
+        let mut shape_of = |path: &PathBuf| -> Result<Vec<usize>> {
+            if let Some((_, s)) = shapes.iter().find(|(p, _)| p == path) {
+                return Ok(s.clone());
+            }
+            let s = crate::io::npy::read_npy_shape(path)?;
+            shapes.push((path.clone(), s.clone()));
+            Ok(s)
+        };
+        let mut worst = (0, 0u64);
+        // Every distinct layer is built up front and kept (weights, inputs,
+        // exact products); the rest of a point is freed before the next.
+        let mut layers = std::collections::HashSet::new();
+        let mut kept = 0u64;
+        for p in &self.points {
+            let l = &p.params.layer;
+            let (k, n) = match &l.weights {
+                WeightSource::File(path) => match shape_of(path)?[..] {
+                    [k, n] => (k, n),
+                    _ => (l.k, l.n),
+                },
+                _ => (l.k, l.n),
+            };
+            let b = match &l.input_source {
+                InputSource::File(path) => match shape_of(path)?[..] {
+                    [b, _] => b,
+                    _ => 1,
+                },
+                _ => l.inputs,
+            };
+            let planes = self
+                .mappings
+                .iter()
+                .map(|m| crate::model::plane_count(m.encoding, l.weight_bits))
+                .max()
+                .unwrap_or(8);
+            if layers.insert(format!("{:?}/{}", l, p.params.seed)) {
+                let (k, n, b) = (k as u64, n as u64, b as u64);
+                kept = kept.saturating_add(
+                    (k.saturating_mul(n).saturating_mul(4))
+                        .saturating_add(b.saturating_mul(k + 2 * n).saturating_mul(4)),
+                );
+            }
+            let bytes = point_bytes(
+                k,
+                n,
+                b,
+                planes,
+                p.params.parallelism,
+                p.params.trials,
+                threads,
+            );
+            if bytes > worst.1 {
+                worst = (p.index, bytes);
+            }
+        }
+        let rows = (self.points.len() * self.mappings.len()) as u64;
+        Ok(Some((
+            worst.0,
+            worst
+                .1
+                .saturating_add(kept)
+                .saturating_add(rows * ROW_BYTES),
+        )))
+    }
+}
+
+/// Memory one (point, mapping) holds for the result files while a sweep
+/// runs: its result row and up to a few hundred histogram rows as text
+/// (about 60 KiB measured with wide dynamic-noise histograms).
+pub const ROW_BYTES: u64 = 64 << 10;
+
+/// The estimate behind [`Experiment::memory_estimate`] for a K x N layer
+/// with B input vectors, J digit planes, parallelism P and T trials: the
+/// layer (weights as read and as i32, inputs, exact products), the plan
+/// (digits, masks, per-group ranges), the CPU engine's trial-invariant
+/// buffers and each thread's per-chip cell values (a cell's noisy weight,
+/// draw and digit: 9 bytes per plane; a static-noise run of a 2048 x 2048
+/// layer measured 70 bytes per cell per thread with 8 planes, and about 48
+/// bytes per cell besides) and outputs, and the
+/// per-trial moments kept for the trial-RMSE percentiles.
+fn point_bytes(k: usize, n: usize, b: usize, j: usize, p: usize, t: u32, threads: usize) -> u64 {
+    let (k, n, b, j, th) = (
+        k as f64,
+        n as f64,
+        b as f64,
+        j as f64,
+        threads.max(1) as f64,
+    );
+    let chunks = (k / p.max(1) as f64).ceil();
+    let kn = k * n;
+    let bytes = kn * (8.0 + 4.0 + 8.0)
+        + j * kn * (1.0 + 0.25 + 8.0 + 9.0 * th)
+        + b * k * (8.0 + 4.0 + 1.0)
+        + b * n * (8.0 + 8.0 + 8.0 * th)
+        + chunks * j * n * 9.0
+        + 32.0 * t as f64;
+    bytes.min(u64::MAX as f64) as u64
 }
 
 /// The `[network]` section, its paths relative to the experiment file.
@@ -475,6 +626,11 @@ fn sweep_axes(sweep: &toml::Table) -> std::result::Result<Vec<(String, Vec<toml:
                 "sweep key `{key}` cannot be swept; sweep a parameter such as `noise.cell_sigma`"
             ));
         }
+        if key.starts_with("network.") {
+            return Err(format!(
+                "sweep key `{key}` cannot be swept: an accuracy experiment runs one model on one dataset; write one experiment file per model, dataset or limit (`--images` overrides the limit)"
+            ));
+        }
         let values = match values {
             toml::Value::Array(v) => v.clone(),
             other => {
@@ -489,7 +645,28 @@ fn sweep_axes(sweep: &toml::Table) -> std::result::Result<Vec<(String, Vec<toml:
                 "sweep key `{key}` has no values; give at least one"
             ));
         }
+        for (i, v) in values.iter().enumerate() {
+            if values[..i].iter().any(|w| value_label(w) == value_label(v)) {
+                return Err(format!(
+                    "sweep key `{key}` lists {} twice; give each value once",
+                    value_label(v)
+                ));
+            }
+        }
         axes.push((key.clone(), values));
+    }
+    // Counted before anything is expanded: a product of long axes is checked
+    // without building its points.
+    let total = axes
+        .iter()
+        .try_fold(1u64, |acc, (_, v)| acc.checked_mul(v.len() as u64))
+        .unwrap_or(u64::MAX);
+    if total > MAX_POINTS {
+        let sizes: Vec<String> = axes.iter().map(|(_, v)| v.len().to_string()).collect();
+        return Err(format!(
+            "the sweep has {total} points ({}), more than the limit of {MAX_POINTS}; split it into several experiment files",
+            sizes.join(" x ")
+        ));
     }
     Ok(axes)
 }
@@ -541,16 +718,49 @@ fn expand_points(
     Ok(points)
 }
 
-/// One line: the toml message with its line number.
+/// One line: the toml message with its line number and, for a value of the
+/// wrong type, the key it was given for.
 fn toml_message(text: &str, e: &toml::de::Error) -> String {
     let msg = e.message().trim().replace('\n', " ");
     match e.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}: {msg}")
+            let at = span.start.min(text.len());
+            let line = text[..at].matches('\n').count() + 1;
+            let typed = ["invalid type", "invalid value", "invalid length"]
+                .iter()
+                .any(|p| msg.starts_with(p));
+            match key_of_value_at(text, at).filter(|_| typed) {
+                Some(key) => format!("line {line}, `{key}`: {msg}"),
+                None => format!("line {line}: {msg}"),
+            }
         }
         None => msg,
     }
+}
+
+/// The dotted key whose value starts at byte `at` (`section.key` for a
+/// `key = value` line under `[section]`), or `None` when `at` is not in a value.
+fn key_of_value_at(text: &str, at: usize) -> Option<String> {
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = &text[line_start..];
+    let eq = line.find('=')?;
+    if line_start + eq >= at {
+        return None;
+    }
+    let key = line[..eq].trim().replace(['"', '\''], "");
+    if key.is_empty() || key.starts_with('#') || key.starts_with('[') {
+        return None;
+    }
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    Some(match section {
+        Some(s) if !s.is_empty() => format!("{s}.{key}"),
+        _ => key,
+    })
 }
 
 fn value_label(v: &toml::Value) -> String {
@@ -586,6 +796,27 @@ fn resolve_mappings(raw: &RawFile) -> std::result::Result<Vec<MappingSpec>, Stri
         );
     }
     let presets: Vec<String> = MappingSpec::presets().into_iter().map(|m| m.name).collect();
+    for (i, c) in raw.custom_mapping.iter().enumerate() {
+        if c.name.trim().is_empty() {
+            return Err(format!(
+                "`[[custom_mapping]]` number {} has an empty `name`; give it a name to list in `mappings`",
+                i + 1
+            ));
+        }
+        if presets.contains(&c.name) {
+            return Err(format!(
+                "`[[custom_mapping]]` `{}` has the name of a built-in mapping; choose another name (built-in: {})",
+                c.name,
+                presets.join(", ")
+            ));
+        }
+        if raw.custom_mapping[..i].iter().any(|o| o.name == c.name) {
+            return Err(format!(
+                "two `[[custom_mapping]]` are named `{}`; give each a different name",
+                c.name
+            ));
+        }
+    }
     let mut out: Vec<MappingSpec> = Vec::new();
     for name in &raw.mappings {
         let spec = raw
@@ -650,6 +881,12 @@ fn resolve_params(
         RawBits::Name(s) => {
             return Err(format!(
                 "`adc.bits` must be 1..=16 or \"ideal\", got \"{s}\""
+            ))
+        }
+        RawBits::Other(v) => {
+            return Err(format!(
+                "`adc.bits` must be a whole number 1..=16 or \"ideal\", got {} {v}",
+                v.type_str()
             ))
         }
     };
@@ -817,6 +1054,13 @@ mod tests {
             .to_string();
         assert!(
             msg.contains("`adc.bits` must be 1..=16 or \"ideal\", got 0"),
+            "{msg}"
+        );
+        let msg = parse("version = 1\n[noise]\ncell_sigma = \"big\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("line 3, `noise.cell_sigma`: invalid type: string \"big\""),
             "{msg}"
         );
         let msg = parse("version = 1\n[sweep]\n\"adc.bits\" = [4, 40]\n")

@@ -40,7 +40,11 @@ pub fn read_csv(path: &Path) -> Result<Option<Table>> {
 }
 
 /// Writes a CSV atomically (see [`write_atomic`]).
-pub fn write_csv_atomic(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<()> {
+pub fn write_csv_atomic<'a>(
+    path: &Path,
+    header: &[String],
+    rows: impl IntoIterator<Item = &'a Vec<String>>,
+) -> Result<()> {
     let csv_err = |e| Error::Csv {
         path: path.into(),
         source: e,

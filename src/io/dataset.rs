@@ -2,8 +2,8 @@
 //! as Fashion-MNIST ships) and `.npy` image/label pairs.
 
 use crate::error::{Error, Result};
-use crate::io::npy::read_npy_ints;
-use std::io::Read;
+use crate::io::npy::{open_regular, read_npy_ints};
+use std::io::{Read, Seek};
 use std::path::Path;
 
 /// Images `[n][channels][rows][cols]` as u8, and their labels.
@@ -24,54 +24,108 @@ fn bad(path: &Path, msg: impl Into<String>) -> Error {
     }
 }
 
-/// The bytes of a file, gunzipped when it starts with the gzip magic.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| bad(path, format!("not a readable gzip file: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
-}
+/// Deflate never compresses more than about 1032:1, so a gzip file of
+/// `len` bytes cannot hold more than this many bytes of data.
+const GZIP_MAX_RATIO: u64 = 1032;
 
-/// An IDX array of unsigned bytes: (dimensions, data).
+/// An IDX array of unsigned bytes: (dimensions, data). The header is read
+/// first and the size it declares is checked against the file's length (or,
+/// gzipped, against what the file can hold) before the data is allocated.
 pub fn read_idx_u8(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
-    let bytes = read_maybe_gz(path)?;
-    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
+    let (file, len) = open_regular(path)?;
+    let mut file = std::io::BufReader::new(file);
+    let mut magic = [0u8; 2];
+    let gz = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+    file.seek(std::io::SeekFrom::Start(0))
+        .map_err(|e| Error::io(path, e))?;
+    let (mut r, capacity): (Box<dyn Read>, u64) = if gz {
+        (
+            Box::new(flate2::read::GzDecoder::new(file)),
+            len.saturating_mul(GZIP_MAX_RATIO),
+        )
+    } else {
+        (Box::new(file), len)
+    };
+    let gz_err = |e: std::io::Error| {
+        if gz {
+            bad(path, format!("not a readable gzip file: {e}"))
+        } else {
+            Error::io(path, e)
+        }
+    };
+    let mut magic = [0u8; 4];
+    let got = read_up_to(&mut r, &mut magic).map_err(gz_err)?;
+    if got < 4 || magic[0] != 0 || magic[1] != 0 {
         return Err(bad(path, "not an IDX file (bad magic number)"));
     }
-    if bytes[2] != 0x08 {
+    if magic[2] != 0x08 {
         return Err(bad(
             path,
             format!(
                 "IDX element type {:#04x} is not accepted; only unsigned bytes (0x08)",
-                bytes[2]
+                magic[2]
             ),
         ));
     }
-    let ndim = bytes[3] as usize;
-    let header = 4 + 4 * ndim;
-    if bytes.len() < header {
+    let ndim = magic[3] as usize;
+    let mut dims_raw = vec![0u8; 4 * ndim];
+    if read_up_to(&mut r, &mut dims_raw).map_err(gz_err)? < dims_raw.len() {
         return Err(bad(path, "IDX header is truncated"));
     }
-    let dims: Vec<usize> = (0..ndim)
-        .map(|d| u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().unwrap()) as usize)
+    let dims: Vec<usize> = dims_raw
+        .chunks(4)
+        .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
         .collect();
-    let count: usize = dims.iter().product();
-    if bytes.len() != header + count {
+    if dims.contains(&0) {
+        return Err(bad(
+            path,
+            format!("IDX dimensions {dims:?} have no elements; every dimension must be at least 1"),
+        ));
+    }
+    let header = 4 + 4 * ndim as u64;
+    let count = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .unwrap_or(u64::MAX);
+    let room = capacity.saturating_sub(header);
+    if count > room || (!gz && count != room) {
         return Err(bad(
             path,
             format!(
-                "IDX dimensions {dims:?} need {count} bytes of data, the file has {}",
-                bytes.len() - header
+                "IDX dimensions {dims:?} need {count} bytes of data, the file {} {room}",
+                if gz { "can hold at most" } else { "has" }
             ),
         ));
     }
-    Ok((dims, bytes[header..].to_vec()))
+    let mut data = Vec::with_capacity(count as usize);
+    r.take(count + 1).read_to_end(&mut data).map_err(gz_err)?;
+    if data.len() as u64 != count {
+        return Err(bad(
+            path,
+            format!(
+                "IDX dimensions {dims:?} need {count} bytes of data, the file has {}{}",
+                data.len(),
+                if data.len() as u64 > count {
+                    " or more"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    Ok((dims, data))
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut at = 0;
+    while at < buf.len() {
+        match r.read(&mut buf[at..])? {
+            0 => break,
+            n => at += n,
+        }
+    }
+    Ok(at)
 }
 
 impl Dataset {

@@ -1,6 +1,7 @@
 //! `.npy` arrays of integers, checked before use.
 
 use crate::error::{Error, Result};
+use std::io::Read;
 use std::path::Path;
 
 pub(crate) fn npy_err(path: &Path, msg: String) -> Error {
@@ -8,6 +9,105 @@ pub(crate) fn npy_err(path: &Path, msg: String) -> Error {
         path: path.to_path_buf(),
         msg,
     }
+}
+
+/// Opens `path` for reading with its length, refusing folders, devices and
+/// pipes: their length says nothing about what a read would return (a read
+/// of `/dev/zero` never ends).
+pub fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(npy_err(path, "is a folder; give a file".into()));
+    }
+    if !meta.is_file() {
+        return Err(npy_err(
+            path,
+            "is not a regular file (a device, pipe or socket); give a file".into(),
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    Ok((file, meta.len()))
+}
+
+/// A reader that counts the bytes taken from it (to find where a header ends).
+struct Counting<R> {
+    inner: R,
+    taken: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.taken += n as u64;
+        Ok(n)
+    }
+}
+
+/// The first line of a library's (possibly multi-line, parser-diagram) message.
+fn one_line(msg: impl std::fmt::Display) -> String {
+    let text = msg.to_string();
+    let first = text.lines().map(str::trim).find(|l| !l.is_empty());
+    // A parser's position arrow (" --> 1:2") starts its diagram.
+    let first = first.unwrap_or("").split("-->").next().unwrap_or("");
+    first.trim().trim_end_matches(':').to_string()
+}
+
+/// The shape a `.npy` header declares, checked against the file's length,
+/// without reading the data.
+pub fn read_npy_shape(path: &Path) -> Result<Vec<usize>> {
+    let (file, len) = open_regular(path)?;
+    let mut r = Counting {
+        inner: std::io::BufReader::new(file),
+        taken: 0,
+    };
+    let header = checked_header(path, &mut r, len)?;
+    Ok(header.shape().iter().map(|&s| s as usize).collect())
+}
+
+/// Reads a `.npy` header and checks that the shape it declares has elements
+/// and fits the file's length, before anything is allocated for the data.
+fn checked_header<R: Read>(
+    path: &Path,
+    r: &mut Counting<R>,
+    file_len: u64,
+) -> Result<npyz::NpyHeader> {
+    let header = npyz::NpyHeader::from_reader(&mut *r).map_err(|e| {
+        npy_err(
+            path,
+            format!(
+                "not a readable .npy file ({}); write it with numpy.save",
+                one_line(e)
+            ),
+        )
+    })?;
+    let shape = header.shape().to_vec();
+    if shape.contains(&0) {
+        return Err(npy_err(
+            path,
+            format!("shape {shape:?} has no elements; every dimension must be at least 1"),
+        ));
+    }
+    let item = header.dtype().num_bytes().unwrap_or(usize::MAX) as u64;
+    let need = shape
+        .iter()
+        .try_fold(item, |acc, &d| acc.checked_mul(d))
+        .unwrap_or(u64::MAX);
+    let have = file_len.saturating_sub(r.taken);
+    if need != have {
+        let need = if need == u64::MAX {
+            "more than 2^64".to_string()
+        } else {
+            need.to_string()
+        };
+        return Err(npy_err(
+            path,
+            format!(
+                "the header declares shape {shape:?} of {} ({need} bytes of data) but the file has {have} bytes of data",
+                header.dtype().descr()
+            ),
+        ));
+    }
+    Ok(header)
 }
 
 /// A `(K, N)` weight matrix from a `.npy` file, checked against `weight_bits`.
@@ -46,9 +146,13 @@ pub(crate) fn check_values(path: &Path, data: &[i64], lo: i64, hi: i64, what: &s
 
 /// Reads a C-order `.npy` array of integers (any integer dtype, or floats holding integers).
 pub fn read_npy_ints(path: &Path) -> Result<(Vec<usize>, Vec<i64>)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let file = npyz::NpyFile::new(&bytes[..])
-        .map_err(|e| npy_err(path, format!("not a readable .npy file: {e}")))?;
+    let (file, len) = open_regular(path)?;
+    let mut r = Counting {
+        inner: std::io::BufReader::new(file),
+        taken: 0,
+    };
+    let header = checked_header(path, &mut r, len)?;
+    let file = npyz::NpyFile::with_header(header, r);
     if file.order() == npyz::Order::Fortran {
         return Err(npy_err(
             path,

@@ -175,12 +175,18 @@ impl Default for PlotOptions {
     }
 }
 
-/// Renders every figure for `csv` into `out_dir` (default: beside it); returns the files written.
-pub fn plot_results(
-    csv: &Path,
-    out_dir: Option<&Path>,
-    opts: &PlotOptions,
-) -> Result<Vec<PathBuf>> {
+/// What [`plot_results`] drew, and each value or figure it left out, with why.
+#[derive(Clone, Debug, Default)]
+pub struct Plotted {
+    pub written: Vec<PathBuf>,
+    /// One line each, for the user (without a `warning:` prefix).
+    pub warnings: Vec<String>,
+}
+
+/// Renders every figure for `csv` into `out_dir` (default: beside it).
+/// Values that are not finite numbers are left out of a figure, and a
+/// figure with none left is skipped; both are reported in the warnings.
+pub fn plot_results(csv: &Path, out_dir: Option<&Path>, opts: &PlotOptions) -> Result<Plotted> {
     let data = load_results(csv)?;
     // Accuracy experiments have their own default figures.
     let accuracy = data.col("mean_accuracy").is_some();
@@ -199,6 +205,7 @@ pub fn plot_results(
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let swept = swept_columns(csv, &data, opts.x.as_deref())?;
     let mut written = Vec::new();
+    let mut warnings = Vec::new();
     for metric in &metrics {
         let Some(&(metric, ylabel, log_y, short)) = METRICS.iter().find(|m| m.0 == metric) else {
             let names: Vec<&str> = METRICS.iter().map(|m| m.0).collect();
@@ -210,7 +217,26 @@ pub fn plot_results(
         let Some(ycol) = data.col(metric) else {
             return Err(plot_err(csv, format!("has no `{metric}` column")));
         };
-        let (xlabel, categories, lines) = metric_series(&data, &swept, ycol);
+        let mut dropped = Vec::new();
+        let (xlabel, categories, lines) = metric_series(&data, &swept, ycol, &mut dropped);
+        if !dropped.is_empty() {
+            let infinite_snr = metric == "snr_db" && dropped.iter().any(|d| d.ends_with("= inf"));
+            let shown: Vec<&str> = dropped.iter().take(3).map(String::as_str).collect();
+            let more = if dropped.len() > 3 { ", ..." } else { "" };
+            let why = if infinite_snr {
+                "; an infinite SNR means the simulated error was exactly zero"
+            } else {
+                ""
+            };
+            let empty = lines.iter().all(|(_, p)| p.is_empty());
+            warnings.push(format!(
+                "{}: figure `{metric}` {} {} value(s) that are not finite numbers ({}{more}){why}",
+                csv.display(),
+                if empty { "skipped: all" } else { "leaves out" },
+                dropped.len(),
+                shown.join(", ")
+            ));
+        }
         if lines.iter().all(|(_, p)| p.is_empty()) {
             continue;
         }
@@ -232,11 +258,15 @@ pub fn plot_results(
     }
     let hist_path = csv.with_file_name(format!("{stem}_hist.csv"));
     if let Some((hh, hrows)) = read_csv(&hist_path)? {
-        if let Some(files) = plot_histograms(&hist_path, &dir, &stem, &hh, &hrows, &data)? {
-            written.extend(files);
+        match plot_histograms(&hist_path, &dir, &stem, &hh, &hrows, &data)? {
+            Some(files) => written.extend(files),
+            None => warnings.push(format!(
+                "{}: histogram figure skipped: no finite histogram rows",
+                hist_path.display()
+            )),
         }
     }
-    Ok(written)
+    Ok(Plotted { written, warnings })
 }
 
 /// Reads a result file written by `zebra run` and checks it has the
@@ -318,25 +348,38 @@ fn swept_columns(
 /// One line per mapping (and value of the other swept columns) of metric
 /// column `ycol` against the first swept column, or, with nothing swept,
 /// the mappings side by side as categories. Non-numeric and infinite
-/// values are left out.
+/// values are left out, each named in `dropped` ("point P MAPPING: COL = V").
 fn metric_series(
     data: &Data,
     swept: &[(&str, &str)],
     ycol: usize,
+    dropped: &mut Vec<String>,
 ) -> (String, Option<Vec<String>>, Vec<Series>) {
     let mcol = data.col("mapping").expect("checked by load_results");
+    let pcol = data.col("point").expect("checked by load_results");
+    let mut drop = |r: &[String], col: usize| {
+        dropped.push(format!(
+            "point {} {}: {} = {}",
+            r[pcol], r[mcol], data.header[col], r[col]
+        ))
+    };
     let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     let (xlabel, categories) = match swept.first() {
         Some((xname, xlabel)) => {
             let xcol = data.col(xname).expect("a swept column exists");
             for r in &data.rows {
-                let (Ok(x), Ok(y)) = (r[xcol].parse::<f64>(), r[ycol].parse::<f64>()) else {
+                let Ok(x) = r[xcol].parse::<f64>() else {
+                    drop(r, xcol);
                     continue;
                 };
-                if !y.is_finite() {
-                    continue;
-                }
+                let y = match r[ycol].parse::<f64>() {
+                    Ok(y) if y.is_finite() && x.is_finite() => y,
+                    _ => {
+                        drop(r, if x.is_finite() { ycol } else { xcol });
+                        continue;
+                    }
+                };
                 let mut label = r[mcol].clone();
                 for (other, _) in swept.iter().skip(1) {
                     let c = data.col(other).expect("a swept column exists");
@@ -352,12 +395,13 @@ fn metric_series(
         None => {
             let mut cats = Vec::new();
             for r in &data.rows {
-                let Ok(y) = r[ycol].parse::<f64>() else {
-                    continue;
+                let y = match r[ycol].parse::<f64>() {
+                    Ok(y) if y.is_finite() => y,
+                    _ => {
+                        drop(r, ycol);
+                        continue;
+                    }
                 };
-                if !y.is_finite() {
-                    continue;
-                }
                 let x = cats.len() as f64;
                 cats.push(r[mcol].clone());
                 order.push(r[mcol].clone());

@@ -124,7 +124,7 @@ pub struct Activation {
 impl Network {
     /// Loads `model.toml` and the safetensors file it names (relative to it).
     pub fn load(path: &Path) -> Result<Network> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::read_regular_text(path)?;
         let raw: RawModel =
             toml::from_str(&text).map_err(|e| bad(path, e.message().trim().replace('\n', " ")))?;
         if raw.version != 1 {
@@ -134,14 +134,41 @@ impl Network {
             ));
         }
         let wpath = path.parent().unwrap_or(Path::new(".")).join(&raw.weights);
-        let bytes = std::fs::read(&wpath).map_err(|e| Error::io(&wpath, e))?;
+        let bytes = crate::io::read_regular(&wpath)?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| bad(&wpath, format!("not a readable safetensors file: {e}")))?;
+        if !(raw.input.scale.is_finite() && raw.input.scale > 0.0) {
+            return Err(bad(
+                path,
+                format!(
+                    "`input.scale` must be a positive finite number, got {}",
+                    raw.input.scale
+                ),
+            ));
+        }
         let (mut c, mut h, mut w) = (raw.input.channels, raw.input.height, raw.input.width);
         let mut flat = false;
         let mut ops = Vec::new();
+        let mut names: Vec<(&str, usize)> = Vec::new();
         for (i, l) in raw.layer.iter().enumerate() {
             let at = format!("layer {} ", i + 1);
+            if let RawLayer::Conv2d {
+                name, out_scale, ..
+            }
+            | RawLayer::Linear {
+                name, out_scale, ..
+            } = l
+            {
+                if let Some(&(_, first)) = names.iter().find(|(n, _)| n == name) {
+                    return Err(bad(path, format!("{at}(`{name}`): the name `{name}` is also layer {first}'s; each matrix layer needs its own name (it names its tensors)")));
+                }
+                names.push((name, i + 1));
+                if let Some(s) = out_scale {
+                    if !(s.is_finite() && *s > 0.0) {
+                        return Err(bad(path, format!("{at}(`{name}`): `out_scale` must be a positive finite number, got {s}")));
+                    }
+                }
+            }
             ops.push(match l {
                 RawLayer::Conv2d { name, out_channels, kernel, stride, padding, relu, out_scale } => {
                     if flat {
@@ -368,6 +395,18 @@ fn matrix(
             .collect())
     };
     let weights: Vec<i32> = w.data().iter().map(|&b| b as i8 as i32).collect();
+    let (scales, bias) = (f32s("scale")?, f32s("bias")?);
+    for (suffix, v) in [("scale", &scales), ("bias", &bias)] {
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(bad(
+                path,
+                format!(
+                    "`{name}.{suffix}` element {i} is {}; values must be finite",
+                    v[i]
+                ),
+            ));
+        }
+    }
     if let Some(i) = weights.iter().position(|&v| v == -128) {
         return Err(bad(path, format!("`{name}.weight` element {i} is -128; symmetric int8 weights must be in [-127, 127]")));
     }
@@ -376,8 +415,8 @@ fn matrix(
         outputs,
         inputs,
         weights,
-        scales: f32s("scale")?,
-        bias: f32s("bias")?,
+        scales,
+        bias,
         relu,
         out_scale,
     })

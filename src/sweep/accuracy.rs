@@ -122,7 +122,35 @@ impl Workload {
                 ),
             });
         }
-        let count = p.limit.unwrap_or(data.n).min(data.n);
+        let count = match p.limit {
+            Some(limit) if limit > data.n => {
+                return Err(Error::Npy {
+                    path: p.images.clone(),
+                    msg: format!(
+                        "holds {} images, fewer than the {limit} that `network.limit` (or --images) asks for; give at most {}",
+                        data.n, data.n
+                    ),
+                })
+            }
+            Some(limit) => limit,
+            None => data.n,
+        };
+        // Labels are class indices: one per logit of the last layer.
+        let classes = net.matrices().last().map_or(0, |m| m.outputs);
+        if let Some(i) = data.labels[..count]
+            .iter()
+            .position(|&l| l as usize >= classes)
+        {
+            return Err(Error::Npy {
+                path: p.labels.clone(),
+                msg: format!(
+                    "label {i} is {}; {} has {classes} classes, so labels must be in [0, {}]",
+                    data.labels[i],
+                    p.model.display(),
+                    classes.saturating_sub(1)
+                ),
+            });
+        }
         let size = net.image_size();
         let correct: usize = (0..count)
             .into_par_iter()
@@ -272,7 +300,7 @@ pub struct Prepared {
 /// model's TOML and weights, the images and the labels. Retraining the model
 /// or changing the data invalidates old rows; moving the files does not.
 fn inputs_hash(net: &NetworkParams) -> Result<u64> {
-    let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io(p, e));
+    let read = |p: &Path| crate::io::read_regular(p);
     let model = read(&net.model)?;
     let weights = toml::from_str::<toml::Table>(&String::from_utf8_lossy(&model))
         .ok()

@@ -92,7 +92,7 @@ impl ResultFile {
     }
 
     /// Rewrites the file atomically with `rows`.
-    pub fn write(&self, rows: &[Vec<String>]) -> Result<()> {
+    pub fn write<'a>(&self, rows: impl IntoIterator<Item = &'a Vec<String>>) -> Result<()> {
         write_csv_atomic(&self.path, &self.columns, rows)
     }
 }
