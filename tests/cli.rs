@@ -887,3 +887,63 @@ fn plot_warns_about_values_and_figures_it_leaves_out() {
         "{err}"
     );
 }
+
+#[test]
+fn a_sharded_accuracy_experiment_merges_into_the_results_of_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::env::current_dir().unwrap();
+    let exp = dir.path().join("acc.toml");
+    fs::write(
+        &exp,
+        format!(
+            "version = 1\ntrials = 5\nseed = 3\nmappings = [\"dense\", \"zebra\"]\n\
+             [network]\nmodel = \"{0}/models/fmnist_cnn/model.toml\"\n\
+             images = \"{0}/data/fashion-mnist/t10k-images-idx3-ubyte.gz\"\n\
+             labels = \"{0}/data/fashion-mnist/t10k-labels-idx1-ubyte.gz\"\nlimit = 30\n\
+             [noise]\ncell_sigma = 0.1\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let run = |extra: &[&str], out: &Path| {
+        zebra()
+            .args(["run", exp.to_str().unwrap(), "--engine", "cpu", "--out"])
+            .arg(out)
+            .args(extra)
+            .assert()
+            .success();
+    };
+    let single = dir.path().join("single");
+    run(&[], &single);
+    // 10 chips over 3 shards: the second shard splits both rows' chips.
+    let shards: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("s{i}"))).collect();
+    for (i, s) in shards.iter().enumerate() {
+        run(&["--shard", &format!("{i}/3")], s);
+    }
+    let merged = dir.path().join("merged");
+    zebra()
+        .args(["merge", merged.to_str().unwrap()])
+        .args(shards.iter().map(|s| s.to_str().unwrap()))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "2 (point, mapping) rows merged from 3 shards",
+        ));
+    let without_timing = |dir: &Path| {
+        let (header, rows) = zebra_cim::io::csv::read_csv(&dir.join("acc.csv"))
+            .unwrap()
+            .unwrap();
+        let keep: Vec<usize> = (0..header.len())
+            .filter(|&i| !["images_per_s", "seconds"].contains(&header[i].as_str()))
+            .collect();
+        let rows: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| keep.iter().map(|&i| r[i].clone()).collect())
+            .collect();
+        (
+            rows,
+            fs::read_to_string(dir.join("acc_trials.csv")).unwrap(),
+        )
+    };
+    assert_eq!(without_timing(&merged), without_timing(&single));
+}

@@ -184,29 +184,15 @@ pub fn run_shard(file: &Path, overrides: Overrides, spec: &str, how: RunArgs) ->
         Err(e) => return bad_input(crate::error::Error::io(file, e)),
     };
     // Checked before an engine opens, as for an unsharded run.
-    match Experiment::parse(&text, file, overrides) {
-        Err(e) => return bad_input(e),
-        Ok(exp) if exp.network.is_some() => {
-            eprintln!(
-                "error: {}: `--shard` splits layer experiments; an accuracy experiment (with `[network]`) runs whole",
-                file.display()
-            );
-            return Ok(ExitCode::from(super::EXIT_USAGE));
-        }
-        Ok(_) => {}
+    if let Err(e) = Experiment::parse(&text, file, overrides) {
+        return bad_input(e);
     }
-    let Some(mut engine) = open_engine(&how) else {
+    let Some(engine) = open_engine(&how) else {
         return Ok(ExitCode::FAILURE);
     };
-    let report = match shard::run_shard(
-        file,
-        &text,
-        overrides,
-        shard,
-        engine.as_mut(),
-        &how.out,
-        how.fresh,
-    ) {
+    let device = engine.device();
+    let report = match shard::run_shard(file, &text, overrides, shard, engine, &how.out, how.fresh)
+    {
         Ok(r) => r,
         Err(e) if is_bad_input(&e) => return bad_input(e),
         Err(e) => return Err(e).context("simulation failed"),
@@ -218,7 +204,7 @@ pub fn run_shard(file: &Path, overrides: Overrides, spec: &str, how: RunArgs) ->
         report.computed + report.resumed,
         report.computed,
         report.resumed,
-        engine.device()
+        device
     );
     println!("wrote {}", report.path.display());
     Ok(ExitCode::SUCCESS)
@@ -230,7 +216,14 @@ pub fn run_merge(out: &Path, dirs: &[std::path::PathBuf]) -> Result<ExitCode> {
         Ok(r) => r,
         Err(e) => return bad_input(e),
     };
-    print!("{}", runner::format_table(&report.experiment, &report.rows));
+    if report.experiment.network.is_some() {
+        print!(
+            "{}",
+            accuracy::format_table(&report.experiment, &report.rows)
+        );
+    } else {
+        print!("{}", runner::format_table(&report.experiment, &report.rows));
+    }
     println!(
         "{} (point, mapping) rows merged from {} shards",
         report.rows.len(),
@@ -239,7 +232,7 @@ pub fn run_merge(out: &Path, dirs: &[std::path::PathBuf]) -> Result<ExitCode> {
     println!(
         "wrote {} and {}",
         report.csv.display(),
-        report.hist_csv.display()
+        report.companion.display()
     );
     Ok(ExitCode::SUCCESS)
 }

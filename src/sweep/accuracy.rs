@@ -299,7 +299,7 @@ pub struct Prepared {
 /// A hash of the bytes of the files an accuracy experiment reads: the
 /// model's TOML and weights, the images and the labels. Retraining the model
 /// or changing the data invalidates old rows; moving the files does not.
-fn inputs_hash(net: &NetworkParams) -> Result<u64> {
+pub(crate) fn inputs_hash(net: &NetworkParams) -> Result<u64> {
     let read = |p: &Path| crate::io::read_regular(p);
     let model = read(&net.model)?;
     let weights = toml::from_str::<toml::Table>(&String::from_utf8_lossy(&model))
@@ -315,7 +315,7 @@ fn inputs_hash(net: &NetworkParams) -> Result<u64> {
 }
 
 /// The resume key of one (point, mapping) of an accuracy experiment.
-fn key(
+pub(crate) fn key(
     inputs: u64,
     net: &NetworkParams,
     count: usize,
@@ -426,12 +426,12 @@ pub fn run(
                     b.inc(1);
                 }
             };
-            let accs = chip_accuracies(&sim, work, point.params.trials, engines, &tick)?;
+            let accs = chip_accuracies(&sim, work, 0..point.params.trials, engines, &tick)?;
             let row = AccuracyRow::new(
                 exp,
                 point,
                 mapping,
-                work,
+                (work.count, work.clean_accuracy),
                 &accs,
                 start.elapsed().as_secs_f64(),
             );
@@ -474,15 +474,15 @@ pub fn run(
 /// The accuracy of every chip (trial) of one (point, mapping), in trial
 /// order: on the CPU engine one chip per thread, or every k-th chip on
 /// each of k engines on its own host thread.
-fn chip_accuracies(
+pub(crate) fn chip_accuracies(
     sim: &SimNetwork,
     work: &Workload,
-    trials: u32,
+    trials: std::ops::Range<u32>,
     engines: &mut [Box<dyn Engine + Send>],
     tick: &(dyn Fn() + Sync),
 ) -> Result<Vec<f64>> {
     if engines.is_empty() {
-        return (0..trials)
+        return trials
             .into_par_iter()
             .map(|t| {
                 let a = sim.accuracy(work, &mut CpuEngine::new(), t);
@@ -499,7 +499,7 @@ fn chip_accuracies(
             .map(|(e, engine)| {
                 s.spawn(move || {
                     let mut out = Vec::new();
-                    for t in (e as u32..trials).step_by(k) {
+                    for t in (trials.start + e as u32..trials.end).step_by(k) {
                         out.push((t, sim.accuracy(work, engine.as_mut(), t)?));
                         tick();
                     }
@@ -523,11 +523,11 @@ fn chip_accuracies(
 impl AccuracyRow {
     /// The row of one (point, mapping) from its chips' accuracies; `engine`
     /// and `point_key` are left for the caller.
-    fn new(
+    pub(crate) fn new(
         exp: &Experiment,
         point: &Point,
         mapping: &MappingSpec,
-        work: &Workload,
+        (images, clean_accuracy): (usize, f64),
         accs: &[f64],
         seconds: f64,
     ) -> Self {
@@ -541,21 +541,21 @@ impl AccuracyRow {
             point: point.index,
             mapping: mapping.name.clone(),
             model: net.model.display().to_string(),
-            images: work.count,
+            images,
             array: ArrayColumns::new(&point.params, mapping),
             encoding: mapping.encoding.label().into(),
             noise: NoiseColumns::new(&point.params.noise),
             trials: point.params.trials,
             seed: point.params.seed,
-            clean_accuracy: work.clean_accuracy,
+            clean_accuracy,
             mean_accuracy: mean,
             std_accuracy: std,
             min_accuracy: accs.iter().cloned().fold(f64::INFINITY, f64::min),
             max_accuracy: accs.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
             // + 0.0 turns a -0 drop into 0.
-            accuracy_drop: work.clean_accuracy - mean + 0.0,
+            accuracy_drop: clean_accuracy - mean + 0.0,
             engine: String::new(),
-            images_per_s: n * work.count as f64 / seconds,
+            images_per_s: n * images as f64 / seconds,
             seconds,
             point_key: String::new(),
         }

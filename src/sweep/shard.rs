@@ -17,8 +17,10 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::experiment::plan::{Plan, PlanFacts};
 use crate::experiment::workload::Layers;
+use crate::experiment::NetworkParams;
 use crate::experiment::{stable_hash, Experiment, Overrides};
 use crate::io::csv::{record, write_atomic, OutputLock};
+use crate::sweep::accuracy::{self, AccuracyRow, SimNetwork, TrialRow, Workload};
 use crate::sweep::output::{point_key, HistRow, ResultRow, RunInfo};
 use crate::sweep::resume::ResultFile;
 use serde::{Deserialize, Serialize};
@@ -142,7 +144,19 @@ pub struct Partial {
     pub shards: u32,
     /// Every unit of the shard is in `units`.
     pub complete: bool,
+    /// For an accuracy experiment: what its rows report of the network.
+    pub network: Option<NetworkFacts>,
     pub units: Vec<PartialUnit>,
+}
+
+/// What an accuracy experiment's rows need of its network and images.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetworkFacts {
+    /// The hash of the model, weights, images and labels (in resume keys).
+    pub inputs_hash: String,
+    /// Test images per chip.
+    pub images: usize,
+    pub clean_accuracy: f64,
 }
 
 /// One (point, mapping, trial range) of a shard.
@@ -152,11 +166,13 @@ pub struct PartialUnit {
     pub mapping: String,
     pub point_key: String,
     pub first: u32,
-    /// Per trial, the f64 bits of sum, sum of squares and max |e| in hex.
+    /// Per trial, the f64 bits of sum, sum of squares and max |e| in hex
+    /// (an accuracy experiment: of the chip's accuracy).
     pub trials: Vec<String>,
-    /// Non-empty fine histogram bins as (bin, count).
+    /// Non-empty fine histogram bins as (bin, count) (none for accuracy).
     pub hist: Vec<(u32, u64)>,
-    pub facts: PlanFacts,
+    /// The plan's facts (none for accuracy).
+    pub facts: Option<PlanFacts>,
     pub engine: String,
     pub device: String,
     pub elapsed_s: f64,
@@ -188,6 +204,18 @@ impl PartialUnit {
             .map(|(i, &c)| (i as u32, c))
             .collect();
         (trials, hist)
+    }
+
+    /// The chip accuracies of an accuracy experiment's unit.
+    fn accuracies(&self) -> std::result::Result<Vec<f64>, String> {
+        self.trials
+            .iter()
+            .map(|t| {
+                u64::from_str_radix(t, 16)
+                    .map(f64::from_bits)
+                    .map_err(|_| format!("chip accuracy {t:?} is not a hex word"))
+            })
+            .collect()
     }
 
     /// The accumulator this unit was made from.
@@ -233,24 +261,18 @@ pub struct ShardReport {
 
 /// Runs shard `shard` of the experiment in `file` (whose text is `text`),
 /// writing `out_dir/NAME.shard-I-of-N.toml` after every unit; a rerun
-/// resumes the units already there.
+/// resumes the units already there. An accuracy experiment's chips run as
+/// in `run`: on the CPU engine one per thread, else on `engine`.
 pub fn run_shard(
     file: &Path,
     text: &str,
     overrides: Overrides,
     shard: Shard,
-    engine: &mut dyn Engine,
+    engine: Box<dyn Engine + Send>,
     out_dir: &Path,
     fresh: bool,
 ) -> Result<ShardReport> {
     let exp = Experiment::parse(text, file, overrides)?;
-    if exp.network.is_some() {
-        return Err(Error::config(
-            file.display().to_string(),
-            "`--shard` splits layer experiments; an accuracy experiment (with `[network]`) runs whole",
-        ));
-    }
-    let layers = Layers::build(&exp.points)?;
     let _lock = OutputLock::acquire(
         out_dir,
         &format!("{}.shard-{}-of-{}", exp.name, shard.index, shard.count),
@@ -269,6 +291,7 @@ pub fn run_shard(
         shard: shard.index,
         shards: shard.count,
         complete: false,
+        network: None,
         units: Vec::new(),
     };
     let done = if fresh {
@@ -276,43 +299,20 @@ pub fn run_shard(
     } else {
         resumable(&path, &partial)?
     };
-    let (mut computed, mut resumed) = (0, 0);
-    for u in units(&exp, shard) {
-        let point = &exp.points[u.point];
-        let mapping = &exp.mappings[u.mapping];
-        let key = point_key(&point.params, mapping);
-        if let Some(d) = done
-            .iter()
-            .find(|d| d.point_key == key && d.first == u.first && d.end() == u.end)
-        {
-            partial.units.push(d.clone());
-            resumed += 1;
-            continue;
-        }
-        let plan = Plan::new(&point.params, layers.for_point(point.index), mapping);
-        let start = Instant::now();
-        let mut acc = Accumulator::starting_at(u.first);
-        let step = (u.end - u.first).div_ceil(8).max(1);
-        while acc.end() < u.end {
-            let t = acc.end();
-            acc.add(&engine.run(&plan, t..(t + step).min(u.end), false)?);
-        }
-        let (trials, hist) = PartialUnit::of(&acc);
-        partial.units.push(PartialUnit {
-            point: point.index,
-            mapping: mapping.name.clone(),
-            point_key: key,
-            first: u.first,
-            trials,
-            hist,
-            facts: plan.facts(),
-            engine: engine.name().into(),
-            device: engine.device(),
-            elapsed_s: start.elapsed().as_secs_f64(),
-        });
-        computed += 1;
-        write_partial(&path, &partial)?;
+    let mut work = ShardWork {
+        exp: &exp,
+        shard,
+        done: &done,
+        path: &path,
+        partial: &mut partial,
+        computed: 0,
+        resumed: 0,
+    };
+    match &exp.network {
+        None => work.layers(engine)?,
+        Some(net) => work.network(net, engine)?,
     }
+    let (computed, resumed) = (work.computed, work.resumed);
     partial.complete = true;
     write_partial(&path, &partial)?;
     Ok(ShardReport {
@@ -320,6 +320,121 @@ pub fn run_shard(
         computed,
         resumed,
     })
+}
+
+/// One shard's units being computed, resumed and written.
+struct ShardWork<'a> {
+    exp: &'a Experiment,
+    shard: Shard,
+    /// Units of an earlier, interrupted run of this shard.
+    done: &'a [PartialUnit],
+    path: &'a Path,
+    partial: &'a mut Partial,
+    computed: usize,
+    resumed: usize,
+}
+
+impl ShardWork<'_> {
+    /// Keeps the earlier run's copy of a unit; false if there is none.
+    fn resume(&mut self, key: &str, u: &Unit) -> bool {
+        let found = self
+            .done
+            .iter()
+            .find(|d| d.point_key == key && d.first == u.first && d.end() == u.end);
+        if let Some(d) = found {
+            self.partial.units.push(d.clone());
+            self.resumed += 1;
+        }
+        found.is_some()
+    }
+
+    /// Records a computed unit and rewrites the partial result.
+    fn finish(&mut self, unit: PartialUnit) -> Result<()> {
+        self.partial.units.push(unit);
+        self.computed += 1;
+        write_partial(self.path, self.partial)
+    }
+
+    /// The units of a layer experiment.
+    fn layers(&mut self, mut engine: Box<dyn Engine + Send>) -> Result<()> {
+        let layers = Layers::build(&self.exp.points)?;
+        for u in units(self.exp, self.shard) {
+            let point = &self.exp.points[u.point];
+            let mapping = &self.exp.mappings[u.mapping];
+            let key = point_key(&point.params, mapping);
+            if self.resume(&key, &u) {
+                continue;
+            }
+            let plan = Plan::new(&point.params, layers.for_point(point.index), mapping);
+            let start = Instant::now();
+            let mut acc = Accumulator::starting_at(u.first);
+            let step = (u.end - u.first).div_ceil(8).max(1);
+            while acc.end() < u.end {
+                let t = acc.end();
+                acc.add(&engine.run(&plan, t..(t + step).min(u.end), false)?);
+            }
+            let (trials, hist) = PartialUnit::of(&acc);
+            self.finish(PartialUnit {
+                point: point.index,
+                mapping: mapping.name.clone(),
+                point_key: key,
+                first: u.first,
+                trials,
+                hist,
+                facts: Some(plan.facts()),
+                engine: engine.name().into(),
+                device: engine.device(),
+                elapsed_s: start.elapsed().as_secs_f64(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The units of an accuracy experiment: each chip's accuracy.
+    fn network(&mut self, net: &NetworkParams, engine: Box<dyn Engine + Send>) -> Result<()> {
+        let work = Workload::load(net)?;
+        let inputs = accuracy::inputs_hash(net)?;
+        self.partial.network = Some(NetworkFacts {
+            inputs_hash: format!("{inputs:016x}"),
+            images: work.count,
+            clean_accuracy: work.clean_accuracy,
+        });
+        let (name, device) = (engine.name(), engine.device());
+        // The CPU engine runs chips in parallel, one engine per chip.
+        let mut engines = if name == "cpu" {
+            Vec::new()
+        } else {
+            vec![engine]
+        };
+        for u in units(self.exp, self.shard) {
+            let point = &self.exp.points[u.point];
+            let mapping = &self.exp.mappings[u.mapping];
+            let key = accuracy::key(inputs, net, work.count, point, mapping);
+            if self.resume(&key, &u) {
+                continue;
+            }
+            let sim = SimNetwork::new(&work, &point.params, mapping, net.calibration_images)?;
+            let start = Instant::now();
+            let accs =
+                accuracy::chip_accuracies(&sim, &work, u.first..u.end, &mut engines, &|| {})?;
+            self.finish(PartialUnit {
+                point: point.index,
+                mapping: mapping.name.clone(),
+                point_key: key,
+                first: u.first,
+                trials: accs
+                    .iter()
+                    .map(|a| format!("{:016x}", a.to_bits()))
+                    .collect(),
+                hist: Vec::new(),
+                facts: None,
+                engine: name.into(),
+                device: device.clone(),
+                elapsed_s: start.elapsed().as_secs_f64(),
+            })?;
+        }
+        Ok(())
+    }
 }
 
 fn write_partial(path: &Path, partial: &Partial) -> Result<()> {
@@ -373,13 +488,14 @@ fn resumable(path: &Path, want: &Partial) -> Result<Vec<PartialUnit>> {
 pub struct MergeReport {
     pub experiment: Experiment,
     pub csv: PathBuf,
-    pub hist_csv: PathBuf,
+    /// The histogram file (layers) or per-chip file (accuracy).
+    pub companion: PathBuf,
     pub rows: Vec<Vec<String>>,
     pub shards: u32,
 }
 
 /// Merges the partial results found in `dirs` (every shard of one run)
-/// into `out_dir/NAME.csv` and `NAME_hist.csv`.
+/// into `out_dir/NAME.csv` and `NAME_hist.csv` (or `NAME_trials.csv`).
 pub fn merge(out_dir: &Path, dirs: &[PathBuf]) -> Result<MergeReport> {
     let partials = collect_partials(dirs)?;
     let first = &partials[0].1;
@@ -393,7 +509,34 @@ pub fn merge(out_dir: &Path, dirs: &[PathBuf]) -> Result<MergeReport> {
         Path::new(&first.experiment_file),
         overrides,
     )?;
-    let lock = OutputLock::acquire(out_dir, &exp.name)?;
+    let _lock = OutputLock::acquire(out_dir, &exp.name)?;
+    let (csv, companion, rows) = match (&exp.network, &first.network) {
+        (None, _) => merge_layers(out_dir, &exp, &partials)?,
+        (Some(net), Some(facts)) => merge_network(out_dir, &exp, net, facts, &partials)?,
+        (Some(_), None) => {
+            return Err(Error::Results {
+                path: partials[0].0.clone(),
+                msg: "is a partial result of an accuracy experiment without its network facts"
+                    .into(),
+            })
+        }
+    };
+    Ok(MergeReport {
+        csv,
+        companion,
+        rows,
+        shards: first.shards,
+        experiment: exp,
+    })
+}
+
+type Merged = (PathBuf, PathBuf, Vec<Vec<String>>);
+
+fn merge_layers(
+    out_dir: &Path,
+    exp: &Experiment,
+    partials: &[(PathBuf, Partial)],
+) -> Result<Merged> {
     let csv = ResultFile::of::<ResultRow>(out_dir, &format!("{}.csv", exp.name));
     let hist = ResultFile::of::<HistRow>(out_dir, &format!("{}_hist.csv", exp.name));
     let keys: Vec<String> = exp
@@ -407,21 +550,130 @@ pub fn merge(out_dir: &Path, dirs: &[PathBuf]) -> Result<MergeReport> {
     for point in &exp.points {
         for mapping in &exp.mappings {
             let key = point_key(&point.params, mapping);
-            let (row, h) = merged_row(&exp, point, mapping, &key, &partials)?;
+            let (row, h) = merged_row(exp, point, mapping, &key, partials)?;
             rows.push(record(&row));
             hist_rows.extend(h);
         }
     }
     csv.write(&rows)?;
     hist.write(&hist_rows)?;
-    drop(lock);
-    Ok(MergeReport {
-        csv: csv.path,
-        hist_csv: hist.path,
-        rows,
-        shards: first.shards,
-        experiment: exp,
-    })
+    Ok((csv.path, hist.path, rows))
+}
+
+fn merge_network(
+    out_dir: &Path,
+    exp: &Experiment,
+    net: &NetworkParams,
+    facts: &NetworkFacts,
+    partials: &[(PathBuf, Partial)],
+) -> Result<Merged> {
+    let csv = ResultFile::of::<AccuracyRow>(out_dir, &format!("{}.csv", exp.name));
+    let trials = ResultFile::of::<TrialRow>(out_dir, &format!("{}_trials.csv", exp.name));
+    let bad = |msg: String| Error::Results {
+        path: partials[0].0.clone(),
+        msg,
+    };
+    let inputs = u64::from_str_radix(&facts.inputs_hash, 16).map_err(|_| {
+        bad(format!(
+            "inputs_hash {:?} is not a hex word",
+            facts.inputs_hash
+        ))
+    })?;
+    let key = |p: &crate::experiment::Point, m: &crate::model::MappingSpec| {
+        accuracy::key(inputs, net, facts.images, p, m)
+    };
+    let keys: Vec<String> = exp
+        .points
+        .iter()
+        .flat_map(|p| exp.mappings.iter().map(move |m| key(p, m)))
+        .collect();
+    csv.finished("point_key", &keys, false)?;
+    let (mut rows, mut trial_rows) = (Vec::new(), Vec::new());
+    for point in &exp.points {
+        for mapping in &exp.mappings {
+            let key = key(point, mapping);
+            let (parts, run) = parts_of(partials, &key)?;
+            let mut accs = Vec::new();
+            for (path, u) in &parts {
+                if u.first as usize != accs.len() {
+                    return Err(bad(format!(
+                        "point {} under {}: trials {}.. do not follow trials 0..{}",
+                        point.index,
+                        mapping.name,
+                        u.first,
+                        accs.len()
+                    )));
+                }
+                accs.extend(u.accuracies().map_err(|m| Error::Results {
+                    path: (*path).clone(),
+                    msg: m,
+                })?);
+            }
+            if accs.len() != point.params.trials as usize {
+                return Err(bad(format!(
+                    "point {} under {}: the shards hold {} of {} chips",
+                    point.index,
+                    mapping.name,
+                    accs.len(),
+                    point.params.trials
+                )));
+            }
+            let row = AccuracyRow::new(
+                exp,
+                point,
+                mapping,
+                (facts.images, facts.clean_accuracy),
+                &accs,
+                run.elapsed_s,
+            );
+            rows.push(record(&AccuracyRow {
+                engine: run.device,
+                point_key: key,
+                ..row
+            }));
+            trial_rows.extend(accs.iter().zip(0..).map(|(&accuracy, trial)| {
+                record(&TrialRow {
+                    experiment: exp.name.clone(),
+                    point: point.index,
+                    mapping: mapping.name.clone(),
+                    trial,
+                    accuracy,
+                })
+            }));
+        }
+    }
+    csv.write(&rows)?;
+    trials.write(&trial_rows)?;
+    Ok((csv.path, trials.path, rows))
+}
+
+/// The units of every shard holding part of row `key`, in trial order,
+/// and the engines, devices and time they took together.
+fn parts_of<'a>(
+    partials: &'a [(PathBuf, Partial)],
+    key: &str,
+) -> Result<(Vec<(&'a PathBuf, &'a PartialUnit)>, RunInfo)> {
+    let mut parts: Vec<(&PathBuf, &PartialUnit)> = partials
+        .iter()
+        .flat_map(|(path, p)| p.units.iter().map(move |u| (path, u)))
+        .filter(|(_, u)| u.point_key == key)
+        .collect();
+    parts.sort_by_key(|(_, u)| u.first);
+    let (mut engines, mut devices, mut elapsed) = (Vec::new(), Vec::new(), 0.0);
+    for (_, u) in &parts {
+        for (list, v) in [(&mut engines, &u.engine), (&mut devices, &u.device)] {
+            if !list.contains(v) {
+                list.push(v.clone());
+            }
+        }
+        elapsed += u.elapsed_s;
+    }
+    let run = RunInfo {
+        engine: engines.join("+"),
+        device: devices.join(" + "),
+        elapsed_s: elapsed,
+    };
+    Ok((parts, run))
 }
 
 /// Every partial result in `dirs`, checked to be all the shards of one run.
@@ -509,36 +761,24 @@ fn merged_row(
     key: &str,
     partials: &[(PathBuf, Partial)],
 ) -> Result<(ResultRow, Vec<Vec<String>>)> {
-    let mut parts: Vec<(&PathBuf, &PartialUnit)> = partials
-        .iter()
-        .flat_map(|(path, p)| p.units.iter().map(move |u| (path, u)))
-        .filter(|(_, u)| u.point_key == key)
-        .collect();
-    parts.sort_by_key(|(_, u)| u.first);
     let gap = |msg: String| Error::Results {
         path: partials[0].0.clone(),
         msg: format!("point {} under {}: {msg}", point.index, mapping.name),
     };
-    let Some((_, head)) = parts.first() else {
+    let (parts, run) = parts_of(partials, key)?;
+    let Some(facts) = parts.first().and_then(|(_, u)| u.facts.clone()) else {
         return Err(gap("no shard holds its trials".into()));
     };
     let mut acc = Accumulator::starting_at(0);
-    let (mut engines, mut devices, mut elapsed) = (Vec::new(), Vec::new(), 0.0);
     for (path, u) in &parts {
         let next = u.accumulator().map_err(|m| Error::Results {
             path: (*path).clone(),
             msg: m,
         })?;
         acc.append(&next).map_err(gap)?;
-        if u.facts != head.facts {
+        if u.facts.as_ref() != Some(&facts) {
             return Err(gap("shards disagree on the plan's facts".into()));
         }
-        for (list, v) in [(&mut engines, &u.engine), (&mut devices, &u.device)] {
-            if !list.contains(v) {
-                list.push(v.clone());
-            }
-        }
-        elapsed += u.elapsed_s;
     }
     if acc.end() != point.params.trials {
         return Err(gap(format!(
@@ -547,17 +787,12 @@ fn merged_row(
             point.params.trials
         )));
     }
-    let run = RunInfo {
-        engine: engines.join("+"),
-        device: devices.join(" + "),
-        elapsed_s: elapsed,
-    };
     let row = ResultRow::new(
         &exp.name,
         point,
         mapping,
-        &head.facts,
-        &acc.summary(&head.facts),
+        &facts,
+        &acc.summary(&facts),
         &run,
     );
     let hist = coarse_rows(&acc.hist, 5)
@@ -677,17 +912,7 @@ mod tests {
                 first: p.first,
                 trials,
                 hist,
-                facts: PlanFacts {
-                    k: 1,
-                    n: 1,
-                    b: 1,
-                    j: 1,
-                    chunks: 1,
-                    sampling: "none".into(),
-                    exact_std: 1.0,
-                    counters: Default::default(),
-                    plane_density: vec![1.0],
-                },
+                facts: None,
                 engine: "cpu".into(),
                 device: "cpu".into(),
                 elapsed_s: 0.0,
