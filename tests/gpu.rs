@@ -366,50 +366,6 @@ fn block_index_formulas_match_their_wgsl_twins() {
     );
 }
 
-/// Per-entry comparison of raw outputs: equal up to f32 accumulation rounding,
-/// or off by at most one ADC step at one conversion; at most 0.1% off.
-fn compare(plan: &Plan, cpu: &[f32], gpu: &[f32], what: &str) {
-    assert_eq!(cpu.len(), gpu.len(), "{what}: lengths");
-    let (bx, n) = (plan.xbits, plan.n);
-    // Per column: the largest magnitude the f32 sum passes through, and the largest single step.
-    let mut mag = vec![0f64; n];
-    let mut step = vec![0f64; n];
-    for c in 0..plan.chunks {
-        for j in 0..plan.j {
-            for col in 0..n {
-                let g = plan.group(c, j, col);
-                let (lo, hi) = (plan.lo[g] as f64, plan.hi[g] as f64);
-                let s = match plan.adc.bits {
-                    Some(b) => ((hi - lo) / ((1u64 << b) - 1) as f64).max(1.0),
-                    None => 0.0,
-                };
-                let range = lo.abs().max(hi.abs()).max(plan.p as f64 * 2.0);
-                let w = plan.scales[j].unsigned_abs() as f64;
-                mag[col] += w * range * ((1u64 << bx) - 1) as f64;
-                step[col] = step[col].max(w * (1u64 << (bx - 1)) as f64 * s);
-            }
-        }
-    }
-    let mut off = Vec::new();
-    for (idx, (&a, &b)) in cpu.iter().zip(gpu).enumerate() {
-        let col = idx % n;
-        let d = (a as f64 - b as f64).abs();
-        let tol = 2e-6 * mag[col] + 1e-3;
-        if d > tol {
-            assert!(d <= step[col] + tol, "{what}: entry {idx} (trial {}, input {}, column {col}): cpu {a} gpu {b} differ by {d}, more than one step {}", idx / (plan.b * n), (idx / n) % plan.b, step[col]);
-            off.push((idx, a, b));
-        }
-    }
-    let frac = off.len() as f64 / cpu.len() as f64;
-    assert!(
-        frac <= 1e-3,
-        "{what}: {} of {} entries differ by a step; first (index, cpu, gpu): {:?}",
-        off.len(),
-        cpu.len(),
-        &off[..off.len().min(5)]
-    );
-}
-
 fn scenario(noise: &str, adc: &str, p: usize) -> String {
     format!(
         "version = 1\nseed = 21\n[layer]\nk = 70\nn = 20\ninputs = 3\ninput_zero_fraction = 0.3\n[array]\nparallelism = {p}\n\
@@ -511,7 +467,7 @@ fn gpu_matches_cpu_on_every_mapping_and_noise_path() {
             let c = cpu.run(&plan, trials.clone(), true).unwrap();
             let gb = g.run(&plan, trials, true).unwrap();
             let label = format!("{what} / {}", m.name);
-            compare(
+            common::compare_within_steps(
                 &plan,
                 c.raw.as_ref().unwrap(),
                 gb.raw.as_ref().unwrap(),

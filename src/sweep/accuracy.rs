@@ -73,6 +73,24 @@ pub struct TrialRow {
     pub accuracy: f64,
 }
 
+impl TrialRow {
+    /// The per-chip file's rows of one (point, mapping), chips in order.
+    pub fn rows(experiment: &str, point: usize, mapping: &str, accs: &[f64]) -> Vec<Vec<String>> {
+        accs.iter()
+            .zip(0..)
+            .map(|(&accuracy, trial)| {
+                record(&TrialRow {
+                    experiment: experiment.into(),
+                    point,
+                    mapping: mapping.into(),
+                    trial,
+                    accuracy,
+                })
+            })
+            .collect()
+    }
+}
+
 fn fixed1<S: serde::Serializer>(v: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.collect_str(&format_args!("{v:.1}"))
 }
@@ -435,15 +453,7 @@ pub fn run(
                 &accs,
                 start.elapsed().as_secs_f64(),
             );
-            trial_rows.extend(accs.iter().zip(0..).map(|(&accuracy, trial)| {
-                record(&TrialRow {
-                    experiment: exp.name.clone(),
-                    point: point.index,
-                    mapping: mapping.name.clone(),
-                    trial,
-                    accuracy,
-                })
-            }));
+            trial_rows.extend(TrialRow::rows(&exp.name, point.index, &mapping.name, &accs));
             rows.push(record(&AccuracyRow {
                 engine: device.clone(),
                 point_key: key.clone(),

@@ -381,6 +381,33 @@ pub struct HistRow {
     pub point_key: String,
 }
 
+impl HistRow {
+    /// The histogram file's rows of one (point, mapping): the fine bins of
+    /// `hist` merged five at a time (20 per decade), empty bins left out.
+    pub fn rows(
+        experiment: &str,
+        point: usize,
+        mapping: &str,
+        key: &str,
+        hist: &[u64],
+    ) -> Vec<Vec<String>> {
+        crate::engine::stats::coarse_rows(hist, 5)
+            .into_iter()
+            .map(|(bin_lo, bin_hi, count)| {
+                record(&HistRow {
+                    experiment: experiment.into(),
+                    point,
+                    mapping: mapping.into(),
+                    bin_lo,
+                    bin_hi,
+                    count,
+                    point_key: key.into(),
+                })
+            })
+            .collect()
+    }
+}
+
 /// Revision of the resume key: part of every key, raised when the same
 /// parameters would give other results (a change of the model), so that
 /// rows from before are refused instead of resumed.

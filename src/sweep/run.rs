@@ -1,7 +1,7 @@
 //! Runs an experiment: every sweep point under every mapping, in trial
 //! batches, resuming finished points and rewriting results after each point.
 
-use crate::engine::stats::{coarse_rows, Accumulator};
+use crate::engine::stats::Accumulator;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::experiment::plan::Plan;
@@ -192,20 +192,13 @@ fn simulate_point(
         &acc.summary(&facts),
         &run,
     );
-    let hist = coarse_rows(&acc.hist, 5)
-        .into_iter()
-        .map(|(bin_lo, bin_hi, count)| {
-            record(&HistRow {
-                experiment: exp.name.clone(),
-                point: point.index,
-                mapping: plan.mapping.name.clone(),
-                bin_lo,
-                bin_hi,
-                count,
-                point_key: row.point_key.clone(),
-            })
-        })
-        .collect();
+    let hist = HistRow::rows(
+        &exp.name,
+        point.index,
+        &plan.mapping.name,
+        &row.point_key,
+        &acc.hist,
+    );
     Ok((record(&row), hist))
 }
 

@@ -12,7 +12,7 @@
 //! Every trial's numbers depend only on (plan, trial), so joined in trial
 //! order they are those of one run.
 
-use crate::engine::stats::{coarse_rows, Accumulator, TrialMoments, BINS};
+use crate::engine::stats::{Accumulator, TrialMoments, BINS};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::experiment::plan::{Plan, PlanFacts};
@@ -631,15 +631,7 @@ fn merge_network(
                 point_key: key,
                 ..row
             }));
-            trial_rows.extend(accs.iter().zip(0..).map(|(&accuracy, trial)| {
-                record(&TrialRow {
-                    experiment: exp.name.clone(),
-                    point: point.index,
-                    mapping: mapping.name.clone(),
-                    trial,
-                    accuracy,
-                })
-            }));
+            trial_rows.extend(TrialRow::rows(&exp.name, point.index, &mapping.name, &accs));
         }
     }
     csv.write(&rows)?;
@@ -795,20 +787,7 @@ fn merged_row(
         &acc.summary(&facts),
         &run,
     );
-    let hist = coarse_rows(&acc.hist, 5)
-        .into_iter()
-        .map(|(bin_lo, bin_hi, count)| {
-            record(&HistRow {
-                experiment: exp.name.clone(),
-                point: point.index,
-                mapping: mapping.name.clone(),
-                bin_lo,
-                bin_hi,
-                count,
-                point_key: key.into(),
-            })
-        })
-        .collect();
+    let hist = HistRow::rows(&exp.name, point.index, &mapping.name, key, &acc.hist);
     Ok((row, hist))
 }
 
