@@ -160,19 +160,7 @@ fn engine_bindings_are_declared_from_the_rust_table_only() {
 
 /// An adapter, or None (with a note) where there is none and none is required.
 fn engine() -> Option<GpuEngine> {
-    match GpuEngine::new(None, true) {
-        Ok(g) => {
-            eprintln!("GPU tests on {}", g.device());
-            Some(g)
-        }
-        Err(e) => {
-            if std::env::var("ZEBRA_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("ZEBRA_REQUIRE_GPU=1 but no adapter: {e}");
-            }
-            eprintln!("skipped: no GPU adapter ({e})");
-            None
-        }
-    }
+    common::gpu_engine()
 }
 
 #[test]

@@ -184,15 +184,17 @@ pub fn run_shard(file: &Path, overrides: Overrides, spec: &str, how: RunArgs) ->
         Err(e) => return bad_input(crate::error::Error::io(file, e)),
     };
     // Checked before an engine opens, as for an unsharded run.
-    if let Err(e) = Experiment::parse(&text, file, overrides) {
-        return bad_input(e);
-    }
+    let exp = match Experiment::parse(&text, file, overrides) {
+        Ok(exp) => exp,
+        Err(e) => return bad_input(e),
+    };
     let Some(engine) = open_engine(&how) else {
         return Ok(ExitCode::FAILURE);
     };
     let device = engine.device();
-    let report = match shard::run_shard(file, &text, overrides, shard, engine, &how.out, how.fresh)
-    {
+    let report = match shard::run_shard(
+        &exp, file, &text, overrides, shard, engine, &how.out, how.fresh,
+    ) {
         Ok(r) => r,
         Err(e) if is_bad_input(&e) => return bad_input(e),
         Err(e) => return Err(e).context("simulation failed"),

@@ -233,7 +233,7 @@ impl Adc {
             None => a,
             Some(b) => {
                 let top = Self::top(b);
-                Self::quantize(a, lo, hi - lo, Self::step(lo, hi, top), top)
+                lo + Self::code(a, lo, hi - lo, top) * Self::step(lo, hi, top)
             }
         }
     }
@@ -284,13 +284,6 @@ impl Adc {
     #[inline(always)]
     pub fn code_scaled(a: f32, lo: f32, scale: f32, den: f32, top: f32) -> f32 {
         (((a - lo) * scale) / den).round_ties_even().clamp(0.0, top)
-    }
-
-    /// Quantises `a` over `[lo, lo + range]` with its precomputed `step`
-    /// (same result as [`Adc::convert`]).
-    #[inline(always)]
-    pub fn quantize(a: f32, lo: f32, range: f32, step: f32, top: f32) -> f32 {
-        lo + Self::code(a, lo, range, top) * step
     }
 }
 

@@ -314,6 +314,15 @@ pub struct Prepared {
     _lock: OutputLock,
 }
 
+/// The result files of an accuracy experiment named `name` in `dir`:
+/// `NAME.csv` and `NAME_trials.csv`.
+pub fn result_files(dir: &Path, name: &str) -> (ResultFile, ResultFile) {
+    (
+        ResultFile::of::<AccuracyRow>(dir, &format!("{name}.csv")),
+        ResultFile::of::<TrialRow>(dir, &format!("{name}_trials.csv")),
+    )
+}
+
 /// A hash of the bytes of the files an accuracy experiment reads: the
 /// model's TOML and weights, the images and the labels. Retraining the model
 /// or changing the data invalidates old rows; moving the files does not.
@@ -355,8 +364,7 @@ pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
     let work = Workload::load(net)?;
     let inputs = inputs_hash(net)?;
     let lock = OutputLock::acquire(&opts.out_dir, &exp.name)?;
-    let csv = ResultFile::of::<AccuracyRow>(&opts.out_dir, &format!("{}.csv", exp.name));
-    let trials_csv = ResultFile::of::<TrialRow>(&opts.out_dir, &format!("{}_trials.csv", exp.name));
+    let (csv, trials_csv) = result_files(&opts.out_dir, &exp.name);
     let keys: Vec<String> = exp
         .points
         .iter()

@@ -39,11 +39,12 @@ pub struct RunReport {
     pub resumed: usize,
 }
 
-/// Output paths of an experiment.
-pub fn result_paths(exp: &Experiment, out_dir: &std::path::Path) -> (PathBuf, PathBuf) {
+/// The result files of a layer experiment named `name` in `dir`:
+/// `NAME.csv` and `NAME_hist.csv`.
+pub fn result_files(dir: &std::path::Path, name: &str) -> (ResultFile, ResultFile) {
     (
-        out_dir.join(format!("{}.csv", exp.name)),
-        out_dir.join(format!("{}_hist.csv", exp.name)),
+        ResultFile::of::<ResultRow>(dir, &format!("{name}.csv")),
+        ResultFile::of::<HistRow>(dir, &format!("{name}_hist.csv")),
     )
 }
 
@@ -68,8 +69,7 @@ pub fn prepare(exp: &Experiment, opts: &RunOptions) -> Result<Prepared> {
     // Every layer must build (files exist, shapes and values fit) before any result is touched.
     let layers = Layers::build(&exp.points)?;
     let lock = OutputLock::acquire(&opts.out_dir, &exp.name)?;
-    let csv = ResultFile::of::<ResultRow>(&opts.out_dir, &format!("{}.csv", exp.name));
-    let hist = ResultFile::of::<HistRow>(&opts.out_dir, &format!("{}_hist.csv", exp.name));
+    let (csv, hist) = result_files(&opts.out_dir, &exp.name);
     let wanted: Vec<(usize, String)> = exp
         .points
         .iter()
@@ -229,7 +229,7 @@ fn write_point(
 
 /// Trials per engine call: about 40 calls per point for progress, at least
 /// a few trials per thread so every core stays busy.
-fn batch_size(plan: &Plan, trials: u32) -> u32 {
+pub(crate) fn batch_size(plan: &Plan, trials: u32) -> u32 {
     let by_progress = trials.div_ceil(40);
     let min = (4 * rayon::current_num_threads()) as u32;
     // Keep one call under about 1e11 cell-MACs so a point reports progress often.

@@ -22,7 +22,6 @@ use crate::experiment::{stable_hash, Experiment, Overrides};
 use crate::io::csv::{record, write_atomic, OutputLock};
 use crate::sweep::accuracy::{self, AccuracyRow, SimNetwork, TrialRow, Workload};
 use crate::sweep::output::{point_key, HistRow, ResultRow, RunInfo};
-use crate::sweep::resume::ResultFile;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -259,11 +258,14 @@ pub struct ShardReport {
     pub resumed: usize,
 }
 
-/// Runs shard `shard` of the experiment in `file` (whose text is `text`),
+/// Runs shard `shard` of `exp`, parsed from `file` (whose text is `text`)
+/// with `overrides`,
 /// writing `out_dir/NAME.shard-I-of-N.toml` after every unit; a rerun
 /// resumes the units already there. An accuracy experiment's chips run as
 /// in `run`: on the CPU engine one per thread, else on `engine`.
+#[allow(clippy::too_many_arguments)]
 pub fn run_shard(
+    exp: &Experiment,
     file: &Path,
     text: &str,
     overrides: Overrides,
@@ -272,7 +274,6 @@ pub fn run_shard(
     out_dir: &Path,
     fresh: bool,
 ) -> Result<ShardReport> {
-    let exp = Experiment::parse(text, file, overrides)?;
     let _lock = OutputLock::acquire(
         out_dir,
         &format!("{}.shard-{}-of-{}", exp.name, shard.index, shard.count),
@@ -300,7 +301,7 @@ pub fn run_shard(
         resumable(&path, &partial)?
     };
     let mut work = ShardWork {
-        exp: &exp,
+        exp,
         shard,
         done: &done,
         path: &path,
@@ -368,7 +369,7 @@ impl ShardWork<'_> {
             let plan = Plan::new(&point.params, layers.for_point(point.index), mapping);
             let start = Instant::now();
             let mut acc = Accumulator::starting_at(u.first);
-            let step = (u.end - u.first).div_ceil(8).max(1);
+            let step = crate::sweep::run::batch_size(&plan, u.end - u.first);
             while acc.end() < u.end {
                 let t = acc.end();
                 acc.add(&engine.run(&plan, t..(t + step).min(u.end), false)?);
@@ -537,8 +538,7 @@ fn merge_layers(
     exp: &Experiment,
     partials: &[(PathBuf, Partial)],
 ) -> Result<Merged> {
-    let csv = ResultFile::of::<ResultRow>(out_dir, &format!("{}.csv", exp.name));
-    let hist = ResultFile::of::<HistRow>(out_dir, &format!("{}_hist.csv", exp.name));
+    let (csv, hist) = crate::sweep::run::result_files(out_dir, &exp.name);
     let keys: Vec<String> = exp
         .points
         .iter()
@@ -567,8 +567,7 @@ fn merge_network(
     facts: &NetworkFacts,
     partials: &[(PathBuf, Partial)],
 ) -> Result<Merged> {
-    let csv = ResultFile::of::<AccuracyRow>(out_dir, &format!("{}.csv", exp.name));
-    let trials = ResultFile::of::<TrialRow>(out_dir, &format!("{}_trials.csv", exp.name));
+    let (csv, trials) = accuracy::result_files(out_dir, &exp.name);
     let bad = |msg: String| Error::Results {
         path: partials[0].0.clone(),
         msg,
@@ -592,7 +591,7 @@ fn merge_network(
     for point in &exp.points {
         for mapping in &exp.mappings {
             let key = key(point, mapping);
-            let (parts, run) = parts_of(partials, &key)?;
+            let (parts, run) = parts_of(partials, &key);
             let mut accs = Vec::new();
             for (path, u) in &parts {
                 if u.first as usize != accs.len() {
@@ -644,7 +643,7 @@ fn merge_network(
 fn parts_of<'a>(
     partials: &'a [(PathBuf, Partial)],
     key: &str,
-) -> Result<(Vec<(&'a PathBuf, &'a PartialUnit)>, RunInfo)> {
+) -> (Vec<(&'a PathBuf, &'a PartialUnit)>, RunInfo) {
     let mut parts: Vec<(&PathBuf, &PartialUnit)> = partials
         .iter()
         .flat_map(|(path, p)| p.units.iter().map(move |u| (path, u)))
@@ -665,7 +664,7 @@ fn parts_of<'a>(
         device: devices.join(" + "),
         elapsed_s: elapsed,
     };
-    Ok((parts, run))
+    (parts, run)
 }
 
 /// Every partial result in `dirs`, checked to be all the shards of one run.
@@ -757,7 +756,7 @@ fn merged_row(
         path: partials[0].0.clone(),
         msg: format!("point {} under {}: {msg}", point.index, mapping.name),
     };
-    let (parts, run) = parts_of(partials, key)?;
+    let (parts, run) = parts_of(partials, key);
     let Some(facts) = parts.first().and_then(|(_, u)| u.facts.clone()) else {
         return Err(gap("no shard holds its trials".into()));
     };
