@@ -1,41 +1,48 @@
 #!/usr/bin/env python3
-"""Export a PyTorch CNN to zebra-cim's quantised network format (docs/NETWORK.md).
+"""Export a PyTorch network to zebra-cim's quantised network format (docs/NETWORK.md).
 
-Quantisation is post-training (PTQ), the scheme of the int8 model zebra runs:
+The model is traced with torch.fx, so residual networks export as well as
+`nn.Sequential` chains. Quantisation is post-training (PTQ), the scheme of
+the int8 model zebra runs:
   * weights: symmetric int8 per output channel, the largest magnitude of each
     channel maps to 127 (-128 is never used);
-  * activations: uint8 after every ReLU, one scale per layer, calibrated as a
-    high percentile of the float activations over calibration images;
+  * activations: one scale per layer output, calibrated as a high percentile
+    of the float activation magnitudes over calibration images; uint8 where
+    the float activations are never negative (after a ReLU), int8 in
+    [-127, 127] where they are;
   * biases stay float32 and are added after the integer product is rescaled.
 
-Supported modules, in an `nn.Sequential`: Conv2d (square kernel, equal
-stride/padding, no groups or dilation), Linear, BatchNorm2d / BatchNorm1d
-right after a Conv2d / Linear (folded into its weights and bias before
-quantisation), ReLU (folded into the layer before it), MaxPool2d / AvgPool2d
-(kernel == stride), Flatten, Dropout (dropped). Every matrix layer except
-the last must be followed by a ReLU (activations are unsigned).
+Supported operations: Conv2d (square kernel, equal stride/padding, no
+groups or dilation), Linear, BatchNorm2d / BatchNorm1d right after a Conv2d
+/ Linear (folded into its weights and bias before quantisation), ReLU
+(module, `torch.relu` or `F.relu`; folded into the layer or add before
+it), `+` / `torch.add` of two tensors, MaxPool2d / AvgPool2d (kernel ==
+stride), AdaptiveAvgPool2d(1) (global average pool), Flatten /
+`torch.flatten`, Dropout and Identity (dropped).
 
 Use as a library (`export(model, calib, out_dir)`) or from the command line on
-a saved `state_dict` of the training script's architecture:
+a saved `state_dict` of one of the training script's architectures:
 
-    python3 experiments/export_pytorch.py --state model.pt --out models/fmnist_cnn
+    python3 experiments/export_pytorch.py --arch resnet --state models/fmnist_resnet/float.pt --out models/fmnist_resnet
 
 It also runs the exported int8 model in NumPy with the exact semantics zebra
-uses, so the clean int8 accuracy it prints is the one `zebra` reproduces.
+uses (`int8_logits`), so the clean int8 accuracy it prints is the one `zebra`
+reproduces.
 """
 
 import argparse
+import copy
+import operator
 import os
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 from safetensors.numpy import save_file
 
 
 def _fold_batchnorm(m, bn):
     """A copy of Conv2d/Linear `m` with the eval-mode BatchNorm `bn` after it folded in."""
-    import copy
     f = copy.deepcopy(m)
     scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
     shape = (-1,) + (1,) * (f.weight.dim() - 1)
@@ -43,48 +50,6 @@ def _fold_batchnorm(m, bn):
     f.weight = nn.Parameter(f.weight.detach() * scale.reshape(shape))
     f.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias.detach())
     return f
-
-
-def _layers(model):
-    """Groups an nn.Sequential into (kind, module, relu) entries."""
-    mods = [m for m in model if not isinstance(m, nn.Dropout)]
-    folded = []
-    for m in mods:
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            if not folded or not isinstance(folded[-1], (nn.Conv2d, nn.Linear)):
-                raise ValueError("a BatchNorm must directly follow a Conv2d or Linear to be folded")
-            folded[-1] = _fold_batchnorm(folded[-1], m)
-        else:
-            folded.append(m)
-    mods = folded
-    out = []
-    i = 0
-    while i < len(mods):
-        m = mods[i]
-        relu = i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
-        if isinstance(m, nn.Conv2d):
-            if m.groups != 1 or m.dilation != (1, 1) or m.kernel_size[0] != m.kernel_size[1] \
-                    or m.stride[0] != m.stride[1] or m.padding[0] != m.padding[1] \
-                    or m.padding_mode != "zeros":
-                raise ValueError(f"module {i}: only square, ungrouped, undilated, zero-padded Conv2d is supported")
-            out.append(("conv2d", m, relu))
-            i += 2 if relu else 1
-        elif isinstance(m, nn.Linear):
-            out.append(("linear", m, relu))
-            i += 2 if relu else 1
-        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-            k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
-            s = m.stride if isinstance(m.stride, int) else m.stride[0]
-            if k != s or (m.padding not in (0, (0, 0))):
-                raise ValueError(f"module {i}: pools need kernel == stride and no padding")
-            out.append(("maxpool" if isinstance(m, nn.MaxPool2d) else "avgpool", k, False))
-            i += 1
-        elif isinstance(m, nn.Flatten):
-            out.append(("flatten", None, False))
-            i += 1
-        else:
-            raise ValueError(f"module {i}: {type(m).__name__} is not supported")
-    return out
 
 
 def quantise_weight(w):
@@ -96,36 +61,124 @@ def quantise_weight(w):
     return q.reshape(w.shape), scale
 
 
+class _Graph:
+    """The traced model as zebra layers: fusion of BatchNorm and ReLU, and
+    the kind of every fx node."""
+
+    def __init__(self, model):
+        self.gm = fx.symbolic_trace(model)
+        self.mods = dict(self.gm.named_modules())
+
+    def module(self, node):
+        return self.mods[node.target] if node.op == "call_module" else None
+
+    def is_relu(self, node):
+        m = self.module(node)
+        return isinstance(m, nn.ReLU) or (node.op == "call_function" and node.target in (
+            torch.relu, nn.functional.relu)) or (node.op == "call_method" and node.target == "relu")
+
+    def is_identity(self, node):
+        return isinstance(self.module(node), (nn.Dropout, nn.Identity))
+
+    def single_user(self, node, test):
+        users = list(node.users)
+        return users[0] if len(users) == 1 and test(users[0]) else None
+
+
+def _kind(g, node):
+    """zebra's kind for an fx node, or raises for an unsupported one."""
+    m = g.module(node)
+    if isinstance(m, nn.Conv2d):
+        if m.groups != 1 or m.dilation != (1, 1) or m.kernel_size[0] != m.kernel_size[1] \
+                or m.stride[0] != m.stride[1] or m.padding[0] != m.padding[1] \
+                or m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise ValueError(f"{node.target}: only square, ungrouped, undilated, zero-padded Conv2d is supported")
+        return "conv2d"
+    if isinstance(m, nn.Linear):
+        return "linear"
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+        k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
+        s = m.stride if isinstance(m.stride, int) else m.stride[0]
+        if k != s or m.padding not in (0, (0, 0)):
+            raise ValueError(f"{node.target}: pools need kernel == stride and no padding")
+        return "maxpool" if isinstance(m, nn.MaxPool2d) else "avgpool"
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        if m.output_size not in (1, (1, 1)):
+            raise ValueError(f"{node.target}: only AdaptiveAvgPool2d(1) (a global average pool) is supported")
+        return "global_avgpool"
+    if isinstance(m, nn.Flatten) or (node.op == "call_function" and node.target == torch.flatten):
+        return "flatten"
+    if (node.op == "call_function" and node.target in (operator.add, torch.add)) or \
+            (node.op == "call_method" and node.target == "add"):
+        if len(node.args) != 2 or node.kwargs or not all(isinstance(a, fx.Node) for a in node.args):
+            raise ValueError(f"{node.name}: only the sum of two tensors is supported")
+        return "add"
+    what = type(m).__name__ if m is not None else f"{node.op} {node.target}"
+    raise ValueError(f"{node.name}: {what} is not supported (see the list in export_pytorch.py)")
+
+
 @torch.no_grad()
 def export(model, calib, out_dir, name="model", percentile=99.99, input_scale=1.0 / 255.0):
     """Quantises `model` (float, eval mode) and writes OUT_DIR/NAME.toml + NAME.safetensors.
 
     `calib`: float tensor [n, c, h, w] of calibration inputs, already scaled
-    like the training inputs (pixel / 255). Returns the layer list written.
+    like the training inputs (pixel / 255). Returns the path of the TOML file.
+    Later layers are calibrated on the already-quantised outputs of earlier ones.
     """
     model.eval()
-    entries = _layers(model)
+    g = _Graph(model)
     tensors = {}
     toml = [
         "# Exported by experiments/export_pytorch.py: post-training int8 quantisation,",
-        "# per-channel symmetric weights, uint8 activations (see docs/NETWORK.md).",
-        "version = 1",
+        "# per-channel symmetric weights, uint8/int8 activations (see docs/NETWORK.md).",
+        "version = 2",
         f'weights = "{name}.safetensors"',
         "input = {{ channels = {}, height = {}, width = {}, scale = {!r} }}".format(
             calib.shape[1], calib.shape[2], calib.shape[3], float(np.float32(input_scale))),
         "",
     ]
-    x = calib
-    n_matrix = sum(1 for e in entries if e[0] in ("conv2d", "linear"))
-    seen = 0
-    for idx, (kind, m, relu) in enumerate(entries):
+    s_in = float(np.float32(input_scale))
+    # fx node -> (zebra layer name, quantised value); the image is "input".
+    value = {}
+    previous = None
+    layers = 0
+    done = set()
+    last_logits = False
+    for node in g.gm.graph.nodes:
+        if node in done:
+            continue
+        if node.op == "placeholder":
+            value[node] = ("input", torch.clamp(torch.round(calib / s_in), 0, 255) * s_in, s_in)
+            previous = "input"
+            continue
+        if node.op == "output":
+            src = node.args[0]
+            if not (isinstance(src, fx.Node) and value[src][0] == previous and last_logits):
+                raise ValueError("the model must end with a Conv2d or Linear whose output is returned")
+            break
+        if g.is_identity(node):
+            value[node] = value[node.args[0]]
+            continue
+        kind = _kind(g, node)
+        last_logits = False
+        sources = [a for a in node.args if isinstance(a, fx.Node)][:2 if kind == "add" else 1]
+        ins = [value[a] for a in sources]
+        lname = node.target if node.op == "call_module" else node.name
+        lname = str(lname)
+        entry = ["[[layer]]", f'kind = "{kind}"', f'name = "{lname}"']
+        if kind == "add":
+            entry.append("inputs = [{}]".format(", ".join(f'"{n}"' for n, _, _ in ins)))
+        elif ins[0][0] != previous:
+            entry.append(f'input = "{ins[0][0]}"')
+        x, scale_out = ins[0][1], ins[0][2]
+        end = node
         if kind in ("conv2d", "linear"):
-            seen += 1
-            last = seen == n_matrix
-            lname = f"{kind[:4]}{seen}" if kind == "conv2d" else f"fc{seen}"
-            x = m(x)
-            if relu:
-                x = torch.relu(x)
+            m = g.module(node)
+            bn = g.single_user(node, lambda u: isinstance(g.module(u), (nn.BatchNorm1d, nn.BatchNorm2d)))
+            if bn is not None:
+                m = _fold_batchnorm(m, g.module(bn))
+                end = bn
+                done.add(bn)
             w = m.weight.detach().cpu().numpy().astype(np.float32)
             q, scale = quantise_weight(w)
             bias = (m.bias.detach().cpu().numpy() if m.bias is not None
@@ -133,32 +186,51 @@ def export(model, calib, out_dir, name="model", percentile=99.99, input_scale=1.
             tensors[f"{lname}.weight"] = q
             tensors[f"{lname}.scale"] = scale
             tensors[f"{lname}.bias"] = bias
-            toml.append("[[layer]]")
-            toml.append(f'kind = "{kind}"')
-            toml.append(f'name = "{lname}"')
             if kind == "conv2d":
-                toml.append(f"out_channels = {m.out_channels}")
-                toml.append(f"kernel = {m.kernel_size[0]}")
-                toml.append(f"stride = {m.stride[0]}")
-                toml.append(f"padding = {m.padding[0]}")
+                entry += [f"out_channels = {m.out_channels}", f"kernel = {m.kernel_size[0]}",
+                          f"stride = {m.stride[0]}", f"padding = {m.padding[0]}"]
             else:
-                toml.append(f"out_features = {m.out_features}")
-            toml.append(f"relu = {'true' if relu else 'false'}")
-            if not last:
-                if not relu:
-                    raise ValueError(f"layer {lname}: a ReLU must follow every matrix layer but the last")
-                amax = float(np.percentile(x.cpu().numpy(), percentile))
-                out_scale = np.float32(max(amax, 1e-6) / 255.0)
-                toml.append(f"out_scale = {float(out_scale)!r}")
-                # Calibrate the following layers on quantised activations.
-                x = torch.clamp(torch.round(x / float(out_scale)), 0, 255) * float(out_scale)
-            toml.append("")
+                entry.append(f"out_features = {m.out_features}")
+            y = m(x)
+            layers += 1
+        elif kind == "add":
+            y = x + ins[1][1]
         elif kind in ("maxpool", "avgpool"):
-            x = (nn.functional.max_pool2d if kind == "maxpool" else nn.functional.avg_pool2d)(x, m)
-            toml += ["[[layer]]", f'kind = "{kind}"', f"size = {m}", ""]
+            mod = g.module(node)
+            k = mod.kernel_size if isinstance(mod.kernel_size, int) else mod.kernel_size[0]
+            entry.append(f"size = {k}")
+            y = mod(x)
+        elif kind == "global_avgpool":
+            y = torch.mean(x, dim=(2, 3), keepdim=True)
         else:
-            x = torch.flatten(x, 1)
-            toml += ["[[layer]]", 'kind = "flatten"', ""]
+            y = torch.flatten(x, 1)
+        if kind in ("conv2d", "linear", "add"):
+            relu = g.single_user(end, g.is_relu)
+            if relu is not None:
+                end = relu
+                done.add(relu)
+                y = torch.relu(y)
+            entry.append(f"relu = {'true' if relu is not None else 'false'}")
+            users = [u for u in end.users]
+            is_logits = kind != "add" and len(users) == 1 and users[0].op == "output"
+            if is_logits:
+                last_logits = True
+            else:
+                signed = bool((y < 0).any())
+                amax = float(np.percentile(np.abs(y.cpu().numpy()), percentile))
+                out_scale = np.float32(max(amax, 1e-6) / (127.0 if signed else 255.0))
+                entry.append(f"out_scale = {float(out_scale)!r}")
+                if signed:
+                    entry.append("out_signed = true")
+                lo, hi = (-127, 127) if signed else (0, 255)
+                scale_out = float(out_scale)
+                y = torch.clamp(torch.round(y / scale_out), lo, hi) * scale_out
+        elif kind in ("avgpool", "global_avgpool"):
+            # zebra rounds the mean of the integers half to even.
+            y = torch.round(y / scale_out) * scale_out
+        value[node] = value[end] = (lname, y, scale_out)
+        toml += entry + [""]
+        previous = lname
     os.makedirs(out_dir, exist_ok=True)
     save_file(tensors, os.path.join(out_dir, f"{name}.safetensors"))
     with open(os.path.join(out_dir, f"{name}.toml"), "w") as f:
@@ -191,12 +263,20 @@ def _im2col(a, k, stride, pad):
 def int8_logits(toml_path, images):
     """Exact int8 inference of uint8 images [n, c, h, w]: float32 logits [n, classes]."""
     spec, st = _read_model(toml_path)
-    a = images.astype(np.int64)
-    s_x = np.float32(spec["input"]["scale"])
-    for layer in spec["layer"]:
+    # Each layer's output: (integer values, scale); "input" is the image.
+    outs = {"input": (images.astype(np.int64), np.float32(spec["input"]["scale"]))}
+    previous = "input"
+
+    def requantise(real, layer):
+        s = np.float32(layer["out_scale"])
+        lo, hi = (-127, 127) if layer.get("out_signed", False) else (0, 255)
+        return np.clip(np.rint(real / s), lo, hi).astype(np.int64), s
+
+    for i, layer in enumerate(spec["layer"]):
         kind = layer["kind"]
+        name = layer.get("name", f"#{i}")
+        a, s_x = outs[layer.get("input", previous)] if kind != "add" else (None, None)
         if kind in ("conv2d", "linear"):
-            name = layer["name"]
             w = st[f"{name}.weight"].astype(np.int64)
             scale, bias = st[f"{name}.scale"], st[f"{name}.bias"]
             if kind == "conv2d":
@@ -206,38 +286,46 @@ def int8_logits(toml_path, images):
                 acc = acc.transpose(0, 2, 1).reshape(n, w.shape[0], oh, ow)
                 sc, bi = scale[None, :, None, None], bias[None, :, None, None]
             else:
-                acc = a @ w.T
+                acc = a.reshape(a.shape[0], -1) @ w.T
                 sc, bi = scale[None, :], bias[None, :]
             real = (s_x * sc) * acc.astype(np.float32) + bi
             if layer.get("relu", False):
                 real = np.maximum(real, np.float32(0))
             if "out_scale" not in layer:
-                return real.astype(np.float32)
-            s_x = np.float32(layer["out_scale"])
-            a = np.clip(np.rint(real / s_x), 0, 255).astype(np.int64)
+                return real.reshape(real.shape[0], -1).astype(np.float32)
+            outs[name] = requantise(real, layer)
+        elif kind == "add":
+            (a, s_a), (b, s_b) = (outs[n] for n in layer["inputs"])
+            real = s_a * a.astype(np.float32) + s_b * b.astype(np.float32)
+            if layer.get("relu", False):
+                real = np.maximum(real, np.float32(0))
+            outs[name] = requantise(real, layer)
         elif kind == "maxpool":
             s = layer["size"]
             n, c, h, w = a.shape
-            a = a[:, :, :h // s * s, :w // s * s].reshape(n, c, h // s, s, w // s, s).max(axis=(3, 5))
-        elif kind == "avgpool":
-            s = layer["size"]
+            outs[name] = (a[:, :, :h // s * s, :w // s * s].reshape(n, c, h // s, s, w // s, s).max(axis=(3, 5)), s_x)
+        elif kind in ("avgpool", "global_avgpool"):
             n, c, h, w = a.shape
-            m = a[:, :, :h // s * s, :w // s * s].reshape(n, c, h // s, s, w // s, s).sum(axis=(3, 5))
-            a = np.rint(m.astype(np.float32) / np.float32(s * s)).astype(np.int64)
+            sy, sx = (h, w) if kind == "global_avgpool" else (layer["size"],) * 2
+            m = a[:, :, :h // sy * sy, :w // sx * sx].reshape(n, c, h // sy, sy, w // sx, sx).sum(axis=(3, 5))
+            outs[name] = (np.rint(m.astype(np.float32) / np.float32(sy * sx)).astype(np.int64), s_x)
         elif kind == "flatten":
-            a = a.reshape(a.shape[0], -1)
+            outs[name] = (a.reshape(a.shape[0], -1, 1, 1), s_x)
+        previous = name
     raise ValueError("the model ends without a logits layer")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arch", choices=["cnn", "resnet"], default="cnn",
+                    help="the architecture of train_fmnist.py that the state_dict is for")
     ap.add_argument("--state", required=True, help="state_dict saved by train_fmnist.py")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--name", default="model")
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     args = ap.parse_args()
-    from train_fmnist import build_model, read_idx
-    model = build_model()
+    from train_fmnist import ResNet, build_model, read_idx
+    model = ResNet() if args.arch == "resnet" else build_model()
     model.load_state_dict(torch.load(args.state, map_location="cpu"))
     train = read_idx(os.path.join(args.data, "train-images-idx3-ubyte.gz"))
     calib = torch.from_numpy(train[:2000, None].astype(np.float32) / 255.0)

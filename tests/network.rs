@@ -23,9 +23,9 @@ fn im2col_equals_direct_convolution() {
         (1, 5, 5, 5, 1, 0, 2),
         (2, 9, 4, 2, 1, 2, 3),
     ] {
-        let data: Vec<u8> = words(c * h * w, 1)
+        let data: Vec<i16> = words(c * h * w, 1)
             .iter()
-            .map(|v| (v % 256) as u8)
+            .map(|v| (v % 383) as i16 - 127)
             .collect();
         let a = Activation {
             c,
@@ -47,6 +47,8 @@ fn im2col_equals_direct_convolution() {
             bias: vec![0.0; out],
             relu: false,
             out_scale: None,
+            out_signed: false,
+            signed_input: true,
         };
         let (cols, oh, ow) = im2col(&a, k, stride, pad);
         let got = matmul(&cols, &m);
@@ -150,7 +152,7 @@ fn a_small_model_loads_and_infers() {
     let dir = tempfile::tempdir().unwrap();
     let conv_w: Vec<u8> = (0..18).map(|i| ((i % 5) as i8 - 2) as u8).collect();
     let net = Network::load(&write_model(dir.path(), conv_w, vec![3, 18])).unwrap();
-    assert_eq!(net.ops.len(), 4);
+    assert_eq!(net.nodes.len(), 4);
     let image: Vec<u8> = (0..36).map(|i| (i * 7 % 256) as u8).collect();
     let logits = net.infer(&image);
     assert_eq!(logits.len(), 3);
@@ -356,4 +358,101 @@ fn chips_over_several_engines_match_the_parallel_cpu_path() {
     ];
     assert_eq!(accuracies(&mut two), parallel);
     assert_eq!(parallel.lines().count(), 1 + 2 * exp.mappings.len());
+}
+
+/// Writes a model of 1x1 convs on a 1x2x2 image: conv `a` (weight `wa`,
+/// scale 1), `add` of `a` and the image, global average pool, flatten and a
+/// 1->1 linear of weight 1: every value is countable by hand.
+fn residual_model(dir: &Path, wa: i8, signed: bool, version: u32) -> std::path::PathBuf {
+    let one = |v: i8, shape: Vec<usize>| T(Dtype::I8, shape, vec![v as u8]);
+    let tensors = [
+        ("a.weight".to_string(), one(wa, vec![1, 1, 1, 1])),
+        ("a.scale".to_string(), T(Dtype::F32, vec![1], f32s(&[1.0]))),
+        ("a.bias".to_string(), T(Dtype::F32, vec![1], f32s(&[0.0]))),
+        ("fc.weight".to_string(), one(1, vec![1, 1])),
+        ("fc.scale".to_string(), T(Dtype::F32, vec![1], f32s(&[1.0]))),
+        ("fc.bias".to_string(), T(Dtype::F32, vec![1], f32s(&[0.0]))),
+    ];
+    let bytes = serialize(tensors.iter().map(|(n, t)| (n.clone(), t)), None).unwrap();
+    std::fs::write(dir.join("m.safetensors"), bytes).unwrap();
+    let text = format!(
+        "version = {version}\nweights = \"m.safetensors\"\ninput = {{ channels = 1, height = 2, width = 2, scale = 1.0 }}\n\
+         [[layer]]\nkind = \"conv2d\"\nname = \"a\"\nout_channels = 1\nkernel = 1\nout_scale = 1.0\nout_signed = {signed}\n\
+         [[layer]]\nkind = \"add\"\nname = \"r\"\ninputs = [\"a\", \"input\"]\nout_scale = 1.0\nout_signed = {signed}\n\
+         [[layer]]\nkind = \"global_avgpool\"\n[[layer]]\nkind = \"flatten\"\n\
+         [[layer]]\nkind = \"linear\"\nname = \"fc\"\nout_features = 1\n"
+    );
+    let p = dir.join("model.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Version 2: `add` reads two earlier layers with their own scales, int8
+/// activations keep their sign, `global_avgpool` rounds the mean half to
+/// even; counted by hand on a 2x2 image [1, 2, 3, 4].
+#[test]
+fn residual_add_signed_activations_and_global_pool_count_by_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = [1u8, 2, 3, 4];
+    // a = 2x = [2, 4, 6, 8]; r = a + x = [3, 6, 9, 12]; mean 7.5 -> 8.
+    let net = Network::load(&residual_model(dir.path(), 2, false, 2)).unwrap();
+    assert_eq!(net.infer(&image), vec![8.0]);
+    // a = -2x = [-2, -4, -6, -8] (int8); r = -x = [-1, -2, -3, -4]; mean -2.5 -> -2.
+    let net = Network::load(&residual_model(dir.path(), -2, true, 2)).unwrap();
+    assert!(net.matrices()[1].signed_input);
+    assert_eq!(net.infer(&image), vec![-2.0]);
+    // Unsigned outputs clamp at 0: a = [0, 0, 0, 0], r = x, mean 2.5 -> 2.
+    let net = Network::load(&residual_model(dir.path(), -2, false, 2)).unwrap();
+    assert!(!net.matrices()[1].signed_input);
+    assert_eq!(net.infer(&image), vec![2.0]);
+    // Version 1 files cannot use the version 2 layers.
+    let err = Network::load(&residual_model(dir.path(), 2, false, 1))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("need `version = 2`"), "{err}");
+}
+
+#[test]
+fn malformed_graphs_say_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = residual_model(dir.path(), 2, false, 2);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cases = [
+        (
+            text.replace("[\"a\", \"input\"]", "[\"a\", \"b\"]"),
+            "input `b` is not an earlier layer's name",
+        ),
+        (
+            text.replace("[\"a\", \"input\"]", "[\"a\"]"),
+            "`inputs` must name two layers",
+        ),
+        (
+            text.replace("kernel = 1\n", "kernel = 1\nstride = 2\n"),
+            "adds a 1x1x1 tensor to a 1x2x2 one",
+        ),
+        (
+            text.replace("name = \"a\"\n", "name = \"a\"\ninput = \"r\"\n"),
+            "input `r` is not an earlier layer's name",
+        ),
+        (
+            text.replace("name = \"r\"", "name = \"a\""),
+            "the name `a` is also layer 1's",
+        ),
+        (
+            format!("{text}[[layer]]\nkind = \"flatten\"\n"),
+            "follows a layer without `out_scale`",
+        ),
+        (
+            text.replace(
+                "kind = \"global_avgpool\"",
+                "kind = \"global_avgpool\"\ninput = \"nope\"",
+            ),
+            "input `nope`",
+        ),
+    ];
+    for (model, want) in cases {
+        std::fs::write(&path, &model).unwrap();
+        let err = Network::load(&path).unwrap_err().to_string();
+        assert!(err.contains(want), "want `{want}`, got: {err}");
+    }
 }

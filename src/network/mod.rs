@@ -1,65 +1,13 @@
-//! Quantised networks (groundwork for whole-network accuracy): the model
-//! format of `docs/NETWORK.md`, its exact int8 reference inference, and the
+//! Quantised networks: the model format of `docs/NETWORK.md` (a graph of
+//! layers, read by `format`), its exact int8 reference inference, and the
 //! im2col lowering that puts a convolution onto the same matrix-vector
 //! products the simulated arrays compute.
 
-use crate::error::{Error, Result};
+mod format;
+
+use crate::error::Result;
 use rayon::prelude::*;
-use serde::Deserialize;
-use std::path::{Path, PathBuf};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModel {
-    version: u32,
-    weights: PathBuf,
-    input: RawInput,
-    layer: Vec<RawLayer>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawInput {
-    channels: usize,
-    height: usize,
-    width: usize,
-    scale: f32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
-enum RawLayer {
-    Conv2d {
-        name: String,
-        out_channels: usize,
-        kernel: usize,
-        #[serde(default = "one")]
-        stride: usize,
-        #[serde(default)]
-        padding: usize,
-        #[serde(default)]
-        relu: bool,
-        out_scale: Option<f32>,
-    },
-    Linear {
-        name: String,
-        out_features: usize,
-        #[serde(default)]
-        relu: bool,
-        out_scale: Option<f32>,
-    },
-    Maxpool {
-        size: usize,
-    },
-    Avgpool {
-        size: usize,
-    },
-    Flatten,
-}
-
-fn one() -> usize {
-    1
-}
+use std::path::Path;
 
 /// A matrix layer's integer weights `[out][in]` (conv: in = C x kh x kw), per-output scales and biases.
 #[derive(Clone, Debug)]
@@ -71,8 +19,12 @@ pub struct MatrixLayer {
     pub scales: Vec<f32>,
     pub bias: Vec<f32>,
     pub relu: bool,
-    /// Requantisation scale of the uint8 output; `None` for the logits.
+    /// Requantisation scale of the output; `None` for the logits.
     pub out_scale: Option<f32>,
+    /// Output requantised to int8 (`[-127, 127]`) rather than uint8.
+    pub out_signed: bool,
+    /// Whether its inputs are int8 (signed) activations.
+    pub signed_input: bool,
 }
 
 /// One operation of the network.
@@ -88,128 +40,69 @@ pub enum Op {
     Linear(MatrixLayer),
     MaxPool(usize),
     AvgPool(usize),
+    GlobalAvgPool,
     Flatten,
+    /// The sum of two activations (each with its own scale), requantised.
+    Add {
+        relu: bool,
+        out_scale: f32,
+        out_signed: bool,
+    },
 }
 
-/// A quantised network.
+/// Where a layer's input comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Source {
+    Image,
+    /// The output of the node at this index.
+    Node(usize),
+}
+
+/// A layer of the graph: its operation and its inputs.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: Option<String>,
+    pub op: Op,
+    pub inputs: Vec<Source>,
+}
+
+impl Node {
+    /// Whether this is the logits layer (a matrix layer without `out_scale`).
+    fn is_logits(&self) -> bool {
+        matches!(&self.op, Op::Conv { m, .. } | Op::Linear(m) if m.out_scale.is_none())
+    }
+}
+
+/// A quantised network: nodes in file order, each reading earlier ones.
 #[derive(Clone, Debug)]
 pub struct Network {
     pub channels: usize,
     pub height: usize,
     pub width: usize,
     pub input_scale: f32,
-    pub ops: Vec<Op>,
-}
-
-fn bad(path: &Path, msg: impl Into<String>) -> Error {
-    Error::config(path.display().to_string(), msg)
+    pub nodes: Vec<Node>,
 }
 
 /// One image's input rows for a matrix layer, with its output height and width.
-type Lowered = (Vec<u8>, usize, usize);
+type Lowered = (Vec<i16>, usize, usize);
 
-/// What [`finish`] gives: the next activation and its scale, or the logits.
-type Finished = std::result::Result<(Vec<u8>, f32), Vec<f32>>;
+/// What [`finish`] gives: the next activation's values and scale, or the logits.
+type Finished = std::result::Result<(Vec<i16>, f32), Vec<f32>>;
 
-/// A uint8 activation tensor `[c][h][w]` with its real-value scale.
+/// An activation tensor `[c][h][w]` (uint8 or int8 values) with its real-value scale.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Activation {
     pub c: usize,
     pub h: usize,
     pub w: usize,
-    pub data: Vec<u8>,
+    pub data: Vec<i16>,
     pub scale: f32,
 }
 
 impl Network {
     /// Loads `model.toml` and the safetensors file it names (relative to it).
     pub fn load(path: &Path) -> Result<Network> {
-        let text = crate::io::read_regular_text(path)?;
-        let raw: RawModel =
-            toml::from_str(&text).map_err(|e| bad(path, e.message().trim().replace('\n', " ")))?;
-        if raw.version != 1 {
-            return Err(bad(
-                path,
-                format!("`version` must be 1, got {}", raw.version),
-            ));
-        }
-        let wpath = path.parent().unwrap_or(Path::new(".")).join(&raw.weights);
-        let bytes = crate::io::read_regular(&wpath)?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| bad(&wpath, format!("not a readable safetensors file: {e}")))?;
-        if !(raw.input.scale.is_finite() && raw.input.scale > 0.0) {
-            return Err(bad(
-                path,
-                format!(
-                    "`input.scale` must be a positive finite number, got {}",
-                    raw.input.scale
-                ),
-            ));
-        }
-        let (mut c, mut h, mut w) = (raw.input.channels, raw.input.height, raw.input.width);
-        let mut flat = false;
-        let mut ops = Vec::new();
-        let mut names: Vec<(&str, usize)> = Vec::new();
-        for (i, l) in raw.layer.iter().enumerate() {
-            let at = format!("layer {} ", i + 1);
-            if let RawLayer::Conv2d {
-                name, out_scale, ..
-            }
-            | RawLayer::Linear {
-                name, out_scale, ..
-            } = l
-            {
-                if let Some(&(_, first)) = names.iter().find(|(n, _)| n == name) {
-                    return Err(bad(path, format!("{at}(`{name}`): the name `{name}` is also layer {first}'s; each matrix layer needs its own name (it names its tensors)")));
-                }
-                names.push((name, i + 1));
-                if let Some(s) = out_scale {
-                    if !(s.is_finite() && *s > 0.0) {
-                        return Err(bad(path, format!("{at}(`{name}`): `out_scale` must be a positive finite number, got {s}")));
-                    }
-                }
-            }
-            ops.push(match l {
-                RawLayer::Conv2d { name, out_channels, kernel, stride, padding, relu, out_scale } => {
-                    if flat {
-                        return Err(bad(path, format!("{at}(`{name}`): conv2d after flatten")));
-                    }
-                    if *kernel == 0 || *stride == 0 || h + 2 * padding < *kernel || w + 2 * padding < *kernel {
-                        return Err(bad(path, format!("{at}(`{name}`): kernel {kernel}, stride {stride}, padding {padding} do not fit a {h}x{w} input")));
-                    }
-                    let m = matrix(&st, &wpath, name, *out_channels, c * kernel * kernel, &[*out_channels, c, *kernel, *kernel], *relu, *out_scale)?;
-                    let (ic, oh, ow) = (c, (h + 2 * padding - kernel) / stride + 1, (w + 2 * padding - kernel) / stride + 1);
-                    (c, h, w) = (*out_channels, oh, ow);
-                    Op::Conv { m, in_channels: ic, kernel: *kernel, stride: *stride, padding: *padding }
-                }
-                RawLayer::Linear { name, out_features, relu, out_scale } => {
-                    if !flat && (h != 1 || w != 1) {
-                        return Err(bad(path, format!("{at}(`{name}`): linear needs a flatten before it")));
-                    }
-                    let m = matrix(&st, &wpath, name, *out_features, c * h * w, &[*out_features, c * h * w], *relu, *out_scale)?;
-                    (c, h, w) = (*out_features, 1, 1);
-                    Op::Linear(m)
-                }
-                RawLayer::Maxpool { size } | RawLayer::Avgpool { size } => {
-                    if *size == 0 || h < *size || w < *size {
-                        return Err(bad(path, format!("{at}: pool size {size} does not fit a {h}x{w} input")));
-                    }
-                    (h, w) = (h / size, w / size);
-                    if matches!(l, RawLayer::Maxpool { .. }) { Op::MaxPool(*size) } else { Op::AvgPool(*size) }
-                }
-                RawLayer::Flatten => {
-                    flat = true;
-                    Op::Flatten
-                }
-            });
-        }
-        Ok(Network {
-            channels: raw.input.channels,
-            height: raw.input.height,
-            width: raw.input.width,
-            input_scale: raw.input.scale,
-            ops,
-        })
+        format::load(path)
     }
 
     /// Exact int8 inference of one image (`[c][h][w]` u8): the logits.
@@ -227,21 +120,41 @@ impl Network {
         &self,
         images: &[u8],
         count: usize,
-        mut product: impl FnMut(usize, &MatrixLayer, &[u8]) -> Result<Vec<f64>>,
+        mut product: impl FnMut(usize, &MatrixLayer, &[i16]) -> Result<Vec<f64>>,
     ) -> Result<Vec<Vec<f32>>> {
-        let size = self.channels * self.height * self.width;
-        let mut acts: Vec<Activation> = (0..count)
+        let size = self.image_size();
+        let image: Vec<Activation> = (0..count)
             .map(|i| Activation {
                 c: self.channels,
                 h: self.height,
                 w: self.width,
-                data: images[i * size..(i + 1) * size].to_vec(),
+                data: images[i * size..(i + 1) * size]
+                    .iter()
+                    .map(|&v| v as i16)
+                    .collect(),
                 scale: self.input_scale,
             })
             .collect();
+        // Each output is dropped after the last layer that reads it.
+        let mut last_use = vec![0usize; self.nodes.len()];
+        for (i, node) in self.nodes.iter().enumerate() {
+            for s in &node.inputs {
+                if let Source::Node(j) = s {
+                    last_use[*j] = i;
+                }
+            }
+        }
+        let mut outs: Vec<Option<Vec<Activation>>> = vec![None; self.nodes.len()];
         let mut index = 0;
-        for op in &self.ops {
-            let (m, lowered): (&MatrixLayer, Vec<Lowered>) = match op {
+        for (i, node) in self.nodes.iter().enumerate() {
+            let get = |s: &Source| -> &[Activation] {
+                match s {
+                    Source::Image => &image,
+                    Source::Node(j) => outs[*j].as_deref().expect("inputs precede their readers"),
+                }
+            };
+            let acts = get(&node.inputs[0]);
+            let (m, lowered): (&MatrixLayer, Vec<Lowered>) = match &node.op {
                 Op::Conv {
                     m,
                     kernel,
@@ -255,40 +168,58 @@ impl Network {
                         .collect(),
                 ),
                 Op::Linear(m) => (m, acts.iter().map(|a| (a.data.clone(), 1, 1)).collect()),
-                Op::MaxPool(s) | Op::AvgPool(s) => {
-                    let max = matches!(op, Op::MaxPool(_));
-                    acts = acts.par_iter().map(|a| pool(a, *s, max)).collect();
-                    continue;
-                }
-                Op::Flatten => {
-                    for a in &mut acts {
-                        (a.c, a.h, a.w) = (a.c * a.h * a.w, 1, 1);
-                    }
+                op => {
+                    let out = match op {
+                        Op::MaxPool(s) => acts.par_iter().map(|a| pool(a, *s, true)).collect(),
+                        Op::AvgPool(s) => acts.par_iter().map(|a| pool(a, *s, false)).collect(),
+                        Op::GlobalAvgPool => acts.par_iter().map(global_avgpool).collect(),
+                        Op::Flatten => acts
+                            .iter()
+                            .map(|a| Activation {
+                                c: a.c * a.h * a.w,
+                                h: 1,
+                                w: 1,
+                                ..a.clone()
+                            })
+                            .collect(),
+                        Op::Add {
+                            relu,
+                            out_scale,
+                            out_signed,
+                        } => {
+                            let other = get(&node.inputs[1]);
+                            acts.par_iter()
+                                .zip(other)
+                                .map(|(a, b)| add(a, b, *relu, *out_scale, *out_signed))
+                                .collect()
+                        }
+                        Op::Conv { .. } | Op::Linear(_) => unreachable!(),
+                    };
+                    outs[i] = Some(out);
+                    release(&mut outs, &node.inputs, &last_use, i);
                     continue;
                 }
             };
-            let rows: Vec<u8> = lowered
+            let rows: Vec<i16> = lowered
                 .iter()
                 .flat_map(|(r, _, _)| r.iter().copied())
                 .collect();
             let sums = product(index, m, &rows)?;
             index += 1;
-            let logits = requantise(m, &mut acts, &lowered, &sums);
-            if !logits.is_empty() {
-                return Ok(logits);
+            match requantise(m, acts, &lowered, &sums) {
+                Ok(next) => outs[i] = Some(next),
+                Err(logits) => return Ok(logits),
             }
+            release(&mut outs, &node.inputs, &last_use, i);
         }
-        Ok(acts
-            .iter()
-            .map(|a| a.data.iter().map(|&v| v as f32 * a.scale).collect())
-            .collect())
+        unreachable!("a loaded network ends with its logits layer")
     }
 
     /// The matrix layers, in order.
     pub fn matrices(&self) -> Vec<&MatrixLayer> {
-        self.ops
+        self.nodes
             .iter()
-            .filter_map(|op| match op {
+            .filter_map(|node| match &node.op {
                 Op::Conv { m, .. } | Op::Linear(m) => Some(m),
                 _ => None,
             })
@@ -301,15 +232,26 @@ impl Network {
     }
 }
 
-/// Turns a matrix layer's sums into each image's next activation (in
-/// place), or, for the last layer, returns every image's logits (empty
-/// otherwise). `lowered` is each image's (rows, out height, out width).
+/// Drops the outputs whose last reader is node `i`.
+fn release(outs: &mut [Option<Vec<Activation>>], inputs: &[Source], last_use: &[usize], i: usize) {
+    for s in inputs {
+        if let Source::Node(j) = s {
+            if last_use[*j] == i {
+                outs[*j] = None;
+            }
+        }
+    }
+}
+
+/// Turns a matrix layer's sums into each image's next activation, or, for
+/// the last layer, every image's logits (`Err`). `lowered` is each image's
+/// (rows, out height, out width).
 fn requantise(
     m: &MatrixLayer,
-    acts: &mut [Activation],
+    acts: &[Activation],
     lowered: &[Lowered],
     sums: &[f64],
-) -> Vec<Vec<f32>> {
+) -> std::result::Result<Vec<Activation>, Vec<Vec<f32>>> {
     // Each image's sums start after the positions of the images before it.
     let starts: Vec<usize> = lowered
         .iter()
@@ -333,114 +275,45 @@ fn requantise(
             )
         })
         .collect();
-    let mut logits = Vec::new();
-    for ((a, (_, oh, ow)), d) in acts.iter_mut().zip(lowered).zip(done) {
-        match d {
-            Ok((data, scale)) => {
-                *a = Activation {
-                    c: m.outputs,
-                    h: *oh,
-                    w: *ow,
-                    data,
-                    scale,
-                }
+    if m.out_scale.is_none() {
+        return Err(done.into_iter().map(|d| d.unwrap_err()).collect());
+    }
+    Ok(done
+        .into_iter()
+        .zip(lowered)
+        .map(|(d, (_, oh, ow))| {
+            let (data, scale) = d.expect("a layer with out_scale gives an activation");
+            Activation {
+                c: m.outputs,
+                h: *oh,
+                w: *ow,
+                data,
+                scale,
             }
-            Err(l) => logits.push(l),
-        }
-    }
-    logits
-}
-
-#[allow(clippy::too_many_arguments)]
-fn matrix(
-    st: &safetensors::SafeTensors,
-    path: &Path,
-    name: &str,
-    outputs: usize,
-    inputs: usize,
-    shape: &[usize],
-    relu: bool,
-    out_scale: Option<f32>,
-) -> Result<MatrixLayer> {
-    let get = |suffix: &str| {
-        st.tensor(&format!("{name}.{suffix}"))
-            .map_err(|_| bad(path, format!("tensor `{name}.{suffix}` is missing")))
-    };
-    let w = get("weight")?;
-    if w.dtype() != safetensors::Dtype::I8 || w.shape() != shape {
-        return Err(bad(
-            path,
-            format!(
-                "`{name}.weight` must be int8 of shape {shape:?}, got {:?} {:?}",
-                w.dtype(),
-                w.shape()
-            ),
-        ));
-    }
-    let f32s = |suffix: &str| -> Result<Vec<f32>> {
-        let t = get(suffix)?;
-        if t.dtype() != safetensors::Dtype::F32 || t.shape() != [outputs] {
-            return Err(bad(
-                path,
-                format!(
-                    "`{name}.{suffix}` must be float32 of shape [{outputs}], got {:?} {:?}",
-                    t.dtype(),
-                    t.shape()
-                ),
-            ));
-        }
-        Ok(t.data()
-            .chunks(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect())
-    };
-    let weights: Vec<i32> = w.data().iter().map(|&b| b as i8 as i32).collect();
-    let (scales, bias) = (f32s("scale")?, f32s("bias")?);
-    for (suffix, v) in [("scale", &scales), ("bias", &bias)] {
-        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            return Err(bad(
-                path,
-                format!(
-                    "`{name}.{suffix}` element {i} is {}; values must be finite",
-                    v[i]
-                ),
-            ));
-        }
-    }
-    if let Some(i) = weights.iter().position(|&v| v == -128) {
-        return Err(bad(path, format!("`{name}.weight` element {i} is -128; symmetric int8 weights must be in [-127, 127]")));
-    }
-    Ok(MatrixLayer {
-        name: name.into(),
-        outputs,
-        inputs,
-        weights,
-        scales,
-        bias,
-        relu,
-        out_scale,
-    })
+        })
+        .collect())
 }
 
 /// Lowers a convolution's input to rows of patches: `[oh*ow][c*k*k]`, zero padding.
-pub fn im2col(a: &Activation, k: usize, stride: usize, pad: usize) -> (Vec<u8>, usize, usize) {
+pub fn im2col(a: &Activation, k: usize, stride: usize, pad: usize) -> (Vec<i16>, usize, usize) {
     let oh = (a.h + 2 * pad - k) / stride + 1;
     let ow = (a.w + 2 * pad - k) / stride + 1;
     let cols = a.c * k * k;
-    let mut out = vec![0u8; oh * ow * cols];
+    let mut out = vec![0i16; oh * ow * cols];
     for y in 0..oh {
         for x in 0..ow {
             let row = &mut out[(y * ow + x) * cols..(y * ow + x + 1) * cols];
             for c in 0..a.c {
                 for i in 0..k {
+                    let iy = (y * stride + i) as isize - pad as isize;
+                    if iy < 0 || iy as usize >= a.h {
+                        continue;
+                    }
+                    let line = &a.data[(c * a.h + iy as usize) * a.w..][..a.w];
                     for j in 0..k {
-                        let (iy, ix) = (
-                            (y * stride + i) as isize - pad as isize,
-                            (x * stride + j) as isize - pad as isize,
-                        );
-                        if iy >= 0 && ix >= 0 && (iy as usize) < a.h && (ix as usize) < a.w {
-                            row[(c * k + i) * k + j] =
-                                a.data[(c * a.h + iy as usize) * a.w + ix as usize];
+                        let ix = (x * stride + j) as isize - pad as isize;
+                        if ix >= 0 && (ix as usize) < a.w {
+                            row[(c * k + i) * k + j] = line[ix as usize];
                         }
                     }
                 }
@@ -451,20 +324,22 @@ pub fn im2col(a: &Activation, k: usize, stride: usize, pad: usize) -> (Vec<u8>, 
 }
 
 /// Integer products of rows of inputs `[rows][in]` with the layer: `[rows][out]`.
-pub fn matmul(rows: &[u8], m: &MatrixLayer) -> Vec<f64> {
+pub fn matmul(rows: &[i16], m: &MatrixLayer) -> Vec<f64> {
     let n = rows.len() / m.inputs;
     let mut out = vec![0f64; n * m.outputs];
-    for r in 0..n {
-        let x = &rows[r * m.inputs..(r + 1) * m.inputs];
-        for o in 0..m.outputs {
-            let w = &m.weights[o * m.inputs..(o + 1) * m.inputs];
-            out[r * m.outputs + o] = x
-                .iter()
-                .zip(w)
-                .map(|(&a, &b)| a as i64 * b as i64)
-                .sum::<i64>() as f64;
-        }
-    }
+    out.par_chunks_mut(m.outputs)
+        .enumerate()
+        .for_each(|(r, y)| {
+            let x = &rows[r * m.inputs..(r + 1) * m.inputs];
+            for (o, y) in y.iter_mut().enumerate() {
+                let w = &m.weights[o * m.inputs..(o + 1) * m.inputs];
+                *y = x
+                    .iter()
+                    .zip(w)
+                    .map(|(&a, &b)| a as i64 * b as i64)
+                    .sum::<i64>() as f64;
+            }
+        });
     out
 }
 
@@ -479,6 +354,17 @@ impl MatrixLayer {
         }
         w
     }
+}
+
+/// Requantises a real value to the next activation's integer: round half
+/// to even, clamped to uint8 `[0, 255]` or int8 `[-127, 127]`.
+fn requantise_value(real: f32, scale: f32, signed: bool) -> i16 {
+    let (lo, hi) = if signed {
+        (-127.0, 127.0)
+    } else {
+        (0.0, 255.0)
+    };
+    (real / scale).round_ties_even().clamp(lo, hi) as i16
 }
 
 /// Scales, bias, ReLU and requantisation of sums `[positions][out]` (exact
@@ -499,11 +385,10 @@ pub fn finish(m: &MatrixLayer, acc: &[f64], in_scale: f32, positions: usize) -> 
             .map(|(o, p)| real(p, o))
             .collect()),
         Some(s) => {
-            let mut out = vec![0u8; m.outputs * positions];
+            let mut out = vec![0i16; m.outputs * positions];
             for o in 0..m.outputs {
                 for p in 0..positions {
-                    out[o * positions + p] =
-                        (real(p, o) / s).round_ties_even().clamp(0.0, 255.0) as u8;
+                    out[o * positions + p] = requantise_value(real(p, o), s, m.out_signed);
                 }
             }
             Ok((out, s))
@@ -511,20 +396,58 @@ pub fn finish(m: &MatrixLayer, acc: &[f64], in_scale: f32, positions: usize) -> 
     }
 }
 
+/// `real = s_a q_a + s_b q_b`, ReLU, requantised with `out_scale`.
+fn add(a: &Activation, b: &Activation, relu: bool, out_scale: f32, signed: bool) -> Activation {
+    let data = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .map(|(&x, &y)| {
+            let v = a.scale * x as f32 + b.scale * y as f32;
+            requantise_value(if relu { v.max(0.0) } else { v }, out_scale, signed)
+        })
+        .collect();
+    Activation {
+        data,
+        scale: out_scale,
+        ..*a
+    }
+}
+
+/// The mean of each channel, rounded half to even: `[c][1][1]`.
+fn global_avgpool(a: &Activation) -> Activation {
+    let area = a.h * a.w;
+    let data = a
+        .data
+        .chunks(area)
+        .map(|ch| {
+            let sum: i32 = ch.iter().map(|&v| v as i32).sum();
+            (sum as f32 / area as f32).round_ties_even() as i16
+        })
+        .collect();
+    Activation {
+        c: a.c,
+        h: 1,
+        w: 1,
+        data,
+        scale: a.scale,
+    }
+}
+
 fn pool(a: &Activation, s: usize, max: bool) -> Activation {
     let (h, w) = (a.h / s, a.w / s);
-    let mut data = vec![0u8; a.c * h * w];
+    let mut data = vec![0i16; a.c * h * w];
     for c in 0..a.c {
         for y in 0..h {
             for x in 0..w {
                 let vals = (0..s)
                     .flat_map(|i| (0..s).map(move |j| (i, j)))
-                    .map(|(i, j)| a.data[(c * a.h + y * s + i) * a.w + x * s + j] as u32);
+                    .map(|(i, j)| a.data[(c * a.h + y * s + i) * a.w + x * s + j] as i32);
                 data[(c * h + y) * w + x] = if max {
-                    vals.max().unwrap_or(0) as u8
+                    vals.max().unwrap_or(0) as i16
                 } else {
-                    let sum: u32 = vals.sum();
-                    ((sum as f32) / (s * s) as f32).round_ties_even() as u8
+                    let sum: i32 = vals.sum();
+                    ((sum as f32) / (s * s) as f32).round_ties_even() as i16
                 };
             }
         }

@@ -216,6 +216,15 @@ impl SimNetwork {
         mapping: &MappingSpec,
         calibration_images: usize,
     ) -> Result<SimNetwork> {
+        if let Some(m) = w.net.matrices().iter().find(|m| m.signed_input) {
+            return Err(Error::config(
+                "network.model",
+                format!(
+                    "layer `{}` takes int8 (signed) inputs, which the simulated arrays do not take yet",
+                    m.name
+                ),
+            ));
+        }
         let calib = calibration_images.min(w.count).max(1);
         let mut inputs: Vec<Vec<u32>> = Vec::new();
         w.net.forward(
