@@ -217,17 +217,23 @@ fn shipped_experiment(extra: &str) -> zebra_cim::experiment::Experiment {
     .unwrap()
 }
 
-/// The shipped model's int8 logits equal those the exporter's NumPy
+/// The shipped models' int8 logits equal those the exporter's NumPy
 /// reference computed (experiments/export_pytorch.py, first 100 test images).
 #[test]
-fn shipped_model_matches_the_exporters_int8_reference() {
-    let net = Network::load(Path::new(SHIPPED)).unwrap();
+fn shipped_models_match_the_exporters_int8_reference() {
+    for model in ["fmnist_cnn", "fmnist_resnet"] {
+        matches_reference(&format!("models/{model}"));
+    }
+}
+
+fn matches_reference(dir: &str) {
+    let net = Network::load(&Path::new(dir).join("model.toml")).unwrap();
     let data = zebra_cim::io::dataset::Dataset::from_idx(
         Path::new("data/fashion-mnist/t10k-images-idx3-ubyte.gz"),
         Path::new("data/fashion-mnist/t10k-labels-idx1-ubyte.gz"),
     )
     .unwrap();
-    let file = std::fs::File::open("models/fmnist_cnn/reference_logits.npy").unwrap();
+    let file = std::fs::File::open(Path::new(dir).join("reference_logits.npy")).unwrap();
     let npy = npyz::NpyFile::new(std::io::BufReader::new(file)).unwrap();
     assert_eq!(npy.shape(), &[100, 10]);
     let want: Vec<f32> = npy.into_vec().unwrap();
@@ -236,7 +242,7 @@ fn shipped_model_matches_the_exporters_int8_reference() {
         for (o, (&g, &w)) in got.iter().zip(&want[i * 10..(i + 1) * 10]).enumerate() {
             assert!(
                 (g - w).abs() <= 1e-4 * w.abs().max(1.0),
-                "image {i} logit {o}: zebra {g}, NumPy {w}"
+                "{dir}: image {i} logit {o}: zebra {g}, NumPy {w}"
             );
         }
     }

@@ -622,6 +622,12 @@ impl Plan {
         self.noise.p_sa0 > 0.0 || self.noise.p_sa1 > 0.0
     }
 
+    /// Whether every trial computes the same outputs: no cell noise, read
+    /// noise or faults, so nothing is drawn.
+    pub fn trial_invariant(&self) -> bool {
+        self.path == NoisePath::Analytic && self.noise.read_sigma == 0.0 && !self.has_faults()
+    }
+
     /// Whether dynamic per-cell draws are compact: with no leak and no faults
     /// only cells with a non-zero digit conduct, so only they draw.
     pub fn compact_draws(&self) -> bool {
