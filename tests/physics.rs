@@ -13,7 +13,7 @@ use zebra_cim::engine::Engine;
 use zebra_cim::experiment::plan::{NoisePath, Plan};
 use zebra_cim::experiment::workload::Layer;
 use zebra_cim::experiment::*;
-use zebra_cim::model::MappingSpec;
+use zebra_cim::model::{InputCoding, MappingSpec};
 
 fn noiseless_params(
     k: usize,
@@ -35,6 +35,7 @@ fn noiseless_params(
             input_bits: xbits,
             weights: WeightSource::Gaussian,
             input_source: InputSource::RectifiedGaussian { zero_fraction: 0.3 },
+            coding: InputCoding::Unsigned,
         },
         parallelism: p,
         adc_bits: adc,
