@@ -61,14 +61,15 @@ impl Layer {
                         format!("inputs have K = {kk} but the weights have K = {k} rows"),
                     ));
                 }
-                let what = if p.coding.signed() {
-                    format!("{}-bit {} inputs", p.input_bits, p.coding.label())
-                } else {
-                    format!(
-                        "{}-bit unsigned inputs (negative inputs need `layer.input_sign = \"signed\"`)",
-                        p.input_bits
-                    )
-                };
+                let what = format!("{}-bit {} inputs", p.input_bits, p.coding.label());
+                if let Some((i, v)) = data.iter().enumerate().find(|(_, &v)| v < 0) {
+                    if !p.coding.signed() {
+                        return Err(npy_err(
+                            path,
+                            format!("element {i} is {v}; {what} must be in [0, {xmax}]; negative inputs need `layer.input_sign = \"signed\"`"),
+                        ));
+                    }
+                }
                 check_values(path, &data, xmin as i64, xmax as i64, &what)?;
                 (b, data.into_iter().map(|v| v as i32).collect())
             }
