@@ -127,12 +127,10 @@ fn signed_input_experiments_run_exactly_and_resume() {
     let exp = dir.path().join("signed.toml");
     fs::write(
         &exp,
-        format!(
-            "version = 1\ntrials = 2\nmappings = [\"dense\", \"zebra\", \"csd\"]\n\
-             [layer]\nk = 40\nn = 6\ninputs = 3\ninput_sign = \"signed\"\n\
-             [array]\nparallelism = 16\n[adc]\nbits = \"ideal\"\n\
-             [sweep]\n\"array.signed_inputs\" = [\"twos-complement\", \"sign-magnitude\"]\n"
-        ),
+        "version = 1\ntrials = 2\nmappings = [\"dense\", \"zebra\", \"csd\"]\n\
+         [layer]\nk = 40\nn = 6\ninputs = 3\ninput_sign = \"signed\"\n\
+         [array]\nparallelism = 16\n[adc]\nbits = \"ideal\"\n\
+         [sweep]\n\"array.signed_inputs\" = [\"twos-complement\", \"sign-magnitude\"]\n",
     )
     .unwrap();
     let from_file = dir.path().join("signed_file.toml");
