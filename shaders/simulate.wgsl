@@ -15,6 +15,12 @@ struct Params {
     path: u32, adc_bits: u32, has_faults: u32, static_noise: u32,
     sigma: f32, read_sigma: f32, leak: f32, p_sa0: f32,
     p_sa01: f32, top: f32, pad0: u32, pad1: u32,
+    // The digital weight of each input plane (plan.input_weights), four per vec4.
+    xweight: array<vec4<f32>, MAX_INPUT_PLANES / 4u>,
+}
+
+fn input_weight(i: u32) -> f32 {
+    return P.xweight[i / 4u][i % 4u];
 }
 
 fn seed() -> vec2<u32> {
@@ -111,7 +117,7 @@ fn adc_code(a: f32, lo: f32, range: f32) -> f32 {
     return clamp(c + up, 0.0, P.top);
 }
 
-// Input bits 0-3 and 4-7 of `x` as 0/1 floats.
+// Input planes 0-3 and 4-7 of a pattern `x` (shifted to its group) as 0/1 floats.
 fn bits_lo(x: u32) -> vec4<f32> {
     return vec4<f32>((vec4<u32>(x) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u));
 }
@@ -120,24 +126,26 @@ fn bits_hi(x: u32) -> vec4<f32> {
     return vec4<f32>((vec4<u32>(x) >> vec4<u32>(4u, 5u, 6u, 7u)) & vec4<u32>(1u));
 }
 
-// The conversions of one (input vector, chunk, plane): analog sums `lo`
-// (input bits 0-3) and `hi` (bits 4-7), summed squared weights `slo`/`shi`
-// for the aggregated path; returns the shift-and-add contribution.
-fn convert_vector(lo: vec4<f32>, hi: vec4<f32>, slo: vec4<f32>, shi: vec4<f32>, zlo: vec4<f32>, zhi: vec4<f32>, bb: u32, c: u32, jj: u32, nn: u32, t: u32, grp: vec4<f32>) -> f32 {
+// The conversions of one (input vector, chunk, plane) for the group of
+// input planes from `g0`: analog sums `lo` (planes g0..g0+3) and `hi`
+// (g0+4..g0+7), summed squared weights `slo`/`shi` for the aggregated path;
+// returns the shift-and-add contribution.
+fn convert_vector(lo: vec4<f32>, hi: vec4<f32>, slo: vec4<f32>, shi: vec4<f32>, zlo: vec4<f32>, zhi: vec4<f32>, bb: u32, c: u32, jj: u32, nn: u32, t: u32, grp: vec4<f32>, g0: u32) -> f32 {
     var out = 0.0;
     let lane = nn % 4u;
     let blk = nn / 4u;
-    for (var i = 0u; i < P.xbits; i = i + 1u) {
+    for (var li = 0u; li < INPUT_GROUP && g0 + li < P.xbits; li = li + 1u) {
+        let i = g0 + li;
         if (row_active[(bb * P.chunks + c) * P.xbits + i] == 0u) {
             continue;
         }
-        var a = hi[(i + 4u) % 4u];
-        var s2 = shi[(i + 4u) % 4u];
-        var z = zhi[(i + 4u) % 4u];
-        if (i < 4u) {
-            a = lo[i];
-            s2 = slo[i];
-            z = zlo[i];
+        var a = hi[li % 4u];
+        var s2 = shi[li % 4u];
+        var z = zhi[li % 4u];
+        if (li < 4u) {
+            a = lo[li];
+            s2 = slo[li];
+            z = zlo[li];
         }
         // Without static noise the sums are of digits and the leak is added
         // once, `D + leak Z`, as the CPU engine adds it (Z counts the zero
@@ -154,15 +162,17 @@ fn convert_vector(lo: vec4<f32>, hi: vec4<f32>, slo: vec4<f32>, shi: vec4<f32>, 
         } else if (P.read_sigma > 0.0) {
             a = a + P.read_sigma * gaussian(seed(), t, STREAM_READ, index.x, index.y, lane);
         }
-        out = out + f32(1u << i) * scales[jj] * convert(a, grp.x, grp.y);
+        out = out + input_weight(i) * scales[jj] * convert(a, grp.x, grp.y);
     }
     return out;
 }
 
 // Static, analytic and aggregated paths: one thread per (trial, block of four
-// input vectors, column). A cell weight is loaded once and used for four input
-// vectors and all eight input bits (bit masks as 0/1 floats, branch-free);
-// the four vectors are unrolled by hand so they stay in registers.
+// input vectors, column). A cell weight is loaded once per group of eight
+// input planes (one group for up to eight planes, two for sign-magnitude
+// inputs of more) and used for four input vectors and the group's planes
+// (bit masks as 0/1 floats, branch-free); the four vectors are unrolled by
+// hand so they stay in registers.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn simulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let id = linear_id(gid, nwg);
@@ -192,52 +202,53 @@ fn simulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
             if (grp.z == 0.0) {
                 continue;
             }
-            var l0 = vec4<f32>(0.0); var h0 = vec4<f32>(0.0);
-            var l1 = vec4<f32>(0.0); var h1 = vec4<f32>(0.0);
-            var l2 = vec4<f32>(0.0); var h2 = vec4<f32>(0.0);
-            var l3 = vec4<f32>(0.0); var h3 = vec4<f32>(0.0);
-            var sl0 = vec4<f32>(0.0); var sh0 = vec4<f32>(0.0);
-            var sl1 = vec4<f32>(0.0); var sh1 = vec4<f32>(0.0);
-            var sl2 = vec4<f32>(0.0); var sh2 = vec4<f32>(0.0);
-            var sl3 = vec4<f32>(0.0); var sh3 = vec4<f32>(0.0);
-            var zl0 = vec4<f32>(0.0); var zh0 = vec4<f32>(0.0);
-            var zl1 = vec4<f32>(0.0); var zh1 = vec4<f32>(0.0);
-            var zl2 = vec4<f32>(0.0); var zh2 = vec4<f32>(0.0);
-            var zl3 = vec4<f32>(0.0); var zh3 = vec4<f32>(0.0);
             let wbase = (tl * P.j + jj) * P.k;
-            for (var kk = k0; kk < k1; kk = kk + 1u) {
-                var w = weights[(wbase + kk) * P.n + nn];
-                if (digit_sums && abs(w) != 1.0) {
-                    // A zero digit: counted, its leak added per conversion.
-                    w = 0.0;
-                    let x0 = xin[b0 * P.k + kk]; let x1 = xin[b1 * P.k + kk];
-                    let x2 = xin[b2 * P.k + kk]; let x3 = xin[b3 * P.k + kk];
-                    zl0 = zl0 + bits_lo(x0); zh0 = zh0 + bits_hi(x0);
-                    zl1 = zl1 + bits_lo(x1); zh1 = zh1 + bits_hi(x1);
-                    zl2 = zl2 + bits_lo(x2); zh2 = zh2 + bits_hi(x2);
-                    zl3 = zl3 + bits_lo(x3); zh3 = zh3 + bits_hi(x3);
-                    continue;
+            for (var g0 = 0u; g0 < P.xbits; g0 = g0 + INPUT_GROUP) {
+                var l0 = vec4<f32>(0.0); var h0 = vec4<f32>(0.0);
+                var l1 = vec4<f32>(0.0); var h1 = vec4<f32>(0.0);
+                var l2 = vec4<f32>(0.0); var h2 = vec4<f32>(0.0);
+                var l3 = vec4<f32>(0.0); var h3 = vec4<f32>(0.0);
+                var sl0 = vec4<f32>(0.0); var sh0 = vec4<f32>(0.0);
+                var sl1 = vec4<f32>(0.0); var sh1 = vec4<f32>(0.0);
+                var sl2 = vec4<f32>(0.0); var sh2 = vec4<f32>(0.0);
+                var sl3 = vec4<f32>(0.0); var sh3 = vec4<f32>(0.0);
+                var zl0 = vec4<f32>(0.0); var zh0 = vec4<f32>(0.0);
+                var zl1 = vec4<f32>(0.0); var zh1 = vec4<f32>(0.0);
+                var zl2 = vec4<f32>(0.0); var zh2 = vec4<f32>(0.0);
+                var zl3 = vec4<f32>(0.0); var zh3 = vec4<f32>(0.0);
+                for (var kk = k0; kk < k1; kk = kk + 1u) {
+                    let w = weights[(wbase + kk) * P.n + nn];
+                    let x0 = xin[b0 * P.k + kk] >> g0; let x1 = xin[b1 * P.k + kk] >> g0;
+                    let x2 = xin[b2 * P.k + kk] >> g0; let x3 = xin[b3 * P.k + kk] >> g0;
+                    if (digit_sums && abs(w) != 1.0) {
+                        // A zero digit: counted, its leak added per conversion.
+                        zl0 = zl0 + bits_lo(x0); zh0 = zh0 + bits_hi(x0);
+                        zl1 = zl1 + bits_lo(x1); zh1 = zh1 + bits_hi(x1);
+                        zl2 = zl2 + bits_lo(x2); zh2 = zh2 + bits_hi(x2);
+                        zl3 = zl3 + bits_lo(x3); zh3 = zh3 + bits_hi(x3);
+                        continue;
+                    }
+                    let f0l = bits_lo(x0); let f0h = bits_hi(x0);
+                    let f1l = bits_lo(x1); let f1h = bits_hi(x1);
+                    let f2l = bits_lo(x2); let f2h = bits_hi(x2);
+                    let f3l = bits_lo(x3); let f3h = bits_hi(x3);
+                    l0 = l0 + w * f0l; h0 = h0 + w * f0h;
+                    l1 = l1 + w * f1l; h1 = h1 + w * f1h;
+                    l2 = l2 + w * f2l; h2 = h2 + w * f2h;
+                    l3 = l3 + w * f3l; h3 = h3 + w * f3h;
+                    if (agg) {
+                        let w2 = w * w;
+                        sl0 = sl0 + w2 * f0l; sh0 = sh0 + w2 * f0h;
+                        sl1 = sl1 + w2 * f1l; sh1 = sh1 + w2 * f1h;
+                        sl2 = sl2 + w2 * f2l; sh2 = sh2 + w2 * f2h;
+                        sl3 = sl3 + w2 * f3l; sh3 = sh3 + w2 * f3h;
+                    }
                 }
-                let f0l = bits_lo(xin[b0 * P.k + kk]); let f0h = bits_hi(xin[b0 * P.k + kk]);
-                let f1l = bits_lo(xin[b1 * P.k + kk]); let f1h = bits_hi(xin[b1 * P.k + kk]);
-                let f2l = bits_lo(xin[b2 * P.k + kk]); let f2h = bits_hi(xin[b2 * P.k + kk]);
-                let f3l = bits_lo(xin[b3 * P.k + kk]); let f3h = bits_hi(xin[b3 * P.k + kk]);
-                l0 = l0 + w * f0l; h0 = h0 + w * f0h;
-                l1 = l1 + w * f1l; h1 = h1 + w * f1h;
-                l2 = l2 + w * f2l; h2 = h2 + w * f2h;
-                l3 = l3 + w * f3l; h3 = h3 + w * f3h;
-                if (agg) {
-                    let w2 = w * w;
-                    sl0 = sl0 + w2 * f0l; sh0 = sh0 + w2 * f0h;
-                    sl1 = sl1 + w2 * f1l; sh1 = sh1 + w2 * f1h;
-                    sl2 = sl2 + w2 * f2l; sh2 = sh2 + w2 * f2h;
-                    sl3 = sl3 + w2 * f3l; sh3 = sh3 + w2 * f3h;
-                }
+                y0 = y0 + convert_vector(l0, h0, sl0, sh0, zl0, zh0, b0, c, jj, nn, t, grp, g0);
+                if (b0 + 1u < P.b) { y1 = y1 + convert_vector(l1, h1, sl1, sh1, zl1, zh1, b1, c, jj, nn, t, grp, g0); }
+                if (b0 + 2u < P.b) { y2 = y2 + convert_vector(l2, h2, sl2, sh2, zl2, zh2, b2, c, jj, nn, t, grp, g0); }
+                if (b0 + 3u < P.b) { y3 = y3 + convert_vector(l3, h3, sl3, sh3, zl3, zh3, b3, c, jj, nn, t, grp, g0); }
             }
-            y0 = y0 + convert_vector(l0, h0, sl0, sh0, zl0, zh0, b0, c, jj, nn, t, grp);
-            if (b0 + 1u < P.b) { y1 = y1 + convert_vector(l1, h1, sl1, sh1, zl1, zh1, b1, c, jj, nn, t, grp); }
-            if (b0 + 2u < P.b) { y2 = y2 + convert_vector(l2, h2, sl2, sh2, zl2, zh2, b2, c, jj, nn, t, grp); }
-            if (b0 + 3u < P.b) { y3 = y3 + convert_vector(l3, h3, sl3, sh3, zl3, zh3, b3, c, jj, nn, t, grp); }
         }
     }
     let out = (tl * P.b + b0) * P.n + nn;
@@ -265,63 +276,68 @@ fn simulate_dynamic(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     for (var c = 0u; c < P.chunks; c = c + 1u) {
         let k0 = c * P.p;
         let k1 = min(k0 + P.p, P.k);
-        // Conversion values of this chunk, [i][j], added in the CPU's (i, j) order.
-        var vals: array<f32, MAX_INPUT_BITS * MAX_PLANES>;
-        for (var jj = 0u; jj < P.j; jj = jj + 1u) {
-            let grp = groups[(c * P.j + jj) * P.n + nn];
-            var acc: array<f32, MAX_INPUT_BITS>;
-            var var_: array<f32, MAX_INPUT_BITS>;
-            for (var i = 0u; i < MAX_INPUT_BITS; i = i + 1u) {
-                acc[i] = 0.0;
-                var_[i] = 0.0;
-                vals[i * MAX_PLANES + jj] = 0.0;
-            }
-            if (grp.z == 0.0) {
-                continue;
-            }
-            for (var kk = k0; kk < k1; kk = kk + 1u) {
-                let xv = xin[bb * P.k + kk];
-                if (xv == 0u) {
+        // Input planes in groups of INPUT_GROUP; the conversion values of a
+        // group, [i][j], are added in the CPU's (i, j) order.
+        for (var g0 = 0u; g0 < P.xbits; g0 = g0 + INPUT_GROUP) {
+            let planes = min(INPUT_GROUP, P.xbits - g0);
+            var vals: array<f32, INPUT_GROUP * MAX_PLANES>;
+            for (var jj = 0u; jj < P.j; jj = jj + 1u) {
+                let grp = groups[(c * P.j + jj) * P.n + nn];
+                var acc: array<f32, INPUT_GROUP>;
+                var var_: array<f32, INPUT_GROUP>;
+                for (var li = 0u; li < INPUT_GROUP; li = li + 1u) {
+                    acc[li] = 0.0;
+                    var_[li] = 0.0;
+                    vals[li * MAX_PLANES + jj] = 0.0;
+                }
+                if (grp.z == 0.0) {
                     continue;
                 }
-                let w = weights[((tl * P.j + jj) * P.k + kk) * P.n + nn];
-                for (var i = 0u; i < P.xbits; i = i + 1u) {
-                    if (((xv >> i) & 1u) == 0u) {
+                for (var kk = k0; kk < k1; kk = kk + 1u) {
+                    let xv = xin[bb * P.k + kk] >> g0;
+                    if (xv == 0u) {
                         continue;
                     }
-                    if (P.path == PATH_DYNAMIC) {
-                        // A cell that does not conduct adds nothing and draws nothing.
-                        if (w == 0.0) {
+                    let w = weights[((tl * P.j + jj) * P.k + kk) * P.n + nn];
+                    for (var li = 0u; li < planes; li = li + 1u) {
+                        if (((xv >> li) & 1u) == 0u) {
                             continue;
                         }
-                        let r = draw_rank[(jj * P.k + kk) * P.n + nn];
-                        let index = dynamic_block(blocks(), bb, i, kk, jj, r / 4u);
-                        let z = gaussian(seed(), t, STREAM_CELL_DYNAMIC, index.x, index.y, r % 4u);
-                        acc[i] = acc[i] + (w + w * P.sigma * z);
-                    } else {
-                        acc[i] = acc[i] + w;
-                        var_[i] = var_[i] + w * w;
+                        if (P.path == PATH_DYNAMIC) {
+                            // A cell that does not conduct adds nothing and draws nothing.
+                            if (w == 0.0) {
+                                continue;
+                            }
+                            let r = draw_rank[(jj * P.k + kk) * P.n + nn];
+                            let index = dynamic_block(blocks(), bb, g0 + li, kk, jj, r / 4u);
+                            let z = gaussian(seed(), t, STREAM_CELL_DYNAMIC, index.x, index.y, r % 4u);
+                            acc[li] = acc[li] + (w + w * P.sigma * z);
+                        } else {
+                            acc[li] = acc[li] + w;
+                            var_[li] = var_[li] + w * w;
+                        }
                     }
                 }
-            }
-            for (var i = 0u; i < P.xbits; i = i + 1u) {
-                if (row_active[(bb * P.chunks + c) * P.xbits + i] == 0u) {
-                    continue;
+                for (var li = 0u; li < planes; li = li + 1u) {
+                    let i = g0 + li;
+                    if (row_active[(bb * P.chunks + c) * P.xbits + i] == 0u) {
+                        continue;
+                    }
+                    var a = acc[li];
+                    let index = read_block(blocks(), bb, c, i, jj, blk);
+                    if (P.path == PATH_AGGREGATED) {
+                        let sd = sqrt(P.sigma * P.sigma * var_[li] + P.read_sigma * P.read_sigma);
+                        a = a + sd * gaussian(seed(), t, STREAM_AGGREGATED, index.x, index.y, lane);
+                    } else if (P.read_sigma > 0.0) {
+                        a = a + P.read_sigma * gaussian(seed(), t, STREAM_READ, index.x, index.y, lane);
+                    }
+                    vals[li * MAX_PLANES + jj] = convert(a, grp.x, grp.y);
                 }
-                var a = acc[i];
-                let index = read_block(blocks(), bb, c, i, jj, blk);
-                if (P.path == PATH_AGGREGATED) {
-                    let sd = sqrt(P.sigma * P.sigma * var_[i] + P.read_sigma * P.read_sigma);
-                    a = a + sd * gaussian(seed(), t, STREAM_AGGREGATED, index.x, index.y, lane);
-                } else if (P.read_sigma > 0.0) {
-                    a = a + P.read_sigma * gaussian(seed(), t, STREAM_READ, index.x, index.y, lane);
-                }
-                vals[i * MAX_PLANES + jj] = convert(a, grp.x, grp.y);
             }
-        }
-        for (var i = 0u; i < P.xbits; i = i + 1u) {
-            for (var jj = 0u; jj < P.j; jj = jj + 1u) {
-                yv = yv + f32(1u << i) * scales[jj] * vals[i * MAX_PLANES + jj];
+            for (var li = 0u; li < planes; li = li + 1u) {
+                for (var jj = 0u; jj < P.j; jj = jj + 1u) {
+                    yv = yv + input_weight(g0 + li) * scales[jj] * vals[li * MAX_PLANES + jj];
+                }
             }
         }
     }

@@ -1,5 +1,5 @@
 //! The fast engines against the reference engine (`engine::reference`), on
-//! small layers of awkward shapes, every mapping and every noise path.
+//! small layers of awkward shapes, every mapping, input coding and noise path.
 //!
 //! All engines read the same random numbers at the same addresses, so they
 //! differ only in arithmetic: the reference sums each analog value in f64
@@ -24,7 +24,7 @@ use zebra_cim::engine::cpu::CpuEngine;
 use zebra_cim::engine::reference::ReferenceEngine;
 use zebra_cim::engine::Engine;
 use zebra_cim::experiment::plan::{NoisePath, Plan};
-use zebra_cim::model::MappingSpec;
+use zebra_cim::model::{InputCoding, MappingSpec};
 
 /// (k, n, inputs, parallelism): P = 37 with K not a multiple of P, N not a
 /// multiple of 4 or 16, a single row, a chunk of one row, N above 16.
@@ -57,31 +57,63 @@ fn noise_cases() -> Vec<(&'static str, &'static str, &'static str, NoisePath)> {
     ]
 }
 
-fn text(shape: (usize, usize, usize, usize), noise: &str, adc: &str) -> String {
+/// (input coding, input bits): unsigned inputs, and signed ones in both
+/// codings, at 8 bits (sign-magnitude: 14 planes) and at a few.
+const CODINGS: [(InputCoding, u32); 5] = [
+    (InputCoding::Unsigned, 8),
+    (InputCoding::TwosComplement, 8),
+    (InputCoding::SignMagnitude, 8),
+    (InputCoding::TwosComplement, 2),
+    (InputCoding::SignMagnitude, 3),
+];
+
+fn text(
+    shape: (usize, usize, usize, usize),
+    (coding, bits): (InputCoding, u32),
+    noise: &str,
+    adc: &str,
+) -> String {
     let (k, n, b, p) = shape;
+    let (inputs, array) = if coding.signed() {
+        (
+            "input_sign = \"signed\"".to_string(),
+            format!("signed_inputs = \"{}\"\n", coding.label()),
+        )
+    } else {
+        ("input_zero_fraction = 0.3".to_string(), String::new())
+    };
     format!(
-        "version = 1\nseed = {}\n[layer]\nk = {k}\nn = {n}\ninputs = {b}\ninput_zero_fraction = 0.3\n\
-         [array]\nparallelism = {p}\n[adc]\nbits = {adc}\ncalibrate_percentile = 95.0\n[noise]\n{noise}\n",
+        "version = 1\nseed = {}\n[layer]\nk = {k}\nn = {n}\ninputs = {b}\ninput_bits = {bits}\n{inputs}\n\
+         [array]\nparallelism = {p}\n{array}[adc]\nbits = {adc}\ncalibrate_percentile = 95.0\n[noise]\n{noise}\n",
         7 + k + n
     )
 }
 
 const TRIALS: u32 = 3;
 
-/// Every plan of the test: shape x noise case x mapping.
+/// Every plan of the test: shape x input coding x noise case x mapping.
 fn plans() -> Vec<(String, Plan)> {
     let mut out = Vec::new();
     for shape in SHAPES {
-        for (what, noise, adc, path) in noise_cases() {
-            let (params, layer) = common::point(&text(shape, noise, adc));
-            for m in MappingSpec::presets() {
-                let plan = Plan::new(&params, &layer, &m);
-                assert_eq!(plan.path, path, "{what}");
-                let label = format!(
-                    "{what} / {} / k={} n={} b={} p={}",
-                    m.name, shape.0, shape.1, shape.2, shape.3
-                );
-                out.push((label, plan));
+        for coding in CODINGS {
+            for (what, noise, adc, path) in noise_cases() {
+                let (params, layer) = common::point(&text(shape, coding, noise, adc));
+                assert_eq!(layer.coding, coding.0);
+                for m in MappingSpec::presets() {
+                    let plan = Plan::new(&params, &layer, &m);
+                    assert_eq!(plan.path, path, "{what}");
+                    let label = format!(
+                        "{what} / {} / {}-bit {} inputs / k={} n={} b={} p={}",
+                        m.name,
+                        coding.1,
+                        coding.0.label(),
+                        shape.0,
+                        shape.1,
+                        shape.2,
+                        shape.3
+                    );
+                    out.push((label, plan));
+                }
             }
         }
     }

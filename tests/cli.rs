@@ -116,6 +116,83 @@ fn rerun_resumes_finished_points_and_recomputes_missing_ones() {
     assert_eq!(strip(&redone), strip(&first));
 }
 
+/// Signed inputs from an experiment file: a sweep over how the array
+/// applies them, and a `.npy` file of two's complement values with the
+/// extreme -128; without noise and with an ideal ADC every row is exact,
+/// and a second run resumes every row.
+#[test]
+fn signed_input_experiments_run_exactly_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = fs::canonicalize("tests/data").unwrap();
+    let exp = dir.path().join("signed.toml");
+    fs::write(
+        &exp,
+        "version = 1\ntrials = 2\nmappings = [\"dense\", \"zebra\", \"csd\"]\n\
+         [layer]\nk = 40\nn = 6\ninputs = 3\ninput_sign = \"signed\"\n\
+         [array]\nparallelism = 16\n[adc]\nbits = \"ideal\"\n\
+         [sweep]\n\"array.signed_inputs\" = [\"twos-complement\", \"sign-magnitude\"]\n",
+    )
+    .unwrap();
+    let from_file = dir.path().join("signed_file.toml");
+    fs::write(
+        &from_file,
+        format!(
+            "version = 1\ntrials = 2\n[layer]\nweights_file = \"{}\"\ninputs_file = \"{}\"\n\
+             input_sign = \"signed\"\n[adc]\nbits = \"ideal\"\n",
+            data.join("w_8x4.npy").display(),
+            data.join("x_2x8_signed.npy").display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("res");
+    for (path, name, rows) in [(&exp, "signed", 6), (&from_file, "signed_file", 2)] {
+        let args = [
+            "run",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--engine",
+            "cpu",
+        ];
+        zebra()
+            .args(args)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(format!(
+                "{rows} computed, 0 resumed"
+            )));
+        zebra()
+            .args(args)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(format!(
+                "0 computed, {rows} resumed"
+            )));
+        let (header, body) = zebra_cim::io::csv::read_csv(&out.join(format!("{name}.csv")))
+            .unwrap()
+            .unwrap();
+        let col = |c: &str| header.iter().position(|h| h == c).unwrap();
+        assert_eq!(body.len(), rows);
+        for row in &body {
+            assert_eq!(
+                row[col("rmse")].parse::<f64>().unwrap(),
+                0.0,
+                "{name}: {row:?}"
+            );
+            assert!(row[col("exact_std")].parse::<f64>().unwrap() > 0.0);
+        }
+        if name == "signed" {
+            assert!(body.iter().all(|r| r[col("inputs_source")] == "uniform"));
+            // Sign-magnitude 8-bit inputs take 14 input planes: more cell-MACs.
+            let macs: Vec<u64> = body
+                .iter()
+                .map(|r| r[col("cell_macs")].parse().unwrap())
+                .collect();
+            assert_eq!(macs[3] * 8, macs[0] * 14, "{macs:?}");
+        }
+    }
+}
+
 #[test]
 fn changed_parameters_are_not_silently_overwritten() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ use zebra_cim::experiment::plan::{Counters, Plan};
 use zebra_cim::experiment::workload::Layer;
 use zebra_cim::experiment::*;
 use zebra_cim::io::csv::{columns, record};
-use zebra_cim::model::MappingSpec;
+use zebra_cim::model::{InputCoding, MappingSpec};
 use zebra_cim::sweep::output::{ResultRow, RunInfo};
 
 /// K = 4, N = 2, two input vectors of 2-bit inputs, 3-bit weights, P = 2
@@ -34,6 +34,7 @@ fn tiny(adc_bits: Option<u32>) -> (Params, Layer) {
             input_bits: 2,
             weights: WeightSource::Gaussian,
             input_source: InputSource::RectifiedGaussian { zero_fraction: 0.0 },
+            coding: InputCoding::Unsigned,
         },
         parallelism: 2,
         adc_bits,
@@ -57,6 +58,7 @@ fn tiny(adc_bits: Option<u32>) -> (Params, Layer) {
         input_bits: 2,
         w: vec![1, 0, -2, 0, 0, 0, 3, -1],
         x: vec![1, 2, 0, 0, 3, 0, 0, 1],
+        coding: InputCoding::Unsigned,
     };
     (params, layer)
 }

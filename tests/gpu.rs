@@ -101,7 +101,8 @@ fn prelude_constants_are_the_rust_values() {
         ("HIST_MIN", F32(stats::HIST_MIN as f32)),
         ("LOG10_2", F32(std::f32::consts::LOG10_2)),
         ("MAX_PLANES", U32(wgsl::MAX_PLANES as u32)),
-        ("MAX_INPUT_BITS", U32(wgsl::MAX_INPUT_BITS as u32)),
+        ("INPUT_GROUP", U32(wgsl::INPUT_GROUP as u32)),
+        ("MAX_INPUT_PLANES", U32(wgsl::MAX_INPUT_PLANES as u32)),
         ("WORKGROUP_SIZE", U32(wgsl::WORKGROUP_SIZE)),
     ]
     .into_iter()

@@ -13,7 +13,7 @@ use zebra_cim::engine::Engine;
 use zebra_cim::experiment::plan::{NoisePath, Plan};
 use zebra_cim::experiment::workload::Layer;
 use zebra_cim::experiment::*;
-use zebra_cim::model::MappingSpec;
+use zebra_cim::model::{InputCoding, MappingSpec};
 
 fn noiseless_params(
     k: usize,
@@ -35,6 +35,7 @@ fn noiseless_params(
             input_bits: xbits,
             weights: WeightSource::Gaussian,
             input_source: InputSource::RectifiedGaussian { zero_fraction: 0.3 },
+            coding: InputCoding::Unsigned,
         },
         parallelism: p,
         adc_bits: adc,
@@ -51,6 +52,27 @@ fn noiseless_params(
         energy: ENERGY_DEFAULTS,
     }
 }
+
+/// [`noiseless_params`] with signed inputs, uniform over `coding`'s range.
+#[allow(clippy::too_many_arguments)]
+fn signed_params(
+    k: usize,
+    n: usize,
+    b: usize,
+    p: usize,
+    wbits: u32,
+    xbits: u32,
+    adc: Option<u32>,
+    coding: InputCoding,
+) -> Params {
+    let mut params = noiseless_params(k, n, b, p, wbits, xbits, adc);
+    params.layer.coding = coding;
+    params.layer.input_source = InputSource::Uniform;
+    params
+}
+
+/// The signed input codings.
+const SIGNED: [InputCoding; 2] = [InputCoding::TwosComplement, InputCoding::SignMagnitude];
 
 /// Lossless ADC bits for a mapping's range at parallelism `p`.
 fn lossless_bits(m: &MappingSpec, p: usize) -> u32 {
@@ -96,6 +118,109 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Signed inputs, both codings: no noise and a lossless (or ideal) ADC
+    /// give the exact signed product for every mapping and shape, the
+    /// extreme inputs (`-2^(B-1)` in two's complement) and weights included,
+    /// on the CPU engine's paths and on the reference engine.
+    #[test]
+    fn zero_noise_is_exact_with_signed_inputs(
+        k in 1usize..90, n in 1usize..10, b in 1usize..3, p in 1usize..100,
+        wbits in 2u32..=8, xbits in 2u32..=8, twos in any::<bool>(), ideal in any::<bool>(),
+        seed in 0u64..1000, extremes in proptest::collection::vec(any::<bool>(), 4),
+    ) {
+        let coding = SIGNED[twos as usize];
+        let params = signed_params(k, n, b, p, wbits, xbits, None, coding);
+        let mut layer = Layer::build(&params.layer, seed).unwrap();
+        let q = (1i32 << (wbits - 1)) - 1;
+        let (lo, hi) = coding.range(xbits);
+        if extremes[0] { layer.w[0] = -q; }
+        if extremes[1] { *layer.w.last_mut().unwrap() = q; }
+        if extremes[2] { layer.x[0] = lo; }
+        if extremes[3] { *layer.x.last_mut().unwrap() = hi; }
+        prop_assert!(layer.x.iter().all(|v| (lo..=hi).contains(v)));
+        for m in MappingSpec::presets() {
+            let mut params = params.clone();
+            params.adc_bits = if ideal { None } else { Some(lossless_bits(&m, p)) };
+            let plan = Plan::new(&params, &layer, &m);
+            prop_assert_eq!(&plan.exact, &layer.exact());
+            for path in [NoisePath::Analytic, NoisePath::Aggregated, NoisePath::PerCellStatic, NoisePath::PerCellDynamic] {
+                let plan = plan.with_path(path);
+                let engines: [Box<dyn Engine>; 2] = [Box::new(CpuEngine::new()), Box::new(ReferenceEngine::new())];
+                for mut engine in engines {
+                    let y = engine.outputs(&plan, 0).unwrap();
+                    let bad: Vec<(usize, f64, i64)> = y.iter().zip(&plan.exact).enumerate().filter(|(_, (y, e))| **y != **e as f64).map(|(i, (y, e))| (i, *y, *e)).take(5).collect();
+                    prop_assert!(bad.is_empty(), "{} engine, {:?}, mapping {} path {:?} k={} n={} p={}: first outputs (index, y, exact) {:?}", engine.name(), coding, m.name, path, k, n, p, bad);
+                }
+            }
+        }
+    }
+}
+
+/// The exact product is that of the signed values: check it by hand on a
+/// small layer.
+#[test]
+fn signed_exact_product_is_that_of_the_values() {
+    for coding in SIGNED {
+        let params = signed_params(3, 2, 2, 2, 4, 4, None, coding);
+        let mut layer = Layer::build(&params.layer, 1).unwrap();
+        layer.w = vec![1, -2, 3, 4, -5, 6];
+        layer.x = vec![-7, 2, 5, 7, -1, 0];
+        assert_eq!(
+            layer.exact(),
+            vec![-7 + 6 - 25, 14 + 8 + 30, 7 - 3, -14 - 4]
+        );
+    }
+}
+
+/// Skipping all-zero input planes sees the plane patterns: a chunk of
+/// non-negative inputs drives no negative sign-magnitude plane and no top
+/// two's complement plane, so those planes are skipped, and a chunk of
+/// non-positive ones drives no positive sign-magnitude plane.
+#[test]
+fn all_zero_signed_input_planes_are_skipped() {
+    let (k, p, bits) = (8, 4, 4u32);
+    for coding in SIGNED {
+        let params = signed_params(k, 3, 1, p, 8, bits, Some(8), coding);
+        let mut layer = Layer::build(&params.layer, 2).unwrap();
+        // Chunk 0 non-negative, chunk 1 non-positive.
+        layer.x = vec![0, 3, 7, 1, -1, -7, 0, -4];
+        for mapping in ["zebra", "dense"] {
+            let plan = common::plan(&params, &layer, mapping);
+            let skip = plan.mapping.skip_zero_inputs;
+            let xb = plan.xbits;
+            for c in 0..2 {
+                for i in 0..xb {
+                    let driven = (c * p..(c + 1) * p).any(|kk| plan.x[kk] >> i & 1 == 1);
+                    assert_eq!(
+                        plan.row_active[c * xb + i],
+                        driven || !skip,
+                        "{coding:?} {mapping} chunk {c} plane {i}"
+                    );
+                }
+            }
+            let top = bits as usize - 1;
+            let negative_planes = match coding {
+                InputCoding::SignMagnitude => top..2 * top,
+                _ => top..top + 1,
+            };
+            for i in negative_planes {
+                assert!(!skip || !plan.row_active[i], "{coding:?} chunk 0 plane {i}");
+            }
+            if coding == InputCoding::SignMagnitude {
+                for i in 0..top {
+                    assert!(!skip || !plan.row_active[xb + i], "chunk 1 plane {i}");
+                }
+            }
+            let y = CpuEngine::new().outputs(&plan, 0).unwrap();
+            let exact: Vec<f64> = plan.exact.iter().map(|&e| e as f64).collect();
+            assert_eq!(y, exact, "{coding:?} {mapping}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The shared physics list: every check below runs on every engine through
 // `physics_tests!` (reference, cpu, gpu; the gpu instantiation skips with a
@@ -114,6 +239,10 @@ macro_rules! physics_tests {
                 dynamic_cell_noise_matches_closed_form_per_cell_and_aggregated,
                 read_noise_matches_closed_form,
                 zero_noise_is_exact_for_every_mapping_and_path,
+                zero_noise_is_exact_with_signed_inputs_on_every_path,
+                static_cell_noise_with_signed_inputs_matches_closed_form,
+                dynamic_cell_noise_with_signed_inputs_matches_closed_form,
+                read_noise_with_signed_inputs_matches_closed_form,
                 same_seed_same_result_and_trial_ranges_split_or_whole,
                 stuck_at_faults_shift_the_mean_by_their_rates,
                 leak_bias_matches_its_expectation,
@@ -195,10 +324,42 @@ fn assert_variances(what: &str, sim: &[f64], theory: &[f64], trials: usize) {
 const TRIALS: u32 = 3000;
 
 fn noisy(mode: &str, sampling: &str, cell: f64, read: f64) -> String {
+    noisy_coded(InputCoding::Unsigned, mode, sampling, cell, read)
+}
+
+/// [`noisy`] with inputs applied by `coding` (signed ones uniform over its range).
+fn noisy_coded(coding: InputCoding, mode: &str, sampling: &str, cell: f64, read: f64) -> String {
+    let inputs = if coding.signed() {
+        format!(
+            "input_sign = \"signed\"\n[array]\nsigned_inputs = \"{}\"\n",
+            coding.label()
+        )
+    } else {
+        "input_zero_fraction = 0.2\n[array]\n".to_string()
+    };
     format!(
-        "version = 1\nseed = 11\n[layer]\nk = 70\nn = 12\ninputs = 1\ninput_zero_fraction = 0.2\n[array]\nparallelism = 32\n\
+        "version = 1\nseed = 11\n[layer]\nk = 70\nn = 12\ninputs = 1\n{inputs}parallelism = 32\n\
          [adc]\nbits = \"ideal\"\n[noise]\ncell_sigma = {cell}\nmode = \"{mode}\"\nsampling = \"{sampling}\"\nread_sigma = {read}\n"
     )
+}
+
+/// Input `k` of vector `b`: its plane pattern weighted by the input planes.
+fn input_value(plan: &Plan, b: usize, k: usize) -> f64 {
+    let x = plan.x[b * plan.k + k];
+    (0..plan.xbits)
+        .filter(|i| (x >> i) & 1 == 1)
+        .map(|i| plan.input_weights[i] as f64)
+        .sum()
+}
+
+/// `sum_i x_i^2 bit_i` of input `k` of vector `b` (`4^i` per set bit for
+/// unsigned inputs): what dynamic noise weighs its row by.
+fn input_energy(plan: &Plan, b: usize, k: usize) -> f64 {
+    let x = plan.x[b * plan.k + k];
+    (0..plan.xbits)
+        .filter(|i| (x >> i) & 1 == 1)
+        .map(|i| (plan.input_weights[i] as f64).powi(2))
+        .sum()
 }
 
 fn simulate(engine: &mut dyn Engine, plan: &Plan, trials: u32) -> Vec<f32> {
@@ -216,22 +377,42 @@ fn plane_energy(plan: &Plan, k: usize, n: usize) -> f64 {
 }
 
 fn static_cell_noise_matches_closed_form(engine: &mut dyn Engine) {
+    static_cell_noise(engine, InputCoding::Unsigned);
+}
+
+fn static_cell_noise_with_signed_inputs_matches_closed_form(engine: &mut dyn Engine) {
+    for coding in SIGNED {
+        static_cell_noise(engine, coding);
+    }
+}
+
+/// `Var(e_n) = cell_sigma^2 sum_k x_k^2 sum_j s_j^2 |d_kjn|`, `x_k` the
+/// (signed) input value.
+fn static_cell_noise(engine: &mut dyn Engine, coding: InputCoding) {
     let sigma = 0.05f64;
-    let (params, layer) = common::point(&noisy("static", "auto", sigma, 0.0));
+    let (params, layer) = common::point(&noisy_coded(coding, "static", "auto", sigma, 0.0));
     for mapping in ["dense", "zebra"] {
         let plan = common::plan(&params, &layer, mapping);
         assert_eq!(plan.path, NoisePath::PerCellStatic);
+        assert_eq!(plan.coding, coding);
+        for k in 0..plan.k {
+            assert_eq!(
+                input_value(&plan, 0, k),
+                layer.x[k] as f64,
+                "{coding:?} input {k}"
+            );
+        }
         let theory: Vec<f64> = (0..plan.n)
             .map(|n| {
                 sigma
                     * sigma
                     * (0..plan.k)
-                        .map(|k| (plan.x[k] as f64).powi(2) * plane_energy(&plan, k, n))
+                        .map(|k| (layer.x[k] as f64).powi(2) * plane_energy(&plan, k, n))
                         .sum::<f64>()
             })
             .collect();
         assert_variances(
-            &format!("static {mapping}"),
+            &format!("static {mapping} {coding:?}"),
             &column_variances(&simulate(engine, &plan, TRIALS), plan.n),
             &theory,
             TRIALS as usize,
@@ -240,9 +421,22 @@ fn static_cell_noise_matches_closed_form(engine: &mut dyn Engine) {
 }
 
 fn dynamic_cell_noise_matches_closed_form_per_cell_and_aggregated(engine: &mut dyn Engine) {
+    dynamic_cell_noise(engine, InputCoding::Unsigned);
+}
+
+fn dynamic_cell_noise_with_signed_inputs_matches_closed_form(engine: &mut dyn Engine) {
+    for coding in SIGNED {
+        dynamic_cell_noise(engine, coding);
+    }
+}
+
+/// `Var(e_n) = cell_sigma^2 sum_k sum_i x_i^2 x_k^(i) sum_j s_j^2 |d_kjn|`,
+/// `x_i` input plane `i`'s weight (`2^i` for unsigned inputs), per cell and
+/// aggregated.
+fn dynamic_cell_noise(engine: &mut dyn Engine, coding: InputCoding) {
     let sigma = 0.05f64;
     for sampling in ["per-cell", "aggregated"] {
-        let (params, layer) = common::point(&noisy("dynamic", sampling, sigma, 0.0));
+        let (params, layer) = common::point(&noisy_coded(coding, "dynamic", sampling, sigma, 0.0));
         for mapping in ["dense", "zebra"] {
             let plan = common::plan(&params, &layer, mapping);
             let theory: Vec<f64> = (0..plan.n)
@@ -250,18 +444,11 @@ fn dynamic_cell_noise_matches_closed_form_per_cell_and_aggregated(engine: &mut d
                     sigma
                         * sigma
                         * (0..plan.k)
-                            .map(|k| {
-                                let x = plan.x[k];
-                                let bits: f64 = (0..plan.xbits)
-                                    .filter(|i| (x >> i) & 1 == 1)
-                                    .map(|i| 4f64.powi(i as i32))
-                                    .sum();
-                                bits * plane_energy(&plan, k, n)
-                            })
+                            .map(|k| input_energy(&plan, 0, k) * plane_energy(&plan, k, n))
                             .sum::<f64>()
                 })
                 .collect();
-            let what = format!("dynamic {sampling} {mapping}");
+            let what = format!("dynamic {sampling} {mapping} {coding:?}");
             assert_variances(
                 &what,
                 &column_variances(&simulate(engine, &plan, TRIALS), plan.n),
@@ -273,8 +460,19 @@ fn dynamic_cell_noise_matches_closed_form_per_cell_and_aggregated(engine: &mut d
 }
 
 fn read_noise_matches_closed_form(engine: &mut dyn Engine) {
+    read_noise(engine, InputCoding::Unsigned);
+}
+
+fn read_noise_with_signed_inputs_matches_closed_form(engine: &mut dyn Engine) {
+    for coding in SIGNED {
+        read_noise(engine, coding);
+    }
+}
+
+/// `Var(e_n) = read_sigma^2 sum_{converted (c,i,j)} x_i^2 s_j^2`.
+fn read_noise(engine: &mut dyn Engine, coding: InputCoding) {
     let read = 0.3f64;
-    let (params, layer) = common::point(&noisy("static", "auto", 0.0, read));
+    let (params, layer) = common::point(&noisy_coded(coding, "static", "auto", 0.0, read));
     for mapping in ["dense", "zebra"] {
         let plan = common::plan(&params, &layer, mapping);
         let theory: Vec<f64> = (0..plan.n)
@@ -287,7 +485,7 @@ fn read_noise_matches_closed_form(engine: &mut dyn Engine) {
                         }
                         for j in 0..plan.j {
                             if plan.converted[plan.group(c, j, n)] {
-                                v += 4f64.powi(i as i32) * (plan.scales[j] as f64).powi(2);
+                                v += (plan.input_weights[i] as f64 * plan.scales[j] as f64).powi(2);
                             }
                         }
                     }
@@ -296,7 +494,7 @@ fn read_noise_matches_closed_form(engine: &mut dyn Engine) {
             })
             .collect();
         assert_variances(
-            &format!("read {mapping}"),
+            &format!("read {mapping} {coding:?}"),
             &column_variances(&simulate(engine, &plan, TRIALS), plan.n),
             &theory,
             TRIALS as usize,
@@ -347,6 +545,57 @@ fn zero_noise_is_exact_for_every_mapping_and_path(engine: &mut dyn Engine) {
                         "{} {path:?} adc {adc:?} k={k} n={n} p={p}: first errors (index, e) {bad:?}",
                         m.name
                     );
+                }
+            }
+        }
+    }
+}
+
+/// [`zero_noise_is_exact_for_every_mapping_and_path`] with signed inputs in
+/// both codings, the extreme values at both ends (8-bit sign-magnitude
+/// inputs take 14 planes: two of the GPU kernels' groups of eight).
+fn zero_noise_is_exact_with_signed_inputs_on_every_path(engine: &mut dyn Engine) {
+    for (k, n, b, p, wbits, xbits) in [
+        (1, 1, 1, 1, 2, 2),
+        (65, 7, 2, 13, 8, 8),
+        (80, 9, 2, 37, 5, 3),
+        (130, 5, 3, 64, 8, 6),
+    ] {
+        for coding in SIGNED {
+            let params = signed_params(k, n, b, p, wbits, xbits, None, coding);
+            let mut layer = Layer::build(&params.layer, k as u64).unwrap();
+            let q = (1i32 << (wbits - 1)) - 1;
+            let (lo, hi) = coding.range(xbits);
+            layer.w[0] = -q;
+            *layer.w.last_mut().unwrap() = q;
+            layer.x[0] = lo;
+            *layer.x.last_mut().unwrap() = hi;
+            for m in MappingSpec::presets() {
+                for adc in [None, Some(lossless_bits(&m, p))] {
+                    let mut params = params.clone();
+                    params.adc_bits = adc;
+                    let plan = Plan::new(&params, &layer, &m);
+                    for path in [
+                        NoisePath::Analytic,
+                        NoisePath::Aggregated,
+                        NoisePath::PerCellStatic,
+                        NoisePath::PerCellDynamic,
+                    ] {
+                        let plan = plan.with_path(path);
+                        let raw = simulate(engine, &plan, 2);
+                        let bad: Vec<(usize, f32)> = raw
+                            .iter()
+                            .cloned()
+                            .enumerate()
+                            .filter(|(_, e)| *e != 0.0)
+                            .take(5)
+                            .collect();
+                        assert!(
+                            bad.is_empty(),
+                            "{coding:?} {} {path:?} adc {adc:?} k={k} n={n} p={p}: first errors (index, e) {bad:?}",
+                            m.name
+                        );
+                    }
                 }
             }
         }

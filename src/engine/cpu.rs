@@ -683,7 +683,8 @@ fn gaussian_row(addr: &Address, first: u64, nb: usize, z: &mut Vec<f32>) {
     addr.fill_gaussian(first, &mut z[..nb * 4]);
 }
 
-/// Simulates one trial; leaves `y = sum 2^i s_j value` in `s.y`, `[b][n]`.
+/// Simulates one trial; leaves `y = sum x_i s_j value` in `s.y`, `[b][n]` (`x_i`
+/// the input plane weight).
 fn simulate_trial(plan: &Plan, shared: &Shared, trial: u32, s: &mut Scratch) {
     s.y.clear();
     s.y.resize(plan.b * plan.n, 0.0);
@@ -782,7 +783,7 @@ fn analytic_trial(plan: &Plan, shared: &Shared, moments: Moments, trial: u32, s:
                     for nn in 0..n {
                         acc[nn] = m[nn] + d[nn] * z[nn];
                     }
-                    let scale = (1u64 << i) as f64 * plan.scales[jj] as f64;
+                    let scale = plan.input_weights[i] as f64 * plan.scales[jj] as f64;
                     convert_row(
                         plan,
                         shared,
@@ -948,7 +949,7 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
                     c,
                     &mut s.acc,
                     &mut s.y[b * n..(b + 1) * n],
-                    (1u64 << i) as f64,
+                    plan.input_weights[i] as f64,
                 );
             }
         }

@@ -3,7 +3,7 @@
 //! and reduces errors to moments and histogram bins on the device, so only
 //! summaries cross the bus unless raw errors are asked for.
 
-use super::wgsl::{self, binding, Access, BINDINGS, MAX_INPUT_BITS, MAX_PLANES, WORKGROUP_SIZE};
+use super::wgsl::{self, binding, Access, BINDINGS, MAX_INPUT_PLANES, MAX_PLANES, WORKGROUP_SIZE};
 use super::{block_layout, Engine};
 use crate::engine::stats::{Batch, TrialMoments, BINS};
 use crate::error::{Error, Result};
@@ -41,6 +41,9 @@ pub struct Params {
     pub top: f32,
     pub pad0: u32,
     pub pad1: u32,
+    /// The digital weight of each input plane (`plan.input_weights`), zero
+    /// past the plan's planes.
+    pub xweight: [[f32; 4]; MAX_INPUT_PLANES / 4],
 }
 
 /// One probe answer: four words, four Gaussians, and `(hi, lo)` of a product.
@@ -686,6 +689,7 @@ impl GpuEngine {
             top: plan.adc.bits.map_or(0.0, crate::model::Adc::top),
             pad0: 0,
             pad1: 0,
+            xweight: input_weights(plan),
         }
     }
 
@@ -712,13 +716,24 @@ impl GpuEngine {
     }
 }
 
-/// Refuses a plan beyond what the kernels hold: more planes or input bits
-/// than their register arrays, or random rows numbered past 32 bits (the
-/// WGSL block-index formulas number rows in 32 bits).
+/// The input plane weights as the kernels' `Params::xweight` (exact in
+/// f32: signed powers of two below 2^8).
+fn input_weights(plan: &Plan) -> [[f32; 4]; MAX_INPUT_PLANES / 4] {
+    let mut out = [[0f32; 4]; MAX_INPUT_PLANES / 4];
+    for (i, &w) in plan.input_weights.iter().enumerate() {
+        out[i / 4][i % 4] = w as f32;
+    }
+    out
+}
+
+/// Refuses a plan beyond what the kernels hold: more digit planes than
+/// their register arrays, more input planes than `Params` has weights for,
+/// or random rows numbered past 32 bits (the WGSL block-index formulas
+/// number rows in 32 bits).
 fn check_limits(plan: &Plan) -> Result<()> {
-    if plan.j > MAX_PLANES || plan.xbits > MAX_INPUT_BITS {
+    if plan.j > MAX_PLANES || plan.xbits > MAX_INPUT_PLANES {
         return Err(Error::Gpu(format!(
-            "the GPU kernels handle at most {MAX_PLANES} digit planes and {MAX_INPUT_BITS} input bits, this plan has {} and {}; use --engine cpu",
+            "the GPU kernels handle at most {MAX_PLANES} digit planes and {MAX_INPUT_PLANES} input planes, this plan has {} and {}; use --engine cpu",
             plan.j, plan.xbits
         )));
     }

@@ -8,7 +8,8 @@
 //! f32 parameters and Box-Muller draws), so it is the model's `A` up to f64
 //! rounding. The model defines the ADC in f32 (`model::Adc::convert`), so
 //! `A` is rounded to f32 once, at the ADC's input, and converted there. The
-//! digital sum `y = sum 2^i s_j value` is f64, as in the model. The fast
+//! digital sum `y = sum x_i s_j value` is f64 (`x_i` the input plane's
+//! weight, `plan.input_weights`), as in the model. The fast
 //! CPU engine differs only in that it sums `A` in f32, term by term.
 //!
 //! Random numbers. Every draw is read at the address in docs/MODEL.md's
@@ -242,7 +243,8 @@ fn simulate_trial(plan: &Plan, trial: u32) -> Vec<f64> {
                         }
                         // The ADC is defined in f32: A is rounded once, here.
                         let value = plan.adc.convert(a as f32, plan.lo[g], plan.hi[g]) as f64;
-                        y[b * n_cols + n] += (1u64 << i) as f64 * plan.scales[j] as f64 * value;
+                        y[b * n_cols + n] +=
+                            plan.input_weights[i] as f64 * plan.scales[j] as f64 * value;
                     }
                 }
             }

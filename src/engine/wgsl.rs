@@ -21,9 +21,13 @@ pub const PROBE_WGSL: &str = include_str!("../../shaders/probe.wgsl");
 /// keeps a chunk's conversion values `[input bit][plane]` in registers).
 /// `layer.weight_bits <= 8` keeps every encoding within it.
 pub const MAX_PLANES: usize = 8;
-/// Input bits the kernels handle (`simulate` splits them into two vec4s).
-/// `layer.input_bits <= 8` keeps every workload within it.
-pub const MAX_INPUT_BITS: usize = 8;
+/// Input planes one pass of a kernel holds (`simulate` splits them into two
+/// vec4s); more planes take more passes.
+pub const INPUT_GROUP: usize = 8;
+/// Input planes the kernels handle (the weights in `Params::xweight`), a
+/// multiple of four. `layer.input_bits <= 8` keeps every input coding within
+/// it (sign-magnitude: 14 planes).
+pub const MAX_INPUT_PLANES: usize = 16;
 /// Threads per workgroup of every kernel but `reduce` (whose size is its own).
 pub const WORKGROUP_SIZE: u32 = 64;
 
@@ -173,7 +177,8 @@ pub fn prelude() -> String {
     u32_const("HIST_BINS", stats::BINS as u32);
     // Limits.
     u32_const("MAX_PLANES", MAX_PLANES as u32);
-    u32_const("MAX_INPUT_BITS", MAX_INPUT_BITS as u32);
+    u32_const("INPUT_GROUP", INPUT_GROUP as u32);
+    u32_const("MAX_INPUT_PLANES", MAX_INPUT_PLANES as u32);
     u32_const("WORKGROUP_SIZE", WORKGROUP_SIZE);
     writeln!(
         out,
@@ -262,5 +267,19 @@ mod tests {
         ] {
             assert!(plane_count(e, 8) <= MAX_PLANES, "{e:?}");
         }
+    }
+
+    #[test]
+    fn every_input_coding_fits_the_input_plane_limit() {
+        use crate::model::InputCoding;
+        // `layer.input_bits` is at most 8.
+        for c in [
+            InputCoding::Unsigned,
+            InputCoding::TwosComplement,
+            InputCoding::SignMagnitude,
+        ] {
+            assert!(c.planes(8) <= MAX_INPUT_PLANES, "{c:?}");
+        }
+        assert_eq!(MAX_INPUT_PLANES % 4, 0);
     }
 }

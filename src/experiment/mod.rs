@@ -6,7 +6,7 @@ pub mod plan;
 pub mod workload;
 
 use crate::error::{Error, Result};
-use crate::model::MappingSpec;
+use crate::model::{InputCoding, MappingSpec};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -107,8 +107,9 @@ struct RawLayer {
     weights: String,
     weights_file: Option<PathBuf>,
     inputs_file: Option<PathBuf>,
-    #[serde(default = "default_zero_fraction")]
-    input_zero_fraction: f64,
+    input_zero_fraction: Option<f64>,
+    #[serde(default = "default_input_sign")]
+    input_sign: String,
 }
 
 impl Default for RawLayer {
@@ -126,8 +127,8 @@ fn default_bits() -> i64 {
 fn default_weights() -> String {
     "gaussian".into()
 }
-fn default_zero_fraction() -> f64 {
-    0.5
+fn default_input_sign() -> String {
+    "unsigned".into()
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -135,14 +136,20 @@ fn default_zero_fraction() -> f64 {
 struct RawArray {
     #[serde(default = "default_parallelism")]
     parallelism: i64,
+    #[serde(default = "default_signed_inputs")]
+    signed_inputs: String,
 }
 
 impl Default for RawArray {
     fn default() -> Self {
         RawArray {
             parallelism: default_parallelism(),
+            signed_inputs: default_signed_inputs(),
         }
     }
+}
+fn default_signed_inputs() -> String {
+    "twos-complement".into()
 }
 fn default_parallelism() -> i64 {
     128
@@ -313,10 +320,13 @@ pub enum WeightSource {
 /// Where the inputs come from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum InputSource {
-    /// Rectified Gaussian with this fraction of exact zeros, scaled so the largest maps to 2^Bx-1.
+    /// Rectified Gaussian with this fraction of exact zeros, scaled so the
+    /// largest maps to 2^Bx-1 (unsigned inputs).
     RectifiedGaussian {
         zero_fraction: f64,
     },
+    /// Uniform over the input coding's range (signed inputs).
+    Uniform,
     File(PathBuf),
 }
 
@@ -332,6 +342,9 @@ pub struct LayerParams {
     pub input_bits: u32,
     pub weights: WeightSource,
     pub input_source: InputSource,
+    /// How the array applies the inputs: `Unsigned` for unsigned inputs,
+    /// `[array] signed_inputs` for signed ones.
+    pub coding: InputCoding,
 }
 
 /// Noise of one sweep point.
@@ -872,7 +885,7 @@ fn resolve_params(
         None => in_range("trials", raw.trials, 1, 100_000_000)? as u32,
     };
     let seed = o.seed.unwrap_or(raw.seed);
-    let layer = resolve_layer(&raw.layer, base_dir)?;
+    let layer = resolve_layer(&raw.layer, &raw.array, base_dir)?;
     let parallelism = in_range("array.parallelism", raw.array.parallelism, 1, 1 << 20)? as usize;
     let adc_bits = match &raw.adc.bits {
         RawBits::Bits(b) if (1..=16).contains(b) => Some(*b as u32),
@@ -921,10 +934,38 @@ fn resolve_params(
     })
 }
 
-/// The `[layer]` section, its files relative to the experiment file.
-fn resolve_layer(l: &RawLayer, base_dir: &Path) -> std::result::Result<LayerParams, String> {
+/// The `[layer]` section, its files relative to the experiment file, and
+/// how `[array]` applies its inputs.
+fn resolve_layer(
+    l: &RawLayer,
+    a: &RawArray,
+    base_dir: &Path,
+) -> std::result::Result<LayerParams, String> {
     let weight_bits = in_range("layer.weight_bits", l.weight_bits, 2, 8)? as u32;
+    let signed_coding = match a.signed_inputs.as_str() {
+        "twos-complement" => InputCoding::TwosComplement,
+        "sign-magnitude" => InputCoding::SignMagnitude,
+        other => {
+            return Err(format!(
+                "`array.signed_inputs` must be \"twos-complement\" or \"sign-magnitude\", got \"{other}\""
+            ))
+        }
+    };
+    let coding = match l.input_sign.as_str() {
+        "unsigned" => InputCoding::Unsigned,
+        "signed" => signed_coding,
+        other => {
+            return Err(format!(
+                "`layer.input_sign` must be \"unsigned\" or \"signed\", got \"{other}\""
+            ))
+        }
+    };
     let input_bits = in_range("layer.input_bits", l.input_bits, 1, 8)? as u32;
+    if coding.signed() && input_bits < 2 {
+        return Err(format!(
+            "`layer.input_bits` must be 2..=8 for signed inputs (`layer.input_sign = \"signed\"`), got {input_bits}"
+        ));
+    }
     let weights = match &l.weights_file {
         Some(p) => WeightSource::File(base_dir.join(p)),
         None => match l.weights.as_str() {
@@ -935,15 +976,19 @@ fn resolve_layer(l: &RawLayer, base_dir: &Path) -> std::result::Result<LayerPara
     };
     let input_source = match &l.inputs_file {
         Some(p) => InputSource::File(base_dir.join(p)),
+        None if coding.signed() => InputSource::Uniform,
         None => InputSource::RectifiedGaussian {
             zero_fraction: finite_range(
                 "layer.input_zero_fraction",
-                l.input_zero_fraction,
+                l.input_zero_fraction.unwrap_or(0.5),
                 0.0,
                 1.0,
             )?,
         },
     };
+    if let (Some(_), InputSource::Uniform) = (l.input_zero_fraction, &input_source) {
+        return Err("`layer.input_zero_fraction` shapes unsigned synthetic inputs only; signed synthetic inputs are uniform over the coding's range (remove it, or give `layer.inputs_file`)".into());
+    }
     let dim = |key: &str, v: Option<i64>, default: i64| -> std::result::Result<usize, String> {
         Ok(in_range(key, v.unwrap_or(default), 1, 1 << 20)? as usize)
     };
@@ -955,6 +1000,7 @@ fn resolve_layer(l: &RawLayer, base_dir: &Path) -> std::result::Result<LayerPara
         input_bits,
         weights,
         input_source,
+        coding,
     })
 }
 

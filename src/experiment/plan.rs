@@ -6,7 +6,7 @@
 
 use crate::experiment::workload::Layer;
 use crate::experiment::{NoiseMode, NoiseParams, Params, Sampling};
-use crate::model::{encode_planes, Adc, AdcRange, MappingSpec};
+use crate::model::{encode_planes, Adc, AdcRange, InputCoding, MappingSpec};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How the engines draw cell noise for a plan.
@@ -146,7 +146,14 @@ pub struct PlanData {
     pub n: usize,
     /// Input vectors per trial.
     pub b: usize,
+    /// Input planes: `coding.planes(input_bits)`.
     pub xbits: usize,
+    /// Bits of the input values.
+    pub input_bits: u32,
+    /// How the array applies the inputs.
+    pub coding: InputCoding,
+    /// Digital weight of each input plane `[xbits]`: `coding.plane_weight`.
+    pub input_weights: Vec<i64>,
     /// Planes.
     pub j: usize,
     /// Rows per chunk (design parallelism).
@@ -161,7 +168,8 @@ pub struct PlanData {
     pub digits: Vec<i8>,
     /// The digit a stuck-at-1 cell takes, `[k][n]`.
     pub sa1_digit: Vec<i8>,
-    /// Inputs `[b][k]`.
+    /// Input plane patterns `[b][k]`: bit `i` drives the row in input plane
+    /// `i` (`coding.pattern` of the input values).
     pub x: Vec<u32>,
     /// Input bit masks `[b][i][words]`.
     pub xmask: Vec<u64>,
@@ -412,7 +420,14 @@ pub fn popcount_and(a: &[u64], b: &[u64], cw: &[(usize, u64)]) -> u32 {
         .sum()
 }
 
-/// Input bit masks `[b][i][words]` of inputs `x` `[b][k]`.
+/// The plane patterns of input values `x` under `coding` (see
+/// [`InputCoding::pattern`]).
+pub fn input_patterns(coding: InputCoding, bits: u32, x: &[i32]) -> Vec<u32> {
+    use rayon::prelude::*;
+    x.par_iter().map(|&v| coding.pattern(bits, v)).collect()
+}
+
+/// Input bit masks `[b][i][words]` of input plane patterns `x` `[b][k]`.
 pub fn input_masks(x: &[u32], k: usize, xbits: usize) -> Vec<u64> {
     use rayon::prelude::*;
     let words = k.div_ceil(64);
@@ -477,14 +492,16 @@ impl Plan {
     /// Builds the plan of one mapping at one sweep point.
     pub fn new(params: &Params, layer: &Layer, mapping: &MappingSpec) -> Plan {
         let (k, n, b) = (layer.k, layer.n, layer.inputs);
-        let xbits = layer.input_bits as usize;
+        let coding = layer.coding;
+        let xbits = coding.planes(layer.input_bits);
+        let x = input_patterns(coding, layer.input_bits, &layer.x);
         let planes = encode_planes(mapping.encoding, layer.weight_bits, &layer.w, k, n);
         let j = planes.count();
         let p = params.parallelism;
         let chunks = k.div_ceil(p);
         let words = k.div_ceil(64);
         let masks = Masks::new(&planes.digits, j, k, n, p);
-        let xmask = input_masks(&layer.x, k, xbits);
+        let xmask = input_masks(&x, k, xbits);
         let mut groups = Groups::design(&masks, mapping, chunks, j, n, p);
         let row_active = active_rows(&xmask, b, k, p, xbits, mapping.skip_zero_inputs);
         let mut counters = Counters {
@@ -514,6 +531,9 @@ impl Plan {
             n,
             b,
             xbits,
+            input_bits: layer.input_bits,
+            coding,
+            input_weights: coding.plane_weights(layer.input_bits),
             j,
             p,
             chunks,
@@ -523,7 +543,7 @@ impl Plan {
             scales: planes.scales,
             digits: planes.digits,
             sa1_digit: sa1_digits(&layer.w, mapping),
-            x: layer.x.clone(),
+            x,
             xmask,
             lo: groups.lo,
             hi: groups.hi,
@@ -540,17 +560,19 @@ impl Plan {
         })
     }
 
-    /// The same arrays (weights, mapping, ADC ranges, noise, seed) driven by
-    /// other inputs `x` `[b][k]`: what a network layer sees on each pass.
+    /// The same arrays (weights, mapping, ADC ranges, noise, seed, input
+    /// coding) driven by other input values `x` `[b][k]`: what a network
+    /// layer sees on each pass.
     /// ADC ranges stay as built (calibrated ranges keep their calibration
     /// inputs); the cost counters count conversions but not active reads.
     /// The exact product is not computed (`exact` is empty): such a plan is
     /// for [`Engine::outputs`](crate::engine::Engine::outputs), which does
     /// not need it, not for error statistics.
-    pub fn with_inputs(&self, x: Vec<u32>) -> Plan {
+    pub fn with_inputs(&self, x: Vec<i32>) -> Plan {
         let (k, n, j) = (self.k, self.n, self.j);
         let b = x.len() / k;
         assert_eq!(b * k, x.len(), "inputs must be whole vectors of K");
+        let x = input_patterns(self.coding, self.input_bits, &x);
         let xmask = input_masks(&x, k, self.xbits);
         let row_active = active_rows(
             &xmask,
@@ -588,6 +610,9 @@ impl Plan {
             n,
             b,
             xbits: self.xbits,
+            input_bits: self.input_bits,
+            coding: self.coding,
+            input_weights: self.input_weights.clone(),
             j,
             p: self.p,
             chunks: self.chunks,

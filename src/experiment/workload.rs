@@ -4,8 +4,10 @@ use crate::error::Result;
 use crate::experiment::{InputSource, LayerParams, Point, WeightSource};
 use crate::io::npy::{check_values, npy_err, read_npy_ints, read_weights};
 use crate::model::rng::{self, Address};
+use crate::model::InputCoding;
 
-/// An integer layer: `w` is `[k][n]`, `x` is `[inputs][k]`.
+/// An integer layer: `w` is `[k][n]`, `x` is `[inputs][k]`, values within
+/// `coding.range(input_bits)`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Layer {
     pub k: usize,
@@ -14,7 +16,9 @@ pub struct Layer {
     pub weight_bits: u32,
     pub input_bits: u32,
     pub w: Vec<i32>,
-    pub x: Vec<u32>,
+    pub x: Vec<i32>,
+    /// How the array applies the inputs.
+    pub coding: InputCoding,
 }
 
 impl Layer {
@@ -27,7 +31,7 @@ impl Layer {
     /// on `seed` and the layer parameters.
     pub fn build(p: &LayerParams, seed: u64) -> Result<Layer> {
         let qmax = (1i32 << (p.weight_bits - 1)) - 1;
-        let xmax = (1u32 << p.input_bits) - 1;
+        let (xmin, xmax) = p.coding.range(p.input_bits);
         let mut k = p.k;
         let mut n = p.n;
         let w = match &p.weights {
@@ -57,19 +61,23 @@ impl Layer {
                         format!("inputs have K = {kk} but the weights have K = {k} rows"),
                     ));
                 }
-                check_values(
-                    path,
-                    &data,
-                    0,
-                    xmax as i64,
-                    &format!("{}-bit inputs", p.input_bits),
-                )?;
-                (b, data.into_iter().map(|v| v as u32).collect())
+                let what = format!("{}-bit {} inputs", p.input_bits, p.coding.label());
+                if let Some((i, v)) = data.iter().enumerate().find(|(_, &v)| v < 0) {
+                    if !p.coding.signed() {
+                        return Err(npy_err(
+                            path,
+                            format!("element {i} is {v}; {what} must be in [0, {xmax}]; negative inputs need `layer.input_sign = \"signed\"`"),
+                        ));
+                    }
+                }
+                check_values(path, &data, xmin as i64, xmax as i64, &what)?;
+                (b, data.into_iter().map(|v| v as i32).collect())
             }
             InputSource::RectifiedGaussian { zero_fraction } => (
                 p.inputs,
-                synthetic_inputs(p.inputs, k, *zero_fraction, xmax, seed),
+                synthetic_inputs(p.inputs, k, *zero_fraction, xmax as u32, seed),
             ),
+            InputSource::Uniform => (p.inputs, uniform_inputs(p.inputs, k, xmin, xmax, seed)),
         };
         Ok(Layer {
             k,
@@ -79,6 +87,7 @@ impl Layer {
             input_bits: p.input_bits,
             w,
             x,
+            coding: p.coding,
         })
     }
 }
@@ -148,7 +157,7 @@ fn synthetic_weights(p: &LayerParams, seed: u64, qmax: i32) -> Vec<i32> {
 }
 
 /// Rectified-Gaussian activations with a fraction of exact zeros, scaled so the largest maps to `xmax`.
-fn synthetic_inputs(b: usize, k: usize, zero_fraction: f64, xmax: u32, seed: u64) -> Vec<u32> {
+fn synthetic_inputs(b: usize, k: usize, zero_fraction: f64, xmax: u32, seed: u64) -> Vec<i32> {
     let addr = Address {
         seed,
         trial: 1,
@@ -168,12 +177,27 @@ fn synthetic_inputs(b: usize, k: usize, zero_fraction: f64, xmax: u32, seed: u64
     let max = real.iter().cloned().fold(0.0, f64::max);
     let scale = if max > 0.0 { xmax as f64 / max } else { 0.0 };
     real.iter()
-        .map(|v| (v * scale).round_ties_even() as u32)
+        .map(|v| (v * scale).round_ties_even() as i32)
+        .collect()
+}
+
+/// Signed inputs uniform over `[lo, hi]`: `lo + floor(u span)` of one
+/// 32-bit word `u` per element (the span is below 2^9, so the bias is under
+/// 2^-23).
+fn uniform_inputs(b: usize, k: usize, lo: i32, hi: i32, seed: u64) -> Vec<i32> {
+    let addr = Address {
+        seed,
+        trial: 1,
+        stream: rng::stream::WORKLOAD,
+    };
+    let span = (hi - lo + 1) as u64;
+    (0..b * k)
+        .map(|i| lo + ((addr.block(i as u64)[3] as u64 * span) >> 32) as i32)
         .collect()
 }
 
 /// Exact integer products of inputs `x` `[b][k]` with weights `w` `[k][n]`: `[b][n]`.
-pub fn exact_product(x: &[u32], w: &[i32], k: usize, n: usize) -> Vec<i64> {
+pub fn exact_product(x: &[i32], w: &[i32], k: usize, n: usize) -> Vec<i64> {
     use rayon::prelude::*;
     let b = x.len() / k.max(1);
     let mut y = vec![0i64; b * n];
@@ -206,6 +230,7 @@ mod tests {
             input_bits: 8,
             weights: WeightSource::Gaussian,
             input_source: InputSource::RectifiedGaussian { zero_fraction: 0.5 },
+            coding: InputCoding::Unsigned,
         }
     }
 
@@ -221,5 +246,39 @@ mod tests {
         // 256 inputs, zero fraction 0.5 plus rounding-to-zero: binomial SE 0.031.
         assert!((0.45..0.7).contains(&zeros), "zero fraction {zeros}");
         assert_eq!(l, Layer::build(&params(), 3).unwrap());
+    }
+
+    #[test]
+    fn signed_synthetic_inputs_cover_the_coding_range_uniformly() {
+        for coding in [InputCoding::TwosComplement, InputCoding::SignMagnitude] {
+            let p = LayerParams {
+                k: 200,
+                inputs: 50,
+                input_bits: 3,
+                input_source: InputSource::Uniform,
+                coding,
+                ..params()
+            };
+            let l = Layer::build(&p, 9).unwrap();
+            let (lo, hi) = coding.range(3);
+            let values = (hi - lo + 1) as usize;
+            let mut counts = vec![0usize; values];
+            for &v in &l.x {
+                assert!((lo..=hi).contains(&v), "{coding:?}: {v}");
+                counts[(v - lo) as usize] += 1;
+            }
+            // 10000 draws over 7 or 8 values: each count is binomial with a
+            // standard error under 40; 5 SE either side.
+            let mean = l.x.len() as f64 / values as f64;
+            for (i, &c) in counts.iter().enumerate() {
+                assert!(
+                    (c as f64 - mean).abs() < 5.0 * (mean * (1.0 - 1.0 / values as f64)).sqrt(),
+                    "{coding:?}: value {} drawn {c} times of {}",
+                    lo + i as i32,
+                    l.x.len()
+                );
+            }
+            assert_eq!(l.coding, coding);
+        }
     }
 }

@@ -110,6 +110,89 @@ impl MappingSpec {
     }
 }
 
+/// How an array applies input values as bit planes, each driven over the
+/// rows as 0/1 and converted like any other; the digital side weights plane
+/// `i`'s conversions by [`InputCoding::plane_weight`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputCoding {
+    /// `B` planes of `0..=2^B-1`, plane `i` weighted `2^i`.
+    Unsigned,
+    /// `B` planes of the low `B` bits of `v`, the top plane weighted
+    /// `-2^(B-1)` (its conversions are subtracted).
+    TwosComplement,
+    /// Two passes of `B-1` magnitude planes: `|v|` of the positive inputs in
+    /// planes `0..B-1`, of the negative ones in planes `B-1..2B-2`, whose
+    /// conversions are subtracted. A row is driven in one pass only.
+    SignMagnitude,
+}
+
+impl InputCoding {
+    /// The name experiment files use.
+    pub fn label(&self) -> &'static str {
+        match self {
+            InputCoding::Unsigned => "unsigned",
+            InputCoding::TwosComplement => "twos-complement",
+            InputCoding::SignMagnitude => "sign-magnitude",
+        }
+    }
+
+    /// Whether the coding accepts negative values.
+    pub fn signed(&self) -> bool {
+        *self != InputCoding::Unsigned
+    }
+
+    /// Input planes of `bits`-bit values (`bits >= 2` for the signed codings).
+    pub fn planes(&self, bits: u32) -> usize {
+        match self {
+            InputCoding::Unsigned | InputCoding::TwosComplement => bits as usize,
+            InputCoding::SignMagnitude => 2 * (bits as usize - 1),
+        }
+    }
+
+    /// The values `bits`-bit inputs may take, `(lowest, highest)`.
+    pub fn range(&self, bits: u32) -> (i32, i32) {
+        let half = 1i32 << (bits - 1);
+        match self {
+            InputCoding::Unsigned => (0, ((1u64 << bits) - 1) as i32),
+            InputCoding::TwosComplement => (-half, half - 1),
+            InputCoding::SignMagnitude => (-(half - 1), half - 1),
+        }
+    }
+
+    /// The plane bits of value `v` (within [`InputCoding::range`]): bit `i`
+    /// is 1 where plane `i` drives the row.
+    #[inline]
+    pub fn pattern(&self, bits: u32, v: i32) -> u32 {
+        match self {
+            InputCoding::Unsigned => v as u32,
+            InputCoding::TwosComplement => (v as u32) & (((1u64 << bits) - 1) as u32),
+            InputCoding::SignMagnitude if v < 0 => v.unsigned_abs() << (bits - 1),
+            InputCoding::SignMagnitude => v as u32,
+        }
+    }
+
+    /// The digital weight of input plane `i`: `+2^i`, `-2^(B-1)` for the top
+    /// two's complement plane, `-2^(i-(B-1))` for the negative sign-magnitude pass.
+    pub fn plane_weight(&self, bits: u32, i: usize) -> i64 {
+        let top = bits as usize - 1;
+        match self {
+            InputCoding::Unsigned => 1 << i,
+            InputCoding::TwosComplement if i == top => -(1 << i),
+            InputCoding::TwosComplement => 1 << i,
+            InputCoding::SignMagnitude if i >= top => -(1 << (i - top)),
+            InputCoding::SignMagnitude => 1 << i,
+        }
+    }
+
+    /// Every plane's weight, `[planes]`.
+    pub fn plane_weights(&self, bits: u32) -> Vec<i64> {
+        (0..self.planes(bits))
+            .map(|i| self.plane_weight(bits, i))
+            .collect()
+    }
+}
+
 /// The digit planes of a weight matrix under one encoding.
 #[derive(Clone, Debug)]
 pub struct Planes {
@@ -314,6 +397,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn input_patterns_weighted_by_their_planes_give_back_every_value() {
+        use InputCoding::*;
+        for coding in [Unsigned, TwosComplement, SignMagnitude] {
+            for bits in 2..=8u32 {
+                let (lo, hi) = coding.range(bits);
+                let planes = coding.planes(bits);
+                let weights = coding.plane_weights(bits);
+                assert_eq!(weights.len(), planes);
+                for v in lo..=hi {
+                    let p = coding.pattern(bits, v);
+                    assert_eq!(
+                        p >> planes,
+                        0,
+                        "{coding:?} B={bits} v={v}: bits past the planes"
+                    );
+                    let back: i64 = (0..planes)
+                        .map(|i| ((p >> i) & 1) as i64 * weights[i])
+                        .sum();
+                    assert_eq!(back, v as i64, "{coding:?} B={bits} v={v} pattern {p:b}");
+                    if coding == SignMagnitude {
+                        // One pass only: positive values drive no negative
+                        // plane and negative values no positive one.
+                        let pos = p & ((1 << (bits - 1)) - 1);
+                        assert!(pos == 0 || p >> (bits - 1) == 0, "B={bits} v={v}");
+                    }
+                }
+            }
+        }
+        assert_eq!(Unsigned.range(8), (0, 255));
+        assert_eq!(TwosComplement.range(8), (-128, 127));
+        assert_eq!(SignMagnitude.range(8), (-127, 127));
+        assert_eq!(SignMagnitude.planes(8), 14);
+        assert_eq!(TwosComplement.pattern(8, -128), 0b1000_0000);
+        assert_eq!(TwosComplement.plane_weight(8, 7), -128);
+        assert_eq!(SignMagnitude.pattern(4, -5), 0b101_000);
+        assert_eq!(SignMagnitude.plane_weight(4, 5), -4);
     }
 
     #[test]

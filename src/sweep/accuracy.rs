@@ -18,7 +18,7 @@ use crate::experiment::{
 };
 use crate::io::csv::{columns, record, OutputLock};
 use crate::io::dataset::Dataset;
-use crate::model::MappingSpec;
+use crate::model::{InputCoding, MappingSpec};
 use crate::network::Network;
 use crate::sweep::output::{self, fixed6, ArrayColumns, NoiseColumns};
 use crate::sweep::resume::ResultFile;
@@ -226,12 +226,12 @@ impl SimNetwork {
             ));
         }
         let calib = calibration_images.min(w.count).max(1);
-        let mut inputs: Vec<Vec<u32>> = Vec::new();
+        let mut inputs: Vec<Vec<i32>> = Vec::new();
         w.net.forward(
             &w.images()[..calib * w.net.image_size()],
             calib,
             |_, m, rows| {
-                inputs.push(rows.iter().map(|&v| v as u32).collect());
+                inputs.push(rows.iter().map(|&v| v as i32).collect());
                 Ok(crate::network::matmul(rows, m))
             },
         )?;
@@ -249,6 +249,7 @@ impl SimNetwork {
                     input_bits: 8,
                     w: m.kn(),
                     x,
+                    coding: InputCoding::Unsigned,
                 };
                 let p = Params {
                     seed: layer_seed(params.seed, &m.name),
@@ -270,7 +271,7 @@ impl SimNetwork {
         count: usize,
     ) -> Result<Vec<Vec<f32>>> {
         net.forward(images, count, |i, _, rows| {
-            let plan = self.plans[i].with_inputs(rows.par_iter().map(|&v| v as u32).collect());
+            let plan = self.plans[i].with_inputs(rows.par_iter().map(|&v| v as i32).collect());
             engine.outputs(&plan, trial)
         })
     }

@@ -235,6 +235,7 @@ fn input_source(x: &InputSource) -> (String, Option<f64>) {
         InputSource::RectifiedGaussian { zero_fraction } => {
             ("rectified-gaussian".into(), Some(*zero_fraction))
         }
+        InputSource::Uniform => ("uniform".into(), None),
         InputSource::File(f) => (f.display().to_string(), None),
     }
 }
@@ -446,7 +447,9 @@ struct KeyFields {
 }
 
 /// The resume key of one (point, mapping): a stable hash of every parameter
-/// that shapes the result ([`KEY_REVISION`] included).
+/// that shapes the result ([`KEY_REVISION`] included). The input coding is
+/// part of the text only for signed inputs, so the keys of unsigned layers
+/// are those of before signed inputs existed.
 pub fn point_key(params: &Params, mapping: &MappingSpec) -> String {
     let l = &params.layer;
     let (inputs_source, zero_fraction) = input_source(&l.input_source);
@@ -473,7 +476,11 @@ pub fn point_key(params: &Params, mapping: &MappingSpec) -> String {
         skip_zero_planes: mapping.skip_zero_planes,
         skip_zero_inputs: mapping.skip_zero_inputs,
     };
-    let text = record(&fields).join("\u{1f}");
+    let mut text = record(&fields).join("\u{1f}");
+    if l.coding.signed() {
+        text.push_str("\u{1f}input_coding=");
+        text.push_str(l.coding.label());
+    }
     format!("{:016x}", crate::experiment::stable_hash(&text))
 }
 
@@ -509,5 +516,17 @@ mod tests {
         for (i, k) in others.iter().enumerate() {
             assert_ne!(k, &key_of(base, "zebra"), "change {i} kept the key");
         }
+        // How an array would apply signed inputs does not shape an unsigned
+        // layer's result, and does not change its key.
+        let sm = format!("{base}[array]\nsigned_inputs = \"sign-magnitude\"\n");
+        assert_eq!(key_of(&sm, "zebra"), key_of(base, "zebra"));
+        let signed = base.replace("n = 8\n", "n = 8\ninput_sign = \"signed\"\n");
+        let twos = key_of(&signed, "zebra");
+        let sm = key_of(
+            &format!("{signed}[array]\nsigned_inputs = \"sign-magnitude\"\n"),
+            "zebra",
+        );
+        assert_ne!(twos, key_of(base, "zebra"));
+        assert_ne!(twos, sm);
     }
 }

@@ -53,7 +53,8 @@ pub const F32_U: f64 = 1.0 / 16_777_216.0;
 /// For each output `[b][n]` of `plan`: (a bound on how far an engine that
 /// sums each conversion's analog value in f32, term by term, can be from
 /// one that sums it exactly, through an ideal ADC; the largest single ADC
-/// step of the output's conversions, scaled by `2^i |s_j|`; the expected
+/// step of the output's conversions, scaled by `|x_i s_j|` (`x_i` the input
+/// plane's weight); the expected
 /// number of its conversions whose code can differ between the two, were
 /// each analog value's position within its ADC step uniform: `sum 2 err /
 /// step`).
@@ -92,7 +93,8 @@ pub fn f32_sum_bounds(plan: &Plan) -> Vec<(f64, f64, f64)> {
                         if !plan.converted[g] {
                             continue;
                         }
-                        let scale = (1u64 << i) as f64 * plan.scales[j].unsigned_abs() as f64;
+                        let scale = plan.input_weights[i].unsigned_abs() as f64
+                            * plan.scales[j].unsigned_abs() as f64;
                         let step = match plan.adc.bits {
                             Some(bits) => {
                                 let top = ((1u64 << bits) - 1) as f64;
@@ -121,7 +123,16 @@ pub fn f32_sum_bounds(plan: &Plan) -> Vec<(f64, f64, f64)> {
 /// 0.1% of entries. On failure prints the first mismatches.
 pub fn compare_within_steps(plan: &Plan, want: &[f32], got: &[f32], what: &str) {
     assert_eq!(want.len(), got.len(), "{what}: lengths");
-    let (bx, n) = (plan.xbits, plan.n);
+    let n = plan.n;
+    // The input planes' summed and largest weight magnitudes (2^Bx - 1 and
+    // 2^(Bx-1) for unsigned inputs).
+    let x_sum: f64 = plan.input_weights.iter().map(|w| w.abs() as f64).sum();
+    let x_max = plan
+        .input_weights
+        .iter()
+        .map(|w| w.abs())
+        .max()
+        .unwrap_or(0) as f64;
     let mut mag = vec![0f64; n];
     let mut step = vec![0f64; n];
     for c in 0..plan.chunks {
@@ -135,8 +146,8 @@ pub fn compare_within_steps(plan: &Plan, want: &[f32], got: &[f32], what: &str) 
                 };
                 let range = lo.abs().max(hi.abs()).max(plan.p as f64 * 2.0);
                 let w = plan.scales[j].unsigned_abs() as f64;
-                mag[col] += w * range * ((1u64 << bx) - 1) as f64;
-                step[col] = step[col].max(w * (1u64 << (bx - 1)) as f64 * s);
+                mag[col] += w * range * x_sum;
+                step[col] = step[col].max(w * x_max * s);
             }
         }
     }
@@ -168,7 +179,7 @@ pub fn compare_within_steps(plan: &Plan, want: &[f32], got: &[f32], what: &str) 
 
 /// For each output `[b][n]`: a bound on the rounding of an engine that sums
 /// analog values in f32 (`f32_sum_bounds`) and, as the GPU engine does, the
-/// digital side `y = sum 2^i s_j value` in f32 too: `gamma_(q + 2)` times
+/// digital side `y = sum x_i s_j value` in f32 too: `gamma_(q + 2)` times
 /// the sum of the terms' magnitudes, `q` the output's conversions, each
 /// value bounded by its chunk's largest analog magnitude or ADC range end.
 pub fn f32_engine_bounds(plan: &Plan) -> Vec<f64> {
@@ -195,7 +206,9 @@ pub fn f32_engine_bounds(plan: &Plan) -> Vec<f64> {
                                 .max(plan.lo[g].abs() as f64)
                                 .max(plan.hi[g].abs() as f64);
                             terms += 1.0;
-                            mag += (1u64 << i) as f64 * plan.scales[j].unsigned_abs() as f64 * v;
+                            mag += plan.input_weights[i].unsigned_abs() as f64
+                                * plan.scales[j].unsigned_abs() as f64
+                                * v;
                         }
                     }
                 }
