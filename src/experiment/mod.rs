@@ -371,6 +371,9 @@ pub struct Params {
     pub calibrate_percentile: f64,
     pub noise: NoiseParams,
     pub energy: EnergyParams,
+    /// `[array] signed_inputs`: how the arrays apply signed inputs (a
+    /// synthetic layer's are in `layer.coding`; a network's int8 activations).
+    pub signed_inputs: InputCoding,
 }
 
 /// One point of the sweep.
@@ -926,12 +929,24 @@ fn resolve_params(
         energy,
         trials,
         seed,
+        signed_inputs: signed_coding(&raw.array)?,
         layer,
         parallelism,
         adc_bits,
         calibrate_percentile,
         noise,
     })
+}
+
+/// How `[array]` applies signed inputs.
+fn signed_coding(a: &RawArray) -> std::result::Result<InputCoding, String> {
+    match a.signed_inputs.as_str() {
+        "twos-complement" => Ok(InputCoding::TwosComplement),
+        "sign-magnitude" => Ok(InputCoding::SignMagnitude),
+        other => Err(format!(
+            "`array.signed_inputs` must be \"twos-complement\" or \"sign-magnitude\", got \"{other}\""
+        )),
+    }
 }
 
 /// The `[layer]` section, its files relative to the experiment file, and
@@ -942,15 +957,7 @@ fn resolve_layer(
     base_dir: &Path,
 ) -> std::result::Result<LayerParams, String> {
     let weight_bits = in_range("layer.weight_bits", l.weight_bits, 2, 8)? as u32;
-    let signed_coding = match a.signed_inputs.as_str() {
-        "twos-complement" => InputCoding::TwosComplement,
-        "sign-magnitude" => InputCoding::SignMagnitude,
-        other => {
-            return Err(format!(
-                "`array.signed_inputs` must be \"twos-complement\" or \"sign-magnitude\", got \"{other}\""
-            ))
-        }
-    };
+    let signed_coding = signed_coding(a)?;
     let coding = match l.input_sign.as_str() {
         "unsigned" => InputCoding::Unsigned,
         "signed" => signed_coding,

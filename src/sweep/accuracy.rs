@@ -216,15 +216,6 @@ impl SimNetwork {
         mapping: &MappingSpec,
         calibration_images: usize,
     ) -> Result<SimNetwork> {
-        if let Some(m) = w.net.matrices().iter().find(|m| m.signed_input) {
-            return Err(Error::config(
-                "network.model",
-                format!(
-                    "layer `{}` takes int8 (signed) inputs, which the simulated arrays do not take yet",
-                    m.name
-                ),
-            ));
-        }
         let calib = calibration_images.min(w.count).max(1);
         let mut inputs: Vec<Vec<i32>> = Vec::new();
         w.net.forward(
@@ -249,7 +240,11 @@ impl SimNetwork {
                     input_bits: 8,
                     w: m.kn(),
                     x,
-                    coding: InputCoding::Unsigned,
+                    coding: if m.signed_input {
+                        params.signed_inputs
+                    } else {
+                        InputCoding::Unsigned
+                    },
                 };
                 let p = Params {
                     seed: layer_seed(params.seed, &m.name),
@@ -359,11 +354,17 @@ pub(crate) fn key(
     point: &Point,
     mapping: &MappingSpec,
 ) -> String {
-    let text = format!(
+    let mut text = format!(
         "{}|{inputs:016x}|{count}|{}",
         output::point_key(&point.params, mapping),
         net.calibration_images
     );
+    // How int8 activations meet the arrays; the default keeps the keys of
+    // results computed before it could be chosen.
+    if point.params.signed_inputs != InputCoding::TwosComplement {
+        text.push_str("|signed_inputs=");
+        text.push_str(point.params.signed_inputs.label());
+    }
     format!("{:016x}", stable_hash(&text))
 }
 
