@@ -203,9 +203,13 @@ fn malformed_models_say_what_is_wrong() {
 const SHIPPED: &str = "models/fmnist_cnn/model.toml";
 
 fn shipped_experiment(extra: &str) -> zebra_cim::experiment::Experiment {
+    model_experiment(SHIPPED, extra)
+}
+
+fn model_experiment(model: &str, extra: &str) -> zebra_cim::experiment::Experiment {
     let text = format!(
         "version = 1\ntrials = 2\nseed = 7\nmappings = [\"dense\", \"zebra\", \"dense-cal\", \"csd\", \"signmag-skip\"]\n\
-         [network]\nmodel = \"../{SHIPPED}\"\n\
+         [network]\nmodel = \"../{model}\"\n\
          images = \"../data/fashion-mnist/t10k-images-idx3-ubyte.gz\"\n\
          labels = \"../data/fashion-mnist/t10k-labels-idx1-ubyte.gz\"\nlimit = 12\n{extra}"
     );
@@ -250,13 +254,21 @@ fn matches_reference(dir: &str) {
 
 /// With no noise and a lossless ADC (8 bits hold the 129 levels of a signed
 /// full-scale range [-64, 64], so P = 64, or an ideal ADC), every mapping's
-/// simulated arrays reproduce the plain int8 inference: the logits are equal.
+/// simulated arrays reproduce the plain int8 inference of both shipped
+/// models (whose logits equal the exporter's, above): the logits are equal.
 #[test]
 fn noiseless_lossless_network_equals_int8_inference() {
     use zebra_cim::engine::cpu::CpuEngine;
     use zebra_cim::sweep::accuracy::{SimNetwork, Workload};
-    for adc in ["8", "\"ideal\""] {
-        let exp = shipped_experiment(&format!("[array]\nparallelism = 64\n[adc]\nbits = {adc}\n"));
+    for (model, adc) in [
+        (SHIPPED, "8"),
+        (SHIPPED, "\"ideal\""),
+        ("models/fmnist_resnet/model.toml", "8"),
+    ] {
+        let exp = model_experiment(
+            model,
+            &format!("[array]\nparallelism = 64\n[adc]\nbits = {adc}\n"),
+        );
         let work = Workload::load(exp.network.as_ref().unwrap()).unwrap();
         let size = work.net.image_size();
         let images = &work.data.pixels[..12 * size];
@@ -268,7 +280,11 @@ fn noiseless_lossless_network_equals_int8_inference() {
             let got = sim
                 .logits(&work.net, &mut CpuEngine::new(), 1, images, 12)
                 .unwrap();
-            assert_eq!(got, want, "mapping {} with a {adc}-bit ADC", m.name);
+            assert_eq!(
+                got, want,
+                "{model}: mapping {} with a {adc}-bit ADC",
+                m.name
+            );
         }
     }
 }
@@ -461,4 +477,105 @@ fn malformed_graphs_say_what_is_wrong() {
         let err = Network::load(&path).unwrap_err().to_string();
         assert!(err.contains(want), "want `{want}`, got: {err}");
     }
+}
+
+/// A network whose inner layers read int8 activations: conv `a` (1->4, 3x3)
+/// writes int8, conv `b` reads it (K = 36 signed rows), `add` of the two
+/// stays int8, then global pool and a 4->3 linear on signed inputs. Writes
+/// the model and 6 random 4x4 images with labels; returns the experiment text.
+fn signed_network(dir: &Path) -> String {
+    let i8s = |n: usize, seed: u64| -> Vec<u8> {
+        words(n, seed)
+            .iter()
+            .map(|v| ((v % 255) as i32 - 127) as i8 as u8)
+            .collect()
+    };
+    let tensors = [
+        ("a.weight", T(Dtype::I8, vec![4, 1, 3, 3], i8s(36, 11))),
+        ("a.scale", T(Dtype::F32, vec![4], f32s(&[0.01; 4]))),
+        (
+            "a.bias",
+            T(Dtype::F32, vec![4], f32s(&[0.1, -0.2, 0.0, 0.05])),
+        ),
+        ("b.weight", T(Dtype::I8, vec![4, 4, 3, 3], i8s(144, 12))),
+        ("b.scale", T(Dtype::F32, vec![4], f32s(&[0.004; 4]))),
+        ("b.bias", T(Dtype::F32, vec![4], f32s(&[0.0; 4]))),
+        ("fc.weight", T(Dtype::I8, vec![3, 4], i8s(12, 13))),
+        ("fc.scale", T(Dtype::F32, vec![3], f32s(&[0.01; 3]))),
+        ("fc.bias", T(Dtype::F32, vec![3], f32s(&[0.0; 3]))),
+    ];
+    let bytes = serialize(tensors.iter().map(|(n, t)| (n.to_string(), t)), None).unwrap();
+    std::fs::write(dir.join("m.safetensors"), bytes).unwrap();
+    let model = "version = 2\nweights = \"m.safetensors\"\ninput = { channels = 1, height = 4, width = 4, scale = 0.004 }\n\
+         [[layer]]\nkind = \"conv2d\"\nname = \"a\"\nout_channels = 4\nkernel = 3\npadding = 1\nout_scale = 0.01\nout_signed = true\n\
+         [[layer]]\nkind = \"conv2d\"\nname = \"b\"\nout_channels = 4\nkernel = 3\npadding = 1\nout_scale = 0.01\nout_signed = true\n\
+         [[layer]]\nkind = \"add\"\nname = \"r\"\ninputs = [\"a\", \"b\"]\nout_scale = 0.02\nout_signed = true\n\
+         [[layer]]\nkind = \"global_avgpool\"\n[[layer]]\nkind = \"flatten\"\n\
+         [[layer]]\nkind = \"linear\"\nname = \"fc\"\nout_features = 3\n";
+    std::fs::write(dir.join("model.toml"), model).unwrap();
+    let write = |name: &str, shape: &[u64], data: &[u8]| {
+        let f = std::fs::File::create(dir.join(name)).unwrap();
+        use npyz::WriterBuilder;
+        let mut w = npyz::WriteOptions::<u8>::new()
+            .default_dtype()
+            .shape(shape)
+            .writer(f)
+            .begin_nd()
+            .unwrap();
+        w.extend(data.iter().copied()).unwrap();
+        w.finish().unwrap();
+    };
+    let pixels: Vec<u8> = words(6 * 16, 14).iter().map(|v| (v % 256) as u8).collect();
+    write("x.npy", &[6, 4, 4], &pixels);
+    write("y.npy", &[6], &[0, 1, 2, 0, 1, 2]);
+    "version = 1\ntrials = 2\nseed = 3\nmappings = [\"dense\", \"zebra\", \"dense-cal\", \"csd\", \"signmag-skip\"]\n\
+     [network]\nmodel = \"model.toml\"\nimages = \"x.npy\"\nlabels = \"y.npy\"\n"
+        .to_string()
+}
+
+/// Layers reading int8 activations take signed inputs on the arrays: with
+/// no noise and an ideal ADC every mapping reproduces the int8 inference
+/// under both signed codings (P = 8 splits the 36-row layer into chunks);
+/// with noise the two codings give different chips.
+#[test]
+fn signed_activations_on_the_arrays_are_exact_without_noise() {
+    use zebra_cim::engine::cpu::CpuEngine;
+    use zebra_cim::sweep::accuracy::{SimNetwork, Workload};
+    let dir = tempfile::tempdir().unwrap();
+    let base = signed_network(dir.path());
+    let exp_of = |extra: &str| {
+        zebra_cim::experiment::Experiment::parse(
+            &format!("{base}{extra}"),
+            &dir.path().join("e.toml"),
+            Default::default(),
+        )
+        .unwrap()
+    };
+    let mut noisy = Vec::new();
+    for coding in ["twos-complement", "sign-magnitude"] {
+        let arrays = format!("[array]\nparallelism = 8\nsigned_inputs = \"{coding}\"\n");
+        let exp = exp_of(&format!("{arrays}[adc]\nbits = \"ideal\"\n"));
+        let work = Workload::load(exp.network.as_ref().unwrap()).unwrap();
+        assert!(work.net.matrices()[1].signed_input && work.net.matrices()[2].signed_input);
+        let images = &work.data.pixels[..6 * 16];
+        let want: Vec<Vec<f32>> = (0..6)
+            .map(|i| work.net.infer(&images[i * 16..(i + 1) * 16]))
+            .collect();
+        for m in &exp.mappings {
+            let sim = SimNetwork::new(&work, &exp.points[0].params, m, 4).unwrap();
+            let got = sim
+                .logits(&work.net, &mut CpuEngine::new(), 1, images, 6)
+                .unwrap();
+            assert_eq!(got, want, "mapping {} with {coding} inputs", m.name);
+        }
+        let exp = exp_of(&format!(
+            "{arrays}[adc]\nbits = 4\n[noise]\ncell_sigma = 0.1\n"
+        ));
+        let sim = SimNetwork::new(&work, &exp.points[0].params, &exp.mappings[0], 4).unwrap();
+        noisy.push(
+            sim.logits(&work.net, &mut CpuEngine::new(), 1, images, 6)
+                .unwrap(),
+        );
+    }
+    assert_ne!(noisy[0], noisy[1]);
 }
