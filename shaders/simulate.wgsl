@@ -14,7 +14,7 @@ struct Params {
     seed_lo: u32, seed_hi: u32, trial0: u32, trials: u32,
     path: u32, adc_bits: u32, has_faults: u32, static_noise: u32,
     sigma: f32, read_sigma: f32, leak: f32, p_sa0: f32,
-    p_sa01: f32, top: f32, pad0: u32, pad1: u32,
+    p_sa01: f32, top: f32, fs_sigma: f32, adc_sigma_lsb: f32,
     // The digital weight of each input plane (plan.input_weights), four per vec4.
     xweight: array<vec4<f32>, MAX_INPUT_PLANES / 4u>,
 }
@@ -98,6 +98,20 @@ fn convert(a: f32, lo: f32, hi: f32) -> f32 {
     return lo + adc_code(a, lo, range) * step;
 }
 
+// The read noise of a conversion over [lo, hi] (plan::read_sds): read_sigma,
+// with fs_sigma (hi - lo) and adc_sigma_lsb step in quadrature.
+fn read_sd(lo: f32, hi: f32) -> f32 {
+    if (P.fs_sigma == 0.0 && P.adc_sigma_lsb == 0.0) {
+        return P.read_sigma;
+    }
+    let fs = P.fs_sigma * (hi - lo);
+    var lsb = 0.0;
+    if (P.adc_bits != 0u) {
+        lsb = P.adc_sigma_lsb * max((hi - lo) / P.top, 1.0);
+    }
+    return sqrt(P.read_sigma * P.read_sigma + fs * fs + lsb * lsb);
+}
+
 // `Adc::code` in src/model.rs, operation for operation: the code of the exact
 // quotient (a - lo) top / range, ties to even, decided by the remainder so
 // that a division off by an ulp cannot move an exact tie.
@@ -156,11 +170,12 @@ fn convert_vector(lo: vec4<f32>, hi: vec4<f32>, slo: vec4<f32>, shi: vec4<f32>, 
             s2 = s2 + P.leak * P.leak * z;
         }
         let index = read_block(blocks(), bb, c, i, jj, blk);
+        let rs = read_sd(grp.x, grp.y);
         if (P.path == PATH_AGGREGATED) {
-            let sd = sqrt(P.sigma * P.sigma * s2 + P.read_sigma * P.read_sigma);
+            let sd = sqrt(P.sigma * P.sigma * s2 + rs * rs);
             a = a + sd * gaussian(seed(), t, STREAM_AGGREGATED, index.x, index.y, lane);
-        } else if (P.read_sigma > 0.0) {
-            a = a + P.read_sigma * gaussian(seed(), t, STREAM_READ, index.x, index.y, lane);
+        } else if (rs > 0.0) {
+            a = a + rs * gaussian(seed(), t, STREAM_READ, index.x, index.y, lane);
         }
         out = out + input_weight(i) * scales[jj] * convert(a, grp.x, grp.y);
     }
@@ -325,11 +340,12 @@ fn simulate_dynamic(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
                     }
                     var a = acc[li];
                     let index = read_block(blocks(), bb, c, i, jj, blk);
+                    let rs = read_sd(grp.x, grp.y);
                     if (P.path == PATH_AGGREGATED) {
-                        let sd = sqrt(P.sigma * P.sigma * var_[li] + P.read_sigma * P.read_sigma);
+                        let sd = sqrt(P.sigma * P.sigma * var_[li] + rs * rs);
                         a = a + sd * gaussian(seed(), t, STREAM_AGGREGATED, index.x, index.y, lane);
-                    } else if (P.read_sigma > 0.0) {
-                        a = a + P.read_sigma * gaussian(seed(), t, STREAM_READ, index.x, index.y, lane);
+                    } else if (rs > 0.0) {
+                        a = a + rs * gaussian(seed(), t, STREAM_READ, index.x, index.y, lane);
                     }
                     vals[li * MAX_PLANES + jj] = convert(a, grp.x, grp.y);
                 }

@@ -43,12 +43,15 @@ fn tiny(adc_bits: Option<u32>) -> (Params, Layer) {
             cell_sigma: 0.0,
             mode: NoiseMode::Static,
             read_sigma: 0.0,
+            fs_sigma: 0.0,
+            adc_sigma_lsb: 0.0,
             leak: 0.0,
             p_sa0: 0.0,
             p_sa1: 0.0,
             sampling: Sampling::Auto,
         },
         energy: ENERGY_DEFAULTS,
+        signed_inputs: zebra_cim::model::InputCoding::TwosComplement,
     };
     let layer = Layer {
         k: 4,

@@ -44,12 +44,15 @@ fn noiseless_params(
             cell_sigma: 0.0,
             mode: NoiseMode::Static,
             read_sigma: 0.0,
+            fs_sigma: 0.0,
+            adc_sigma_lsb: 0.0,
             leak: 0.0,
             p_sa0: 0.0,
             p_sa1: 0.0,
             sampling: Sampling::Auto,
         },
         energy: ENERGY_DEFAULTS,
+        signed_inputs: zebra_cim::model::InputCoding::TwosComplement,
     }
 }
 
@@ -243,6 +246,8 @@ macro_rules! physics_tests {
                 static_cell_noise_with_signed_inputs_matches_closed_form,
                 dynamic_cell_noise_with_signed_inputs_matches_closed_form,
                 read_noise_with_signed_inputs_matches_closed_form,
+                full_scale_noise_matches_closed_form,
+                adc_noise_in_lsb_is_read_noise_of_the_step,
                 same_seed_same_result_and_trial_ranges_split_or_whole,
                 stuck_at_faults_shift_the_mean_by_their_rates,
                 leak_bias_matches_its_expectation,
@@ -498,6 +503,71 @@ fn read_noise(engine: &mut dyn Engine, coding: InputCoding) {
             &column_variances(&simulate(engine, &plan, TRIALS), plan.n),
             &theory,
             TRIALS as usize,
+        );
+    }
+}
+
+/// `fs_sigma`: per conversion, a Gaussian of standard deviation `fs_sigma
+/// (hi - lo)`, the group's full-scale range, in quadrature with read noise:
+/// `Var(e_n) = sum_{converted (c,i,j)} x_i^2 s_j^2 (read^2 + (fs (hi - lo))^2)`.
+fn full_scale_noise_matches_closed_form(engine: &mut dyn Engine) {
+    let (read, fs) = (0.3f64, 0.01f64);
+    let text = noisy("static", "auto", 0.0, read)
+        .replace("read_sigma", &format!("fs_sigma = {fs}\nread_sigma"));
+    let (params, layer) = common::point(&text);
+    // dense: every group over the full range [0, 32]; zebra: adaptive ranges.
+    for mapping in ["dense", "zebra"] {
+        let plan = common::plan(&params, &layer, mapping);
+        let theory: Vec<f64> = (0..plan.n)
+            .map(|n| {
+                let mut v = 0.0;
+                for c in 0..plan.chunks {
+                    for i in 0..plan.xbits {
+                        if !plan.row_active[c * plan.xbits + i] {
+                            continue;
+                        }
+                        for j in 0..plan.j {
+                            let g = plan.group(c, j, n);
+                            if plan.converted[g] {
+                                let range = (plan.hi[g] - plan.lo[g]) as f64;
+                                v += (plan.input_weights[i] as f64 * plan.scales[j] as f64).powi(2)
+                                    * (read * read + (fs * range).powi(2));
+                            }
+                        }
+                    }
+                }
+                v
+            })
+            .collect();
+        assert!(
+            theory.iter().all(|&v| v > 1.5 * read * read),
+            "fs noise must matter here"
+        );
+        assert_variances(
+            &format!("fs {mapping}"),
+            &column_variances(&simulate(engine, &plan, TRIALS), plan.n),
+            &theory,
+            TRIALS as usize,
+        );
+    }
+}
+
+/// `adc_sigma_lsb`: noise in steps of the conversion's ADC. Where every
+/// step is one cell (12 bits over ranges of at most 32 cells), `adc_sigma_lsb
+/// = a` is read noise `read_sigma = a`: the same draws, bit for bit, so it
+/// inherits the read-noise closed form above; and the step enters (with
+/// `fs_sigma`) as `plan::read_sds` says, checked by hand in its unit test.
+fn adc_noise_in_lsb_is_read_noise_of_the_step(engine: &mut dyn Engine) {
+    let base = noisy("static", "auto", 0.0, 0.0).replace("bits = \"ideal\"", "bits = 12");
+    let (params, layer) = common::point(&base.replace("read_sigma = 0", "read_sigma = 0.5"));
+    let (lsb_params, _) = common::point(&base.replace("read_sigma = 0", "adc_sigma_lsb = 0.5"));
+    for mapping in ["dense", "zebra"] {
+        let read = simulate(engine, &common::plan(&params, &layer, mapping), 200);
+        let lsb = simulate(engine, &common::plan(&lsb_params, &layer, mapping), 200);
+        assert_eq!(read, lsb, "{mapping}");
+        assert!(
+            read.iter().any(|&e| e != 0.0),
+            "{mapping}: the noise must show"
         );
     }
 }

@@ -199,7 +199,7 @@ fn conversion_moments(
                     let row = (((b * plan.chunks + c) * xbits + i) * j + jj) * n;
                     moments_row(
                         plan,
-                        &cws[c],
+                        (c, &cws[c]),
                         b,
                         i,
                         jj,
@@ -221,7 +221,7 @@ fn conversion_moments(
 #[allow(clippy::too_many_arguments)]
 fn moments_row(
     plan: &Plan,
-    cw: &[(usize, u64)],
+    (c, cw): (usize, &[(usize, u64)]),
     b: usize,
     i: usize,
     jj: usize,
@@ -236,7 +236,7 @@ fn moments_row(
     } else {
         0.0
     };
-    let read2 = plan.noise.read_sigma * plan.noise.read_sigma;
+    let read = &plan.read_sd[plan.group(c, jj, 0)..][..n];
     let leak = plan.noise.leak;
     let xm = &plan.xmask[(b * xbits + i) * words..(b * xbits + i + 1) * words];
     let ones: u32 = cw.iter().map(|&(w, m)| (xm[w] & m).count_ones()).sum();
@@ -250,7 +250,7 @@ fn moments_row(
         }
         let zeros = (ones - np - nm) as f32;
         mean[nn] = np as f32 - nm as f32 + leak * zeros;
-        sd[nn] = (sig2 * ((np + nm) as f32 + leak * leak * zeros) + read2).sqrt();
+        sd[nn] = (sig2 * ((np + nm) as f32 + leak * leak * zeros) + read[nn] * read[nn]).sqrt();
     }
 }
 
@@ -737,7 +737,7 @@ enum Moments<'a> {
 fn analytic_trial(plan: &Plan, shared: &Shared, moments: Moments, trial: u32, s: &mut Scratch) {
     let (n, j, nb, xbits) = (plan.n, plan.j, plan.nb(), plan.xbits);
     let layout = block_layout(plan);
-    let draws = plan.path == NoisePath::Aggregated || plan.noise.read_sigma > 0.0;
+    let draws = plan.path == NoisePath::Aggregated || plan.has_read_noise();
     let addr = Address {
         seed: plan.seed,
         trial,
@@ -773,7 +773,7 @@ fn analytic_trial(plan: &Plan, shared: &Shared, moments: Moments, trial: u32, s:
                     let (m, d): (&[f32], &[f32]) = match moments {
                         Moments::Cached(mean, sd) => (&mean[conv..conv + n], &sd[conv..conv + n]),
                         Moments::Masks(pos, neg) => {
-                            moments_row(plan, &shared.cws[c], b, i, jj, pos, neg, mrow, srow);
+                            moments_row(plan, (c, &shared.cws[c]), b, i, jj, pos, neg, mrow, srow);
                             (mrow, srow)
                         }
                     };
@@ -940,7 +940,7 @@ fn per_cell_trial(plan: &Plan, shared: &Shared, base: &[f32], trial: u32, s: &mu
                 } else {
                     add_dense_draws(plan, shared, base, &cell_addr, at, s);
                 }
-                if plan.noise.read_sigma > 0.0 {
+                if plan.has_read_noise() {
                     add_read_noise(plan, shared, &read_addr, at, &mut s.acc, &mut zr);
                 }
                 convert_chunk(
@@ -1094,7 +1094,6 @@ fn add_read_noise(
     zr: &mut Vec<f32>,
 ) {
     let (n, j, nb) = (plan.n, plan.j, plan.nb());
-    let read = plan.noise.read_sigma;
     let layout = block_layout(plan);
     for jj in 0..j {
         if !shared.plane_live[at.c * j + jj] {
@@ -1106,8 +1105,13 @@ fn add_read_noise(
             nb,
             zr,
         );
-        for (av, &z) in acc[jj * n..(jj + 1) * n].iter_mut().zip(zr.iter()) {
-            *av += read * z;
+        let read = &plan.read_sd[plan.group(at.c, jj, 0)..][..n];
+        for ((av, &z), &sd) in acc[jj * n..(jj + 1) * n]
+            .iter_mut()
+            .zip(zr.iter())
+            .zip(read)
+        {
+            *av += sd * z;
         }
     }
 }

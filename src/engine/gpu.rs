@@ -39,8 +39,8 @@ pub struct Params {
     pub p_sa0: f32,
     pub p_sa01: f32,
     pub top: f32,
-    pub pad0: u32,
-    pub pad1: u32,
+    pub fs_sigma: f32,
+    pub adc_sigma_lsb: f32,
     /// The digital weight of each input plane (`plan.input_weights`), zero
     /// past the plan's planes.
     pub xweight: [[f32; 4]; MAX_INPUT_PLANES / 4],
@@ -687,8 +687,8 @@ impl GpuEngine {
             p_sa0: plan.noise.p_sa0,
             p_sa01: plan.noise.p_sa0 + plan.noise.p_sa1,
             top: plan.adc.bits.map_or(0.0, crate::model::Adc::top),
-            pad0: 0,
-            pad1: 0,
+            fs_sigma: plan.noise.fs_sigma,
+            adc_sigma_lsb: plan.noise.adc_sigma_lsb,
             xweight: input_weights(plan),
         }
     }

@@ -180,7 +180,6 @@ fn simulate_trial(plan: &Plan, trial: u32) -> Vec<f64> {
         address(stream::AGGREGATED),
     );
     let sigma = plan.noise.cell_sigma as f64;
-    let read_sigma = plan.noise.read_sigma as f64;
 
     let digits = faulted_digits(plan, trial);
     let z_static = static_draws(plan, trial);
@@ -230,6 +229,9 @@ fn simulate_trial(plan: &Plan, trial: u32) -> Vec<f64> {
                             a += w * (1.0 + sigma * z);
                             sum_w2 += w * w;
                         }
+                        // Read noise: read_sigma, with fs_sigma (hi - lo) and
+                        // adc_sigma_lsb step in quadrature (MODEL.md).
+                        let read_sigma = plan.read_sd[g] as f64;
                         match plan.path {
                             NoisePath::Aggregated => {
                                 // A ~ N(sum w, sigma^2 sum w^2 + read^2): one draw, stream 5.

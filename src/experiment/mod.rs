@@ -198,6 +198,10 @@ struct RawNoise {
     #[serde(default)]
     read_sigma: f64,
     #[serde(default)]
+    fs_sigma: f64,
+    #[serde(default)]
+    adc_sigma_lsb: f64,
+    #[serde(default)]
     leak: f64,
     #[serde(default)]
     p_sa0: f64,
@@ -213,6 +217,8 @@ impl Default for RawNoise {
             cell_sigma: 0.0,
             mode: default_mode(),
             read_sigma: 0.0,
+            fs_sigma: 0.0,
+            adc_sigma_lsb: 0.0,
             leak: 0.0,
             p_sa0: 0.0,
             p_sa1: 0.0,
@@ -353,6 +359,10 @@ pub struct NoiseParams {
     pub cell_sigma: f32,
     pub mode: NoiseMode,
     pub read_sigma: f32,
+    /// Conversion noise as a fraction of the conversion's full-scale range.
+    pub fs_sigma: f32,
+    /// ADC input-referred noise in LSBs (steps) of the conversion.
+    pub adc_sigma_lsb: f32,
     pub leak: f32,
     pub p_sa0: f32,
     pub p_sa1: f32,
@@ -916,6 +926,9 @@ fn resolve_params(
         ));
     }
     let noise = resolve_noise(&raw.noise)?;
+    if noise.adc_sigma_lsb > 0.0 && adc_bits.is_none() {
+        return Err("`noise.adc_sigma_lsb` is noise in steps of a real ADC; an ideal ADC (`adc.bits = \"ideal\"`) has none: give `adc.bits` 1..=16 or drop it".into());
+    }
     let energy = EnergyParams {
         adc_fj_per_step: finite_range(
             "energy.adc_fj_per_step",
@@ -1048,6 +1061,8 @@ fn resolve_noise(n: &RawNoise) -> std::result::Result<NoiseParams, String> {
         cell_sigma: cell_sigma as f32,
         mode,
         read_sigma: finite_range("noise.read_sigma", n.read_sigma, 0.0, 1e6)? as f32,
+        fs_sigma: finite_range("noise.fs_sigma", n.fs_sigma, 0.0, 10.0)? as f32,
+        adc_sigma_lsb: finite_range("noise.adc_sigma_lsb", n.adc_sigma_lsb, 0.0, 1e3)? as f32,
         leak: finite_range("noise.leak", n.leak, 0.0, 1.0)? as f32,
         p_sa0: p_sa0 as f32,
         p_sa1: p_sa1 as f32,

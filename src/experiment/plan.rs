@@ -177,6 +177,10 @@ pub struct PlanData {
     pub lo: Vec<f32>,
     /// ADC range high end per group `[c][j][n]`.
     pub hi: Vec<f32>,
+    /// Standard deviation of the read noise added to each conversion of a
+    /// group `[c][j][n]`: `read_sigma`, with `fs_sigma` and `adc_sigma_lsb`
+    /// (see [`read_sds`]).
+    pub read_sd: Vec<f32>,
     /// Whether a group is converted `[c][j][n]`.
     pub converted: Vec<bool>,
     /// Whether an input bit plane is converted `[b][c][i]`.
@@ -482,6 +486,24 @@ pub fn active_rows(
     row_active
 }
 
+/// Each group's read-noise standard deviation: one Gaussian per conversion
+/// with variance `read_sigma^2 + (fs_sigma (hi - lo))^2 + (adc_sigma_lsb
+/// step)^2` (cell units; `step` is the group's ADC step). Without the last
+/// two it is `read_sigma` itself, bit for bit.
+pub fn read_sds(noise: &NoiseParams, adc_bits: Option<u32>, lo: &[f32], hi: &[f32]) -> Vec<f32> {
+    if noise.fs_sigma == 0.0 && noise.adc_sigma_lsb == 0.0 {
+        return vec![noise.read_sigma; lo.len()];
+    }
+    lo.iter()
+        .zip(hi)
+        .map(|(&l, &h)| {
+            let fs = noise.fs_sigma * (h - l);
+            let lsb = adc_bits.map_or(0.0, |b| noise.adc_sigma_lsb * Adc::step(l, h, Adc::top(b)));
+            (noise.read_sigma * noise.read_sigma + fs * fs + lsb * lsb).sqrt()
+        })
+        .collect()
+}
+
 /// Population standard deviation.
 fn std_dev(v: &[i64]) -> f64 {
     let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len().max(1) as f64;
@@ -545,6 +567,7 @@ impl Plan {
             sa1_digit: sa1_digits(&layer.w, mapping),
             x,
             xmask,
+            read_sd: read_sds(&params.noise, params.adc_bits, &groups.lo, &groups.hi),
             lo: groups.lo,
             hi: groups.hi,
             converted: groups.converted,
@@ -626,6 +649,7 @@ impl Plan {
             xmask,
             lo: self.lo.clone(),
             hi: self.hi.clone(),
+            read_sd: self.read_sd.clone(),
             converted: self.converted.clone(),
             row_active,
             exact: Vec::new(),
@@ -643,6 +667,13 @@ impl Plan {
     }
 
     /// Whether stuck-at faults are drawn.
+    /// Whether conversions draw read noise (`read_sigma`, `fs_sigma` or
+    /// `adc_sigma_lsb`).
+    pub fn has_read_noise(&self) -> bool {
+        let n = &self.noise;
+        n.read_sigma > 0.0 || n.fs_sigma > 0.0 || n.adc_sigma_lsb > 0.0
+    }
+
     pub fn has_faults(&self) -> bool {
         self.noise.p_sa0 > 0.0 || self.noise.p_sa1 > 0.0
     }
@@ -650,7 +681,7 @@ impl Plan {
     /// Whether every trial computes the same outputs: no cell noise, read
     /// noise or faults, so nothing is drawn.
     pub fn trial_invariant(&self) -> bool {
-        self.path == NoisePath::Analytic && self.noise.read_sigma == 0.0 && !self.has_faults()
+        self.path == NoisePath::Analytic && !self.has_read_noise() && !self.has_faults()
     }
 
     /// Whether dynamic per-cell draws are compact: with no leak and no faults
@@ -684,7 +715,40 @@ impl Plan {
 
 #[cfg(test)]
 mod tests {
-    use super::input_masks;
+    use super::{input_masks, read_sds};
+    use crate::experiment::{NoiseMode, NoiseParams, Sampling};
+
+    /// Read noise, full-scale noise and ADC noise add in quadrature; by hand.
+    #[test]
+    fn read_noise_per_group_by_hand() {
+        let noise = NoiseParams {
+            cell_sigma: 0.0,
+            mode: NoiseMode::Static,
+            read_sigma: 0.3,
+            fs_sigma: 0.01,
+            adc_sigma_lsb: 0.5,
+            leak: 0.0,
+            p_sa0: 0.0,
+            p_sa1: 0.0,
+            sampling: Sampling::Auto,
+        };
+        // A 4-bit ADC (15 steps): range 60 has step 4, range 9 has step 1.
+        let sd = read_sds(&noise, Some(4), &[-10.0, 0.0], &[50.0, 9.0]);
+        let want = [
+            (0.09f64 + 0.36 + 4.0).sqrt(),    // 0.3, 0.01 x 60, 0.5 x 4
+            (0.09f64 + 0.0081 + 0.25).sqrt(), // 0.3, 0.01 x 9, 0.5 x 1
+        ];
+        for (s, w) in sd.iter().zip(want) {
+            assert!((*s as f64 - w).abs() < 1e-6, "{s} vs {w}");
+        }
+        // Without the two conventions it is read_sigma itself, bit for bit.
+        let plain = NoiseParams {
+            fs_sigma: 0.0,
+            adc_sigma_lsb: 0.0,
+            ..noise
+        };
+        assert_eq!(read_sds(&plain, Some(4), &[-10.0], &[50.0]), vec![0.3f32]);
+    }
 
     #[test]
     fn input_masks_hold_each_bit_of_each_input() {

@@ -481,6 +481,17 @@ pub fn point_key(params: &Params, mapping: &MappingSpec) -> String {
         text.push_str("\u{1f}input_coding=");
         text.push_str(l.coding.label());
     }
+    // Noise conventions added after the key's fields: in the key only when
+    // used, so the keys of results without them stay what they were.
+    let noise = &params.noise;
+    for (name, v) in [
+        ("fs_sigma", noise.fs_sigma),
+        ("adc_sigma_lsb", noise.adc_sigma_lsb),
+    ] {
+        if v != 0.0 {
+            text.push_str(&format!("\u{1f}{name}={v}"));
+        }
+    }
     format!("{:016x}", crate::experiment::stable_hash(&text))
 }
 
