@@ -1,6 +1,6 @@
-//! Every shipped experiment parses, runs at least 1000 trials per point (20
-//! simulated chips for whole-network accuracy), and has committed results
-//! with the columns the plots need.
+//! Every shipped experiment parses, runs at least 1000 trials per point (10
+//! simulated chips of at least 500 test images for whole-network accuracy),
+//! and has committed results with the columns the plots need.
 
 use std::path::Path;
 use zebra_cim::experiment::{Experiment, Overrides};
@@ -18,12 +18,19 @@ fn shipped_experiments_parse_and_have_committed_results() {
         }
         let exp = Experiment::load(&path, Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
         let network = exp.network.is_some();
-        let least = if network { 20 } else { 1000 };
+        let least = if network { 10 } else { 1000 };
         assert!(
             exp.points.iter().all(|p| p.params.trials >= least),
             "{}: fewer than {least} trials",
             path.display()
         );
+        if let Some(net) = &exp.network {
+            assert!(
+                net.limit.is_none_or(|l| l >= 500),
+                "{}: fewer than 500 images",
+                path.display()
+            );
+        }
         let csv = Path::new("results").join(format!("{}.csv", exp.name));
         let (columns, companion, companion_columns) = if network {
             (columns::<AccuracyRow>(), "trials", columns::<TrialRow>())
