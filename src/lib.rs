@@ -3,9 +3,10 @@
 //!
 //! The modules are layers, and each uses only its own layer and those below
 //! it, never one above (`tests/architecture.rs` checks every `crate::` path):
-//! `error` (every error type), `model` (encodings, the ADC, the random
-//! numbers: the physics, knowing no file or engine), `io` (`.npy`, IDX, CSV
-//! and plots: files, knowing no experiment), `experiment` (the experiment
+//! `error` (every error type), `model` (encodings, the ADC, the energy and
+//! area models, the random numbers: the physics, knowing no file or
+//! engine), `io` (`.npy`, IDX, CSV and plots: files, knowing no
+//! experiment), `experiment` (the experiment
 //! file, its sweep points, their workloads and the immutable `Plan` each
 //! point and mapping becomes), `engine` (the reference, CPU and GPU engines
 //! that run a plan's trials into streamed statistics), `network` (quantised

@@ -1,6 +1,7 @@
 //! Numbers that carry verdicts, against hand counts on a tiny layer: the
-//! cost counters of a plan and the energy proxy of a result row
-//! (docs/MODEL.md, "Energy proxy").
+//! cost counters of a plan (conversions by effective resolution included),
+//! the energy proxy of a result row, and the energy and area models
+//! (docs/MODEL.md, "Energy proxy" and "Energy and area models").
 
 use zebra_cim::engine::reference::ReferenceEngine;
 use zebra_cim::engine::stats::Accumulator;
@@ -9,8 +10,11 @@ use zebra_cim::experiment::plan::{Counters, Plan};
 use zebra_cim::experiment::workload::Layer;
 use zebra_cim::experiment::*;
 use zebra_cim::io::csv::{columns, record};
+use zebra_cim::model::energy::{
+    area, energy, AdcModel, AdcScaling, BitsHistogram, EnergyParams, BITS, TRANSISTOR_UM2,
+};
 use zebra_cim::model::{InputCoding, MappingSpec};
-use zebra_cim::sweep::output::{ResultRow, RunInfo};
+use zebra_cim::sweep::output::{energy_per_mac, ResultRow, RunInfo};
 
 /// K = 4, N = 2, two input vectors of 2-bit inputs, 3-bit weights, P = 2
 /// (chunk 0 = rows 0-1, chunk 1 = rows 2-3), a 3-bit ADC.
@@ -51,7 +55,7 @@ fn tiny(adc_bits: Option<u32>) -> (Params, Layer) {
             sampling: Sampling::Auto,
         },
         energy: ENERGY_DEFAULTS,
-        signed_inputs: zebra_cim::model::InputCoding::TwosComplement,
+        signed_inputs: InputCoding::TwosComplement,
     };
     let layer = Layer {
         k: 4,
@@ -64,6 +68,15 @@ fn tiny(adc_bits: Option<u32>) -> (Params, Layer) {
         coding: InputCoding::Unsigned,
     };
     (params, layer)
+}
+
+/// A histogram by bits with counts `(bits, count)`.
+fn hist(counts: &[(usize, u64)]) -> BitsHistogram {
+    let mut h = [0; BITS];
+    for &(b, n) in counts {
+        h[b] = n;
+    }
+    h
 }
 
 fn plan(mapping: &str, adc_bits: Option<u32>) -> Plan {
@@ -86,6 +99,9 @@ fn zebra_counters_match_the_hand_count() {
     //   b0 c0 i0 (k0): c0 j0 n0 -> 1;  b0 c0 i1 (k1): c0 j1 n0 -> 1;
     //   b1 c0 i0 (k0): 1;  b1 c0 i1 (k0): 1;  b1 c1 i0 (k3): 3 groups -> 3;  = 7.
     // Cell-MACs: B K N Bx J = 2 * 4 * 2 * 2 * 2 = 64; MACs 16.
+    // Every converted group has one +1 or one -1 digit: a range of 1, 1 bit.
+    // Zero checks: every input plane, B C Bx = 8, and every group's flag for
+    // each of the 5 converted input planes, 5 * J N = 20; = 28.
     let plan = plan("zebra", Some(3));
     assert_eq!(
         plan.counters,
@@ -96,6 +112,9 @@ fn zebra_counters_match_the_hand_count() {
             skipped_input_planes: 3,
             cell_macs: 64,
             macs: 16,
+            conversions_by_bits: hist(&[(1, 11)]),
+            groups_by_bits: hist(&[(1, 5)]),
+            zero_checks: 28,
         }
     );
     // Adaptive ranges [-n_neg, n_pos] of the converted groups.
@@ -119,6 +138,8 @@ fn dense_counters_match_the_hand_count() {
     // k0: 1 (001) + 0 = 1; k1: -2 = 110 -> 2; k2: 0; k3: 3 = 011 -> 2 and
     // -1 = 111 -> 3, so 5. Active reads = sum_b sum_k popcount(x_bk) * that:
     // x0: 1 * 1 + 1 * 2 = 3; x1: 2 * 1 + 1 * 5 = 7; = 10.
+    // Full range [0, P] = [0, 2]: 3 levels, 2 bits, for all C J N = 12 groups;
+    // no skipping, no zero checks.
     let plan = plan("dense", Some(3));
     assert_eq!(
         plan.counters,
@@ -129,6 +150,9 @@ fn dense_counters_match_the_hand_count() {
             skipped_input_planes: 0,
             cell_macs: 96,
             macs: 16,
+            conversions_by_bits: hist(&[(2, 48)]),
+            groups_by_bits: hist(&[(2, 12)]),
+            zero_checks: 0,
         }
     );
 }
@@ -188,4 +212,229 @@ fn energy_proxy_matches_the_hand_computation() {
     let col = row("zebra", None);
     assert_eq!(col("energy_fj_per_mac"), "");
     assert_eq!(col("energy_adc_share"), "");
+}
+
+#[test]
+fn dense_cal_counts_its_bits_after_calibration() {
+    // Two's complement digits (b0, b1, b2): 1 -> (1,0,0), -2 -> (0,1,1),
+    // 3 -> (1,1,0), -1 -> (1,1,1). Over every (input, chunk, input bit,
+    // column) of the workload no plane's clean sum exceeds 1 nor falls below
+    // 0 (each chunk's driven rows hold at most one 1 per plane and column),
+    // so at the 100th percentile every plane's range is [0, 1]: 1 bit, where
+    // the full range [0, 2] of `dense` needs 2.
+    let plan = plan("dense-cal", Some(3));
+    assert_eq!(plan.counters.conversions_by_bits, hist(&[(1, 48)]));
+    assert_eq!(plan.counters.groups_by_bits, hist(&[(1, 12)]));
+}
+
+/// One input vector x = [1, 3, 0, 2] (2-bit), P = 4 (one chunk), 3-bit
+/// weights, ranges of several widths:
+///
+/// ```text
+///        n=0  n=1     sign-magnitude planes (s = 1, 2):
+///   k0    3    0      n0: plane 0 = (+1, +1, -1, +1): [-1, 3], range 4, 3 bits
+///   k1    3    2          plane 1 = (+1, +1,  0,  0): [0, 2], range 2, 2 bits
+///   k2   -1    0      n1: plane 0 all zero: skipped
+///   k3    1    0          plane 1 = ( 0, +1,  0,  0): [0, 1], range 1, 1 bit
+/// ```
+fn ranges(adc_bits: Option<u32>, mapping: &str) -> Plan {
+    let (mut params, _) = tiny(adc_bits);
+    params.parallelism = 4;
+    params.layer.inputs = 1;
+    let layer = Layer {
+        k: 4,
+        n: 2,
+        inputs: 1,
+        weight_bits: 3,
+        input_bits: 2,
+        w: vec![3, 0, 3, 2, -1, 0, 1, 0],
+        x: vec![1, 3, 0, 2],
+        coding: InputCoding::Unsigned,
+    };
+    Plan::new(&params, &layer, &MappingSpec::preset(mapping).unwrap())
+}
+
+#[test]
+fn adaptive_ranges_need_the_bits_of_their_width_capped_by_the_adc() {
+    // Both input bits drive a row (bit 0: rows 0, 1; bit 1: rows 1, 3), and
+    // each converts the three groups: 2 conversions at 3, 2 and 1 bits.
+    for (bits, want) in [
+        (Some(3), hist(&[(3, 2), (2, 2), (1, 2)])),
+        (None, hist(&[(3, 2), (2, 2), (1, 2)])),
+        (Some(2), hist(&[(2, 4), (1, 2)])),
+        (Some(1), hist(&[(1, 6)])),
+    ] {
+        let plan = ranges(bits, "zebra");
+        assert_eq!(plan.counters.conversions, 6, "{bits:?}");
+        assert_eq!(plan.counters.conversions_by_bits, want, "{bits:?}");
+        assert_eq!(plan.counters.groups_by_bits.iter().sum::<u64>(), 3);
+        // Zero checks: 2 input planes, and 2 x J N = 8 group flags.
+        assert_eq!(plan.counters.zero_checks, 10, "{bits:?}");
+    }
+    // The full range [-P, P] = [-4, 4] of signed digits: 9 levels, 4 bits,
+    // capped at the ADC's 3; no skipping: 2 input planes x J N = 8 conversions.
+    let plan = ranges(Some(3), "signmag");
+    assert_eq!(plan.counters.conversions_by_bits, hist(&[(3, 8)]));
+    assert_eq!(plan.counters.zero_checks, 0);
+}
+
+#[test]
+fn every_preset_counts_each_conversion_once_by_bits_and_network_passes_agree() {
+    let (_, layer) = tiny(Some(3));
+    for mapping in MappingSpec::presets() {
+        for bits in [Some(1), Some(3), None] {
+            let plan = plan(&mapping.name, bits);
+            let c = plan.counters;
+            let what = format!("{} {bits:?}", mapping.name);
+            assert_eq!(
+                c.conversions_by_bits.iter().sum::<u64>(),
+                c.conversions,
+                "{what}"
+            );
+            assert_eq!(
+                c.groups_by_bits.iter().sum::<u64>() + c.skipped_groups,
+                (plan.chunks * plan.j * plan.n) as u64,
+                "{what}"
+            );
+            // The same inputs through `with_inputs`, as a network pass: the
+            // same conversions, bits and checks (active reads are not counted).
+            let pass = plan.with_inputs(layer.x.clone()).counters;
+            assert_eq!(
+                Counters {
+                    active_reads: c.active_reads,
+                    ..pass
+                },
+                c,
+                "{what}"
+            );
+        }
+    }
+}
+
+/// `model` charged by `scaling` with the default coefficients.
+fn params(model: AdcModel, scaling: AdcScaling) -> EnergyParams {
+    EnergyParams {
+        model,
+        adc_scaling: scaling,
+        ..ENERGY_DEFAULTS
+    }
+}
+
+#[test]
+fn energy_models_match_the_hand_computation() {
+    use AdcModel::*;
+    use AdcScaling::*;
+    // zebra on the tiny layer: 11 conversions (all needing 1 bit, the ADC
+    // has 3), 7 active reads, 28 zero checks, 16 MACs. Every model but the
+    // proxy adds 11 x 100 fJ of shift-and-add and 28 x 30 fJ of checks:
+    // with the 7 fJ of cells, 1947 fJ besides the ADC.
+    // Per conversion at 3 bits: walden 50 x 8 = 400; neurosim-sar
+    // (2.9503 x 3 + 22.047) x 4 = 123.5916; isaac: the 4-bit 790; flash
+    // 7 x 22 = 154; murmann max(1 x 8, 7.5e-4 x 64) = 8.
+    // At 1 bit: walden 100; neurosim-sar (2.9503 + 22.047) x 2 = 49.9946;
+    // isaac 790; flash 22; murmann max(2, 0.003) = 2.
+    let cases = [
+        (Proxy, Fixed, (11.0 * 400.0 + 7.0) / 16.0),
+        (Proxy, Effective, (11.0 * 100.0 + 7.0) / 16.0),
+        (Walden, Fixed, (4400.0 + 1947.0) / 16.0),
+        (Walden, Effective, (1100.0 + 1947.0) / 16.0),
+        (NeurosimSar, Fixed, (11.0 * 123.5916 + 1947.0) / 16.0),
+        (NeurosimSar, Effective, (11.0 * 49.9946 + 1947.0) / 16.0),
+        (Isaac, Fixed, (8690.0 + 1947.0) / 16.0),
+        (Isaac, Effective, (8690.0 + 1947.0) / 16.0),
+        (Flash, Fixed, (1694.0 + 1947.0) / 16.0),
+        (Flash, Effective, (242.0 + 1947.0) / 16.0),
+        (Murmann, Fixed, (88.0 + 1947.0) / 16.0),
+        (Murmann, Effective, (22.0 + 1947.0) / 16.0),
+    ];
+    let c = plan("zebra", Some(3)).counters;
+    for (model, scaling, want) in cases {
+        let e = energy(&params(model, scaling), Some(3), &c.activity()).unwrap();
+        let got = e.fj_per_mac(c.macs);
+        assert!(
+            (got - want).abs() <= 1e-12 * want,
+            "{} {}: got {got}, want {want}",
+            model.label(),
+            scaling.label()
+        );
+    }
+    // dense: 48 conversions needing 2 bits, 10 reads, no checks. walden:
+    // fixed 48 x 400 + 10 + 48 x 100 = 24010; effective 48 x 200 + 10 + 4800 = 14410.
+    let c = plan("dense", Some(3)).counters;
+    for (scaling, want) in [(Fixed, 24010.0 / 16.0), (Effective, 14410.0 / 16.0)] {
+        let e = energy(&params(Walden, scaling), Some(3), &c.activity()).unwrap();
+        assert_eq!(e.fj_per_mac(c.macs), want, "{}", scaling.label());
+    }
+    // The adaptive-range case at 3 bits, walden, effective: 2 x (400 + 200 +
+    // 100) = 1400 fJ of ADC against 6 x 400 = 2400 fixed.
+    let c = ranges(Some(3), "zebra").counters;
+    let adc = |s| {
+        energy(&params(Walden, s), Some(3), &c.activity())
+            .unwrap()
+            .adc_fj
+    };
+    assert_eq!((adc(Effective), adc(Fixed)), (1400.0, 2400.0));
+}
+
+#[test]
+fn the_default_energy_is_the_proxy_result_files_report() {
+    let (p, _) = tiny(Some(3));
+    assert_eq!(p.energy.model, AdcModel::Proxy);
+    assert_eq!(p.energy.adc_scaling, AdcScaling::Fixed);
+    for mapping in MappingSpec::presets() {
+        for bits in [Some(1), Some(3), Some(6)] {
+            let c = plan(&mapping.name, bits).counters;
+            let e = energy(&p.energy, bits, &c.activity()).unwrap();
+            assert_eq!(
+                Some((e.fj_per_mac(c.macs), e.adc_share())),
+                energy_per_mac(
+                    &Params {
+                        adc_bits: bits,
+                        ..p.clone()
+                    },
+                    &c
+                ),
+                "{} {bits:?}",
+                mapping.name
+            );
+        }
+    }
+    let c = plan("zebra", Some(3)).counters;
+    let e = energy(&p.energy, Some(3), &c.activity()).unwrap();
+    assert_eq!(e.fj_per_mac(c.macs), 275.4375);
+    assert_eq!(energy(&p.energy, None, &c.activity()), None);
+}
+
+#[test]
+fn the_area_proxy_matches_the_hand_count() {
+    // zebra on the tiny layer: 16 cells (K N J), 5 converted groups needing
+    // 1 bit, and 10 zero-check units (C J N = 8 group flags, C = 2 input
+    // detectors). Flash, effective: 5 ADCs of 1 comparator (20 transistors);
+    // NeuroSim SAR, fixed 3 bits: 5 x 842 transistors.
+    let plan = plan("zebra", Some(3));
+    let l = plan.layout();
+    assert_eq!((l.cells, l.check_units), (16, 10));
+    assert_eq!(l.groups_by_bits, hist(&[(1, 5)]));
+    assert_eq!(plan.facts().layout(&plan.mapping), l);
+    let t = TRANSISTOR_UM2;
+    let a = area(&params(AdcModel::Flash, AdcScaling::Effective), Some(3), &l).unwrap();
+    let want = [
+        100.0 * t,
+        16.0 * 280.0 * 0.065 * 0.065,
+        5.0 * 832.0 * t,
+        10.0 * 28.0 * t,
+    ];
+    let got = [a.adc_um2, a.cells_um2, a.digital_um2, a.checks_um2];
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() <= 1e-12 * w, "got {got:?}, want {want:?}");
+    }
+    let a = area(
+        &params(AdcModel::NeurosimSar, AdcScaling::Fixed),
+        Some(3),
+        &l,
+    )
+    .unwrap();
+    assert!((a.adc_um2 - 5.0 * 842.0 * t).abs() <= 1e-9);
+    // dense skips nothing: no check units.
+    assert_eq!(self::plan("dense", Some(3)).layout().check_units, 0);
 }

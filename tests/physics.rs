@@ -52,7 +52,7 @@ fn noiseless_params(
             sampling: Sampling::Auto,
         },
         energy: ENERGY_DEFAULTS,
-        signed_inputs: zebra_cim::model::InputCoding::TwosComplement,
+        signed_inputs: InputCoding::TwosComplement,
     }
 }
 

@@ -6,6 +6,7 @@ pub mod plan;
 pub mod workload;
 
 use crate::error::{Error, Result};
+use crate::model::energy::{AdcModel, AdcScaling, ISAAC_BITS};
 use crate::model::{InputCoding, MappingSpec};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -234,45 +235,54 @@ fn default_sampling() -> String {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 struct RawEnergy {
-    #[serde(default = "default_adc_fj")]
+    model: String,
+    adc_scaling: String,
     adc_fj_per_step: f64,
-    #[serde(default = "default_cell_fj")]
     cell_fj: f64,
+    add_fj: f64,
+    check_fj: f64,
+    comparator_fj: f64,
+    envelope_fj_per_step: f64,
+    schreier_db: f64,
+    cell_um2: f64,
+    add_um2: f64,
+    check_um2: f64,
+    comparator_um2: f64,
 }
 
 impl Default for RawEnergy {
     fn default() -> Self {
+        let d = ENERGY_DEFAULTS;
         RawEnergy {
-            adc_fj_per_step: default_adc_fj(),
-            cell_fj: default_cell_fj(),
+            model: d.model.label().into(),
+            adc_scaling: d.adc_scaling.label().into(),
+            adc_fj_per_step: d.adc_fj_per_step,
+            cell_fj: d.cell_fj,
+            add_fj: d.add_fj,
+            check_fj: d.check_fj,
+            comparator_fj: d.comparator_fj,
+            envelope_fj_per_step: d.envelope_fj_per_step,
+            schreier_db: d.schreier_db,
+            cell_um2: d.cell_um2,
+            add_um2: d.add_um2,
+            check_um2: d.check_um2,
+            comparator_um2: d.comparator_um2,
         }
     }
 }
-fn default_adc_fj() -> f64 {
-    ENERGY_DEFAULTS.adc_fj_per_step
-}
-fn default_cell_fj() -> f64 {
-    ENERGY_DEFAULTS.cell_fj
-}
 
-/// Energy proxy coefficients: an ADC conversion of `b` bits costs
-/// `adc_fj_per_step * 2^b` (the Walden figure of merit), an active cell read `cell_fj`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct EnergyParams {
-    pub adc_fj_per_step: f64,
-    pub cell_fj: f64,
-}
+/// The coefficients of the energy and area models (`[energy]`, see
+/// `model::energy` and docs/MODEL.md).
+pub use crate::model::energy::EnergyParams;
 
-/// Defaults, see docs/MODEL.md (energy proxy): a Walden FOM of 50 fJ per
-/// conversion step, inside the range of SAR ADCs in B. Murmann's ADC
-/// Performance Survey, and 1 fJ per active cell read, the order of magnitude
-/// of SRAM/ReRAM CIM bit-cell operations.
-pub const ENERGY_DEFAULTS: EnergyParams = EnergyParams {
-    adc_fj_per_step: 50.0,
-    cell_fj: 1.0,
-};
+/// Defaults, see docs/MODEL.md (energy and area models): the `proxy` model,
+/// charged at the ADC's bits, with a Walden FOM of 50 fJ per conversion
+/// step, inside the range of SAR ADCs in B. Murmann's ADC Performance
+/// Survey, and 1 fJ per active cell read, the order of magnitude of
+/// SRAM/ReRAM CIM bit-cell operations.
+pub const ENERGY_DEFAULTS: EnergyParams = crate::model::energy::DEFAULTS;
 
 /// Cell mismatch drawn once per chip, or at every read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -929,15 +939,7 @@ fn resolve_params(
     if noise.adc_sigma_lsb > 0.0 && adc_bits.is_none() {
         return Err("`noise.adc_sigma_lsb` is noise in steps of a real ADC; an ideal ADC (`adc.bits = \"ideal\"`) has none: give `adc.bits` 1..=16 or drop it".into());
     }
-    let energy = EnergyParams {
-        adc_fj_per_step: finite_range(
-            "energy.adc_fj_per_step",
-            raw.energy.adc_fj_per_step,
-            0.0,
-            1e9,
-        )?,
-        cell_fj: finite_range("energy.cell_fj", raw.energy.cell_fj, 0.0, 1e9)?,
-    };
+    let energy = resolve_energy(&raw.energy, adc_bits)?;
     Ok(Params {
         energy,
         trials,
@@ -948,6 +950,56 @@ fn resolve_params(
         adc_bits,
         calibrate_percentile,
         noise,
+    })
+}
+
+/// The `[energy]` section, for an ADC of `adc_bits` (`None`: ideal).
+fn resolve_energy(
+    e: &RawEnergy,
+    adc_bits: Option<u32>,
+) -> std::result::Result<EnergyParams, String> {
+    let model = AdcModel::from_label(&e.model).ok_or_else(|| {
+        let names: Vec<String> = AdcModel::ALL
+            .iter()
+            .map(|m| format!("\"{}\"", m.label()))
+            .collect();
+        format!(
+            "`energy.model` must be one of {}, got \"{}\"",
+            names.join(", "),
+            e.model
+        )
+    })?;
+    let adc_scaling = match e.adc_scaling.as_str() {
+        "fixed" => AdcScaling::Fixed,
+        "effective" => AdcScaling::Effective,
+        other => {
+            return Err(format!(
+                "`energy.adc_scaling` must be \"fixed\" or \"effective\", got \"{other}\""
+            ))
+        }
+    };
+    if model == AdcModel::Isaac && adc_bits.is_none_or(|b| b > *ISAAC_BITS.end()) {
+        let bits = adc_bits.map_or("\"ideal\"".into(), |b| b.to_string());
+        return Err(format!(
+            "`energy.model = \"isaac\"` has table entries up to {} bits; `adc.bits` is {bits}",
+            ISAAC_BITS.end()
+        ));
+    }
+    let coefficient = |key: &str, v: f64| finite_range(&format!("energy.{key}"), v, 0.0, 1e9);
+    Ok(EnergyParams {
+        model,
+        adc_scaling,
+        adc_fj_per_step: coefficient("adc_fj_per_step", e.adc_fj_per_step)?,
+        cell_fj: coefficient("cell_fj", e.cell_fj)?,
+        add_fj: coefficient("add_fj", e.add_fj)?,
+        check_fj: coefficient("check_fj", e.check_fj)?,
+        comparator_fj: coefficient("comparator_fj", e.comparator_fj)?,
+        envelope_fj_per_step: coefficient("envelope_fj_per_step", e.envelope_fj_per_step)?,
+        schreier_db: finite_range("energy.schreier_db", e.schreier_db, 100.0, 250.0)?,
+        cell_um2: coefficient("cell_um2", e.cell_um2)?,
+        add_um2: coefficient("add_um2", e.add_um2)?,
+        check_um2: coefficient("check_um2", e.check_um2)?,
+        comparator_um2: coefficient("comparator_um2", e.comparator_um2)?,
     })
 }
 
@@ -1135,5 +1187,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("sweep point 1 (adc.bits = 40)"), "{msg}");
+    }
+
+    #[test]
+    fn energy_keys_parse_and_default_to_the_proxy() {
+        let e = parse("version = 1\n").unwrap();
+        assert_eq!(e.points[0].params.energy, ENERGY_DEFAULTS);
+        let e = parse(
+            "version = 1\n[energy]\nmodel = \"neurosim-sar\"\nadc_scaling = \"effective\"\n\
+             adc_fj_per_step = 2.0\ncell_fj = 3.0\nadd_fj = 4.0\ncheck_fj = 5.0\n\
+             comparator_fj = 6.0\nenvelope_fj_per_step = 7.0\nschreier_db = 170.0\n\
+             cell_um2 = 8.0\nadd_um2 = 9.0\ncheck_um2 = 10.0\ncomparator_um2 = 11.0\n\
+             [sweep]\n\"energy.model\" = [\"flash\", \"murmann\"]\n",
+        )
+        .unwrap();
+        let p = e.points[1].params.energy;
+        assert_eq!(
+            p,
+            EnergyParams {
+                model: AdcModel::Murmann,
+                adc_scaling: AdcScaling::Effective,
+                adc_fj_per_step: 2.0,
+                cell_fj: 3.0,
+                add_fj: 4.0,
+                check_fj: 5.0,
+                comparator_fj: 6.0,
+                envelope_fj_per_step: 7.0,
+                schreier_db: 170.0,
+                cell_um2: 8.0,
+                add_um2: 9.0,
+                check_um2: 10.0,
+                comparator_um2: 11.0,
+            }
+        );
+        assert_eq!(e.points[0].params.energy.model, AdcModel::Flash);
+        // ISAAC's table ends at 10 bits: an ideal ADC has no entry.
+        let msg = parse("version = 1\n[adc]\nbits = \"ideal\"\n[energy]\nmodel = \"isaac\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("up to 10 bits; `adc.bits` is \"ideal\""),
+            "{msg}"
+        );
     }
 }

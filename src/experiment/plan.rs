@@ -6,6 +6,7 @@
 
 use crate::experiment::workload::Layer;
 use crate::experiment::{NoiseMode, NoiseParams, Params, Sampling};
+use crate::model::energy::{Activity, BitsHistogram, Layout};
 use crate::model::{encode_planes, Adc, AdcRange, InputCoding, MappingSpec};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -49,6 +50,32 @@ pub struct Counters {
     pub cell_macs: u64,
     /// Multiply-accumulates of the layer: inputs x K x N.
     pub macs: u64,
+    /// Conversions by the bits their group's range needs, capped at the
+    /// ADC's (`model::Adc::effective_bits`; an ideal ADC's are not capped).
+    #[serde(default)]
+    pub conversions_by_bits: BitsHistogram,
+    /// Converted (chunk, column, plane) groups by the bits their range
+    /// needs: the ADCs of the layer, sized (static, as `skipped_groups`).
+    #[serde(default)]
+    pub groups_by_bits: BitsHistogram,
+    /// Zero checks skipping performs: with `skip_zero_inputs` every (input,
+    /// chunk, input bit) plane is tested; with `skip_zero_planes` every
+    /// group's flag is read for each converted input plane of its chunk.
+    #[serde(default)]
+    pub zero_checks: u64,
+}
+
+impl Counters {
+    /// What the energy models read of the counters.
+    pub fn activity(&self) -> Activity {
+        Activity {
+            conversions: self.conversions,
+            conversions_by_bits: self.conversions_by_bits,
+            active_reads: self.active_reads,
+            zero_checks: self.zero_checks,
+            macs: self.macs,
+        }
+    }
 }
 
 /// One (sweep point, mapping) ready for the engines, immutable once built.
@@ -136,6 +163,37 @@ impl Plan {
             counters: self.counters,
             plane_density,
         }
+    }
+}
+
+impl PlanFacts {
+    /// What the area proxy counts of this plan's layer under `mapping`.
+    pub fn layout(&self, mapping: &MappingSpec) -> Layout {
+        layout(self.k, self.n, self.j, self.chunks, &self.counters, mapping)
+    }
+}
+
+/// Cells `K N J`, the converted groups by bits, and the zero-check units:
+/// a flag per group with `skip_zero_planes`, a detector per chunk with
+/// `skip_zero_inputs`.
+fn layout(
+    k: usize,
+    n: usize,
+    j: usize,
+    chunks: usize,
+    counters: &Counters,
+    mapping: &MappingSpec,
+) -> Layout {
+    let flags = if mapping.skip_zero_planes {
+        chunks * j * n
+    } else {
+        0
+    };
+    let detectors = if mapping.skip_zero_inputs { chunks } else { 0 };
+    Layout {
+        cells: (k * n * j) as u64,
+        groups_by_bits: counters.groups_by_bits,
+        check_units: (flags + detectors) as u64,
     }
 }
 
@@ -369,6 +427,61 @@ fn clean_sums(
     clean
 }
 
+/// Each chunk's converted groups by the bits their conversions need,
+/// `[c][bits]`, from the groups' ranges `[c][j][n]`.
+fn chunk_bits(
+    converted: &[bool],
+    lo: &[f32],
+    hi: &[f32],
+    adc: Adc,
+    chunks: usize,
+) -> Vec<BitsHistogram> {
+    let per_chunk = converted.len() / chunks.max(1);
+    (0..chunks)
+        .map(|c| {
+            let mut h: BitsHistogram = Default::default();
+            for g in c * per_chunk..(c + 1) * per_chunk {
+                if converted[g] {
+                    h[adc.effective_bits(lo[g], hi[g]) as usize] += 1;
+                }
+            }
+            h
+        })
+        .collect()
+}
+
+/// Counts into `counters` the conversions by bits of the input planes
+/// `row_active` `[b][c][i]` (each converts its chunk's groups, `by_chunk`
+/// from [`chunk_bits`]), the groups by bits, and the zero checks `mapping`
+/// performs.
+fn count_bits_and_checks(
+    row_active: &[bool],
+    by_chunk: &[BitsHistogram],
+    xbits: usize,
+    groups_per_chunk: usize,
+    mapping: &MappingSpec,
+    counters: &mut Counters,
+) {
+    let chunks = by_chunk.len();
+    for (r, _) in row_active.iter().enumerate().filter(|(_, a)| **a) {
+        let h = &by_chunk[(r / xbits) % chunks];
+        for (total, n) in counters.conversions_by_bits.iter_mut().zip(h) {
+            *total += n;
+        }
+        if mapping.skip_zero_planes {
+            counters.zero_checks += groups_per_chunk as u64;
+        }
+    }
+    if mapping.skip_zero_inputs {
+        counters.zero_checks += row_active.len() as u64;
+    }
+    for h in by_chunk {
+        for (total, n) in counters.groups_by_bits.iter_mut().zip(h) {
+            *total += n;
+        }
+    }
+}
+
 /// Per-chunk list of (word index, mask) covering its rows.
 pub fn chunk_words(k: usize, p: usize) -> Vec<Vec<(usize, u64)>> {
     let chunks = k.div_ceil(p);
@@ -546,6 +659,15 @@ impl Plan {
         if calibrate {
             groups.calibrate(&clean, params.calibrate_percentile, chunks, n);
         }
+        let adc = Adc {
+            bits: params.adc_bits,
+        };
+        let by_chunk = chunk_bits(&groups.converted, &groups.lo, &groups.hi, adc, chunks);
+        count_bits_and_checks(&row_active, &by_chunk, xbits, j * n, mapping, &mut counters);
+        debug_assert_eq!(
+            counters.conversions_by_bits.iter().sum::<u64>(),
+            counters.conversions
+        );
         let exact = layer.exact();
         let exact_std = std_dev(&exact);
         Plan::seal(PlanData {
@@ -574,9 +696,7 @@ impl Plan {
             row_active,
             exact,
             exact_std,
-            adc: Adc {
-                bits: params.adc_bits,
-            },
+            adc,
             noise: params.noise,
             path: NoisePath::of(&params.noise),
             counters,
@@ -587,7 +707,8 @@ impl Plan {
     /// coding) driven by other input values `x` `[b][k]`: what a network
     /// layer sees on each pass.
     /// ADC ranges stay as built (calibrated ranges keep their calibration
-    /// inputs); the cost counters count conversions but not active reads.
+    /// inputs); the cost counters count conversions (by bits) and zero
+    /// checks but not active reads.
     /// The exact product is not computed (`exact` is empty): such a plan is
     /// for [`Engine::outputs`](crate::engine::Engine::outputs), which does
     /// not need it, not for error statistics.
@@ -626,6 +747,15 @@ impl Plan {
                 counters.skipped_input_planes += 1;
             }
         }
+        let by_chunk = chunk_bits(&self.converted, &self.lo, &self.hi, self.adc, self.chunks);
+        count_bits_and_checks(
+            &row_active,
+            &by_chunk,
+            self.xbits,
+            j * n,
+            &self.mapping,
+            &mut counters,
+        );
         // Field by field rather than `..self.clone()`: the template's own
         // inputs (calibration images) can be large and are not carried.
         Plan::seal(PlanData {
@@ -659,6 +789,18 @@ impl Plan {
             path: self.path,
             counters,
         })
+    }
+
+    /// What the area proxy counts of this plan's layer.
+    pub fn layout(&self) -> Layout {
+        layout(
+            self.k,
+            self.n,
+            self.j,
+            self.chunks,
+            &self.counters,
+            &self.mapping,
+        )
     }
 
     /// Blocks of four draws per row of N columns.

@@ -1,6 +1,7 @@
 //! The CIM model: how a mapping turns weights into digit planes, and what one
-//! ADC conversion does. It knows no engine, screen or file.
+//! ADC conversion does and costs. It knows no engine, screen or file.
 
+pub mod energy;
 pub mod rng;
 
 use serde::{Deserialize, Serialize};
@@ -321,6 +322,15 @@ impl Adc {
         }
     }
 
+    /// The bits a conversion over `[lo, hi]` needs: `ceil(log2(hi - lo + 1))`,
+    /// enough codes for every integer sum of the range (a fractional range
+    /// is rounded up), capped at the ADC's bits; an ideal ADC is not capped.
+    pub fn effective_bits(&self, lo: f32, hi: f32) -> u32 {
+        let range = (hi - lo).max(0.0).ceil() as u64;
+        let need = u64::BITS - range.leading_zeros();
+        self.bits.map_or(need, |b| need.min(b))
+    }
+
     /// The largest code, `2^b - 1`, as f32.
     #[inline(always)]
     pub fn top(bits: u32) -> f32 {
@@ -381,6 +391,26 @@ mod tests {
             .zip(scales(enc, bw))
             .map(|(&d, s)| d as i64 * s as i64)
             .sum()
+    }
+
+    #[test]
+    fn effective_bits_are_the_bit_length_of_the_range_capped_by_the_adc() {
+        let ideal = Adc { bits: None };
+        for (lo, hi, bits) in [
+            (0.0, 0.0, 0),
+            (0.0, 1.0, 1),
+            (-1.0, 0.0, 1),
+            (-1.0, 1.0, 2),
+            (0.0, 3.0, 2),
+            (-2.0, 2.0, 3),
+            (0.0, 128.0, 8),
+            (-128.0, 128.0, 9),
+            (0.0, 2.5, 2),
+            (-1048576.0, 1048576.0, 22),
+        ] {
+            assert_eq!(ideal.effective_bits(lo, hi), bits, "[{lo}, {hi}]");
+            assert_eq!(Adc { bits: Some(6) }.effective_bits(lo, hi), bits.min(6));
+        }
     }
 
     #[test]

@@ -481,6 +481,10 @@ pub fn point_key(params: &Params, mapping: &MappingSpec) -> String {
         text.push_str("\u{1f}input_coding=");
         text.push_str(l.coding.label());
     }
+    if let Some(e) = params.energy.key_text() {
+        text.push_str("\u{1f}energy=");
+        text.push_str(&e);
+    }
     // Noise conventions added after the key's fields: in the key only when
     // used, so the keys of results without them stay what they were.
     let noise = &params.noise;
