@@ -49,6 +49,7 @@ fn tiny(adc_bits: Option<u32>) -> (Params, Layer) {
             sampling: Sampling::Auto,
         },
         energy: ENERGY_DEFAULTS,
+        signed_inputs: InputCoding::TwosComplement,
     };
     let layer = Layer {
         k: 4,

@@ -50,6 +50,7 @@ fn noiseless_params(
             sampling: Sampling::Auto,
         },
         energy: ENERGY_DEFAULTS,
+        signed_inputs: InputCoding::TwosComplement,
     }
 }
 
