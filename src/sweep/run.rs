@@ -214,7 +214,7 @@ fn simulate_point(
 }
 
 /// Most trials per engine call.
-const MAX_BATCH: u32 = 1 << 14;
+pub const MAX_BATCH: u32 = 1 << 14;
 
 /// Trials per engine call: about 40 calls per point for progress (at most
 /// [`MAX_BATCH`]), at least a few trials per thread so every core stays busy.
