@@ -162,9 +162,10 @@ fn row(mapping: &str, adc_bits: Option<u32>) -> impl Fn(&str) -> String {
     let (params, _) = tiny(adc_bits);
     let plan = plan(mapping, adc_bits);
     let mut acc = Accumulator::default();
-    acc.add(&ReferenceEngine::new().run(&plan, 0..1, false).unwrap());
+    acc.add(&ReferenceEngine::new().run(&plan, 0..1, false).unwrap())
+        .unwrap();
     let facts = plan.facts();
-    let summary = acc.summary(&facts);
+    let summary = acc.summary(&facts).unwrap();
     let point = Point {
         index: 0,
         assignments: Vec::new(),

@@ -117,10 +117,8 @@ pub fn run_check(
     let text = Experiment::load(file, overrides).and_then(|exp| {
         let memory = super::check_memory(&exp, max_memory, None)?;
         let mut text = describe(&exp)?;
-        if let Some(line) = memory {
-            text.push_str(&line);
-            text.push('\n');
-        }
+        text.push_str(&memory);
+        text.push('\n');
         Ok(text)
     });
     match text {

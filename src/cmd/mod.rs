@@ -345,27 +345,29 @@ pub fn check_memory(
     exp: &crate::experiment::Experiment,
     flag: Option<u64>,
     threads: Option<usize>,
-) -> std::result::Result<Option<String>, Error> {
+) -> std::result::Result<String, Error> {
     let threads = threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .clamp(1, MAX_THREADS);
-    let Some((point, need)) = exp.memory_estimate(threads)? else {
-        return Ok(None);
-    };
+    let est = crate::sweep::memory::estimate(exp, threads)?;
     let (limit, source) = memory_limit(flag);
-    if need > limit {
+    if est.bytes > limit {
         return Err(Error::config(
             exp.file.display().to_string(),
             format!(
-                "needs about {} of memory at sweep point {point} (with the layers and result rows the sweep keeps), more than {source}; lower `layer.k`, `layer.n`, `layer.inputs`, `trials` or the sweep, or raise --max-memory",
-                human_bytes(need)
+                "needs about {} of memory at sweep point {} ({}), more than {source}; lower {}, or raise --max-memory",
+                human_bytes(est.bytes),
+                est.point,
+                est.what,
+                est.lower
             ),
         ));
     }
-    Ok(Some(format!(
-        "memory: about {} at most (largest point, layers and result rows); limit {source} (--max-memory)",
-        human_bytes(need)
-    )))
+    Ok(format!(
+        "memory: about {} at most ({}); limit {source} (--max-memory)",
+        human_bytes(est.bytes),
+        est.what
+    ))
 }
 
 /// `--threads` and `WGPU_BACKEND`, checked before anything runs.

@@ -54,8 +54,11 @@ fn run_layers(exp: &Experiment, how: &RunArgs) -> Result<ExitCode> {
         Ok(r) => r,
         Err(e) => return failed(e),
     };
-    print!("{}", runner::format_table(exp, &report.rows));
-    let counts = (report.rows.len(), report.computed, report.resumed);
+    match runner::format_table(exp, &report.csv) {
+        Ok(table) => print!("{table}"),
+        Err(e) => return failed(e),
+    }
+    let counts = (report.rows, report.computed, report.resumed);
     summary(counts, &engine.device(), &report.csv, &report.hist_csv);
     Ok(ExitCode::SUCCESS)
 }
@@ -151,8 +154,11 @@ fn run_accuracy(exp: &Experiment, how: &RunArgs) -> Result<ExitCode> {
         100.0 * report.clean_accuracy,
         report.images
     );
-    print!("{}", accuracy::format_table(exp, &report.rows));
-    let counts = (report.rows.len(), report.computed, report.resumed);
+    match accuracy::format_table(exp, &report.csv) {
+        Ok(table) => print!("{table}"),
+        Err(e) => return failed(e),
+    }
+    let counts = (report.rows, report.computed, report.resumed);
     summary(counts, &device, &report.csv, &report.trials_csv);
     Ok(ExitCode::SUCCESS)
 }
@@ -218,18 +224,18 @@ pub fn run_merge(out: &Path, dirs: &[std::path::PathBuf]) -> Result<ExitCode> {
         Ok(r) => r,
         Err(e) => return bad_input(e),
     };
-    if report.experiment.network.is_some() {
-        print!(
-            "{}",
-            accuracy::format_table(&report.experiment, &report.rows)
-        );
+    let table = if report.experiment.network.is_some() {
+        accuracy::format_table(&report.experiment, &report.csv)
     } else {
-        print!("{}", runner::format_table(&report.experiment, &report.rows));
+        runner::format_table(&report.experiment, &report.csv)
+    };
+    match table {
+        Ok(table) => print!("{table}"),
+        Err(e) => return failed(e),
     }
     println!(
         "{} (point, mapping) rows merged from {} shards",
-        report.rows.len(),
-        report.shards
+        report.rows, report.shards
     );
     println!(
         "wrote {} and {}",

@@ -116,15 +116,27 @@ pub struct Summary {
     pub counters: Counters,
 }
 
+/// Trials whose sums of squares an [`Accumulator`] keeps in memory (256
+/// KiB); beyond, they go to a temporary file, so memory stays bounded
+/// however many trials a point has.
+pub const KEPT_TRIALS: usize = 1 << 15;
+
 /// Accumulates batches of one (point, mapping) in trial order, from trial
-/// `first` on. Everything it holds is exact (per-trial moments, bin
-/// counts), so accumulators of consecutive trial ranges joined in order
-/// equal one accumulator of the whole range: the basis of sharded runs.
-#[derive(Clone, Debug, PartialEq)]
+/// `first` on. Everything it holds is exact (sums folded trial by trial,
+/// each trial's sum of squares, bin counts), so feeding it consecutive
+/// trial ranges in order equals feeding it the whole range: the basis of
+/// sharded runs.
+#[derive(Debug)]
 pub struct Accumulator {
     /// The first trial.
     pub first: u32,
-    pub trials: Vec<TrialMoments>,
+    count: u32,
+    sum: f64,
+    sumsq: f64,
+    max_abs: f64,
+    /// Each trial's sum of squares, for the trial-RMSE mean, spread and
+    /// exact percentiles.
+    per_trial: TrialValues,
     pub hist: Vec<u64>,
 }
 
@@ -137,54 +149,57 @@ impl Default for Accumulator {
 impl Accumulator {
     /// An empty accumulator whose first batch starts at trial `first`.
     pub fn starting_at(first: u32) -> Self {
+        Accumulator::keeping(first, KEPT_TRIALS)
+    }
+
+    /// As [`Accumulator::starting_at`], keeping at most `kept` trials'
+    /// values in memory (tests spill small runs with it).
+    pub fn keeping(first: u32, kept: usize) -> Self {
         Accumulator {
             first,
-            trials: Vec::new(),
+            count: 0,
+            sum: 0.0,
+            sumsq: 0.0,
+            max_abs: 0.0,
+            per_trial: TrialValues::new(kept),
             hist: vec![0; BINS],
         }
     }
 
     /// The trial after the last one added.
     pub fn end(&self) -> u32 {
-        self.first + self.trials.len() as u32
+        self.first + self.count
     }
 
-    /// Appends `next`, which must start where this one ends.
-    pub fn append(&mut self, next: &Accumulator) -> Result<(), String> {
-        if next.first != self.end() {
-            return Err(format!(
-                "trials {}.. do not follow trials {}..{}",
-                next.first,
-                self.first,
-                self.end()
-            ));
+    /// Adds the next trial's moments.
+    pub fn push(&mut self, t: TrialMoments) -> std::io::Result<()> {
+        self.sum += t.sum;
+        self.sumsq += t.sumsq;
+        self.max_abs = self.max_abs.max(t.max_abs);
+        self.count += 1;
+        self.per_trial.push(t.sumsq)
+    }
+
+    /// Adds a batch; batches must arrive in trial order.
+    pub fn add(&mut self, batch: &Batch) -> std::io::Result<()> {
+        assert_eq!(batch.first_trial, self.end(), "batches out of order");
+        for &t in &batch.trials {
+            self.push(t)?;
         }
-        self.trials.extend_from_slice(&next.trials);
-        for (a, b) in self.hist.iter_mut().zip(&next.hist) {
+        for (a, b) in self.hist.iter_mut().zip(&batch.hist) {
             *a += b;
         }
         Ok(())
     }
 
-    /// Adds a batch; batches must arrive in trial order.
-    pub fn add(&mut self, batch: &Batch) {
-        assert_eq!(batch.first_trial, self.end(), "batches out of order");
-        self.trials.extend_from_slice(&batch.trials);
-        for (a, b) in self.hist.iter_mut().zip(&batch.hist) {
-            *a += b;
-        }
-    }
-
-    /// Final metrics.
-    pub fn summary(&self, plan: &PlanFacts) -> Summary {
+    /// Final metrics. The trial-RMSE percentiles are order statistics of
+    /// every trial's RMSE, selected exactly (sorted in memory, or by
+    /// passes over the temporary file).
+    pub fn summary(&self, plan: &PlanFacts) -> std::io::Result<Summary> {
         let per_trial = (plan.b * plan.n) as f64;
-        let samples = per_trial * self.trials.len() as f64;
-        let (mut sum, mut sumsq, mut max_abs) = (0.0, 0.0, 0.0f64);
-        for t in &self.trials {
-            sum += t.sum;
-            sumsq += t.sumsq;
-            max_abs = max_abs.max(t.max_abs);
-        }
+        let n = self.count as usize;
+        let samples = per_trial * n as f64;
+        let (sum, sumsq, max_abs) = (self.sum, self.sumsq, self.max_abs);
         let bias = sum / samples;
         let mse = sumsq / samples;
         let rmse = mse.sqrt();
@@ -194,21 +209,23 @@ impl Accumulator {
         } else {
             f64::INFINITY
         };
-        let mut rms: Vec<f64> = self
-            .trials
-            .iter()
-            .map(|t| (t.sumsq / per_trial).sqrt())
-            .collect();
-        let rm_mean = rms.iter().sum::<f64>() / rms.len() as f64;
-        let rm_std =
-            (rms.iter().map(|r| (r - rm_mean).powi(2)).sum::<f64>() / rms.len() as f64).sqrt();
-        rms.sort_by(f64::total_cmp);
-        let pick = |q: f64| rms[((q * (rms.len() - 1) as f64).round() as usize).min(rms.len() - 1)];
+        let rms = |s: f64| (s / per_trial).sqrt();
+        // Two passes in trial order, as over a list of every trial's RMSE.
+        let mut total = 0.0;
+        self.per_trial.for_each(&mut |s| total += rms(s))?;
+        let rm_mean = total / n as f64;
+        let mut spread = 0.0;
+        self.per_trial
+            .for_each(&mut |s| spread += (rms(s) - rm_mean).powi(2))?;
+        let rm_std = (spread / n as f64).sqrt();
+        let rank = |q: f64| ((q * (n - 1) as f64).round() as usize).min(n - 1);
+        let ranks = [rank(0.05), rank(0.5), rank(0.95)];
+        let [p5, p50, p95] = self.per_trial.order_statistics(rms, ranks)?;
         let abs_hist = abs_histogram(&self.hist);
         let total: u64 = abs_hist.iter().sum();
         let quant = |q: f64| abs_quantile(&abs_hist, total, q).min(max_abs);
-        Summary {
-            trials: self.trials.len() as u32,
+        Ok(Summary {
+            trials: self.count,
             samples: samples as u64,
             bias,
             std,
@@ -221,12 +238,133 @@ impl Accumulator {
             snr_db,
             trial_rmse_mean: rm_mean,
             trial_rmse_std: rm_std,
-            trial_rmse_p5: pick(0.05),
-            trial_rmse_p50: pick(0.5),
-            trial_rmse_p95: pick(0.95),
+            trial_rmse_p5: p5,
+            trial_rmse_p50: p50,
+            trial_rmse_p95: p95,
             counters: plan.counters,
+        })
+    }
+}
+
+/// One value per trial, in trial order: in memory up to `kept` values,
+/// then appended to an anonymous temporary file (in the system's temporary
+/// folder, `TMPDIR`) in blocks of `kept`.
+#[derive(Debug)]
+struct TrialValues {
+    kept: usize,
+    /// The values not yet in the file.
+    mem: Vec<f64>,
+    file: Option<std::fs::File>,
+    /// Values in the file.
+    spilled: usize,
+}
+
+/// Values read back from the file at a time.
+const READ_BLOCK: usize = 8192;
+
+impl TrialValues {
+    fn new(kept: usize) -> Self {
+        TrialValues {
+            kept: kept.max(1),
+            mem: Vec::new(),
+            file: None,
+            spilled: 0,
         }
     }
+
+    fn push(&mut self, v: f64) -> std::io::Result<()> {
+        self.mem.push(v);
+        if self.mem.len() >= self.kept {
+            use std::io::{Seek, Write};
+            let file = match &mut self.file {
+                Some(f) => f,
+                None => self.file.insert(tempfile::tempfile()?),
+            };
+            // Reads move the cursor: append at the end.
+            file.seek(std::io::SeekFrom::End(0))?;
+            file.write_all(bytemuck::cast_slice(&self.mem))?;
+            self.spilled += self.mem.len();
+            self.mem.clear();
+        }
+        Ok(())
+    }
+
+    /// Calls `f` on every value, in order.
+    fn for_each(&self, f: &mut dyn FnMut(f64)) -> std::io::Result<()> {
+        if let Some(file) = &self.file {
+            use std::io::{Read, Seek};
+            let mut file = file;
+            file.seek(std::io::SeekFrom::Start(0))?;
+            let mut block = vec![0f64; READ_BLOCK];
+            let mut left = self.spilled;
+            while left > 0 {
+                let part = &mut block[..left.min(READ_BLOCK)];
+                file.read_exact(bytemuck::cast_slice_mut(part))?;
+                part.iter().for_each(|&v| f(v));
+                left -= part.len();
+            }
+        }
+        self.mem.iter().for_each(|&v| f(v));
+        Ok(())
+    }
+
+    /// The values of `g` (non-decreasing) at the values of ranks `ranks`
+    /// (from 0) in `f64::total_cmp` order. In memory: a sort. From the
+    /// file: a radix selection on the ordered bits of `g(v)`, 16 bits a
+    /// pass, so four passes and a 65,536-bin histogram per rank.
+    fn order_statistics<const R: usize>(
+        &self,
+        g: impl Fn(f64) -> f64,
+        ranks: [usize; R],
+    ) -> std::io::Result<[f64; R]> {
+        if self.file.is_none() {
+            let mut v: Vec<f64> = self.mem.iter().map(|&s| g(s)).collect();
+            v.sort_by(f64::total_cmp);
+            return Ok(ranks.map(|r| v[r]));
+        }
+        let mut out = [0.0; R];
+        let mut counts = vec![0u32; 1 << 16];
+        for (o, &rank) in out.iter_mut().zip(&ranks) {
+            let (mut prefix, mut rank) = (0u64, rank as u64);
+            for pass in 0..4 {
+                let shift = 48 - 16 * pass;
+                counts.fill(0);
+                self.for_each(&mut |s| {
+                    let key = order_key(g(s));
+                    // The bits above this pass's must match those chosen so far.
+                    if pass == 0 || key >> (shift + 16) == prefix {
+                        counts[((key >> shift) & 0xffff) as usize] += 1;
+                    }
+                })?;
+                let mut digit = 0;
+                for (d, &c) in counts.iter().enumerate() {
+                    if rank < c as u64 {
+                        digit = d as u64;
+                        break;
+                    }
+                    rank -= c as u64;
+                }
+                prefix = (prefix << 16) | digit;
+            }
+            *o = from_order_key(prefix);
+        }
+        Ok(out)
+    }
+}
+
+/// The bits of `x` as an unsigned key in `f64::total_cmp` order.
+fn order_key(x: f64) -> u64 {
+    let b = x.to_bits();
+    if b >> 63 == 1 {
+        !b
+    } else {
+        b | 1 << 63
+    }
+}
+
+/// The inverse of [`order_key`].
+fn from_order_key(k: u64) -> f64 {
+    f64::from_bits(if k >> 63 == 1 { k & !(1 << 63) } else { !k })
 }
 
 /// |e| histogram: index 0 is the zero bin, then `SIDE` log bins.
@@ -312,5 +450,83 @@ mod tests {
         let rows = coarse_rows(&hist, 5);
         assert_eq!(rows.iter().map(|r| r.2).sum::<u64>(), 1000);
         assert!(rows.windows(2).all(|w| w[0].1 <= w[1].0 + 1e-9));
+    }
+
+    #[test]
+    fn order_keys_sort_as_total_cmp_and_invert() {
+        let mut v = vec![
+            -f64::INFINITY,
+            -3.5,
+            -1e-300,
+            -0.0,
+            0.0,
+            5e-324,
+            1.0,
+            1.0 + f64::EPSILON,
+            f64::INFINITY,
+            f64::NAN,
+        ];
+        v.sort_by(f64::total_cmp);
+        for w in v.windows(2) {
+            assert!(order_key(w[0]) < order_key(w[1]), "{} !< {}", w[0], w[1]);
+        }
+        for x in v {
+            assert_eq!(from_order_key(order_key(x)).to_bits(), x.to_bits());
+        }
+    }
+
+    /// The trial-RMSE statistics are the same, bit for bit, whether the
+    /// per-trial values stay in memory or are spilled and selected by
+    /// passes over the file (ties, zeros and a wide range included).
+    #[test]
+    fn spilled_trials_give_the_summary_of_kept_ones() {
+        let facts = PlanFacts {
+            k: 8,
+            n: 3,
+            b: 2,
+            j: 1,
+            chunks: 1,
+            sampling: "test".into(),
+            exact_std: 10.0,
+            counters: Counters::default(),
+            plane_density: vec![0.5],
+        };
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let moments: Vec<TrialMoments> = (0..1001)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let sumsq = match i % 7 {
+                    0 => 0.0,
+                    1 => 4.0,
+                    _ => (x >> 11) as f64 / (1u64 << 53) as f64 * 10f64.powi((i % 9) - 4),
+                };
+                TrialMoments {
+                    sum: (x % 1000) as f64 - 500.0,
+                    sumsq,
+                    max_abs: (x % 77) as f64,
+                }
+            })
+            .collect();
+        let summary = |kept: usize| {
+            let mut acc = Accumulator::keeping(0, kept);
+            for chunk in moments.chunks(100) {
+                let first = acc.end();
+                acc.add(&Batch {
+                    first_trial: first,
+                    trials: chunk.to_vec(),
+                    hist: vec![1; BINS],
+                    raw: None,
+                })
+                .unwrap();
+            }
+            acc.summary(&facts).unwrap()
+        };
+        let kept = summary(KEPT_TRIALS);
+        for spill_after in [1, 64, 1000] {
+            assert_eq!(summary(spill_after), kept, "spilled every {spill_after}");
+        }
+        assert_eq!(kept.trials, 1001);
     }
 }

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use serde::ser::{self, Impossible, Serialize};
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// A CSV file as (header, rows).
@@ -12,77 +12,156 @@ pub type Table = (Vec<String>, Vec<Vec<String>>);
 
 /// Reads an existing CSV as (header, rows); `None` when the file does not exist.
 pub fn read_csv(path: &Path) -> Result<Option<Table>> {
-    if !path.exists() {
+    let Some(mut rows) = CsvRows::open(path)? else {
         return Ok(None);
+    };
+    let mut out = Vec::new();
+    while let Some(r) = rows.next_row()? {
+        out.push(r.iter().map(String::from).collect());
     }
-    let mut rdr = csv::Reader::from_path(path).map_err(|e| Error::Csv {
-        path: path.into(),
-        source: e,
-    })?;
-    let header: Vec<String> = rdr
-        .headers()
-        .map_err(|e| Error::Csv {
-            path: path.into(),
-            source: e,
-        })?
-        .iter()
-        .map(String::from)
-        .collect();
-    let mut rows = Vec::new();
-    for rec in rdr.records() {
-        let rec = rec.map_err(|e| Error::Csv {
-            path: path.into(),
-            source: e,
-        })?;
-        rows.push(rec.iter().map(String::from).collect());
-    }
-    Ok(Some((header, rows)))
+    Ok(Some((rows.header, out)))
 }
 
-/// Writes a CSV atomically (see [`write_atomic`]).
+/// An existing CSV read one row at a time.
+pub struct CsvRows {
+    path: PathBuf,
+    pub header: Vec<String>,
+    reader: csv::Reader<File>,
+    record: csv::StringRecord,
+}
+
+impl CsvRows {
+    /// Opens `path` and reads its header; `None` when the file does not exist.
+    pub fn open(path: &Path) -> Result<Option<CsvRows>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let csv_err = |e| Error::Csv {
+            path: path.into(),
+            source: e,
+        };
+        let mut reader = csv::Reader::from_path(path).map_err(csv_err)?;
+        let header = reader
+            .headers()
+            .map_err(csv_err)?
+            .iter()
+            .map(String::from)
+            .collect();
+        Ok(Some(CsvRows {
+            path: path.into(),
+            header,
+            reader,
+            record: csv::StringRecord::new(),
+        }))
+    }
+
+    /// The next row; `None` at the end.
+    pub fn next_row(&mut self) -> Result<Option<&csv::StringRecord>> {
+        match self.reader.read_record(&mut self.record) {
+            Ok(true) => Ok(Some(&self.record)),
+            Ok(false) => Ok(None),
+            Err(e) => Err(Error::Csv {
+                path: self.path.clone(),
+                source: e,
+            }),
+        }
+    }
+}
+
+/// Writes a CSV atomically (see [`AtomicFile`]).
 pub fn write_csv_atomic<'a>(
     path: &Path,
     header: &[String],
     rows: impl IntoIterator<Item = &'a Vec<String>>,
 ) -> Result<()> {
-    let csv_err = |e| Error::Csv {
-        path: path.into(),
-        source: e,
-    };
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(header).map_err(csv_err)?;
+    let mut out = AtomicFile::create(path)?;
+    out.record(header)?;
     for r in rows {
-        w.write_record(r).map_err(csv_err)?;
+        out.record(r)?;
     }
-    let bytes = w
-        .into_inner()
-        .map_err(|e| Error::io(path, e.into_error()))?;
-    write_atomic(path, &bytes)
+    out.finish()
 }
 
-/// Writes a file atomically: a temporary file with a unique name beside it
-/// (created exclusively, so no existing file or link is followed), synced to
-/// disk, then renamed over `path`. On any error the temporary file is
-/// removed and `path` is untouched.
+/// Writes a file atomically (see [`AtomicFile`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = parent_dir(path);
-    let name = path
-        .file_name()
-        .map_or("out".into(), |n| n.to_string_lossy());
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    // The rename is durable once the folder is synced (best effort: not
-    // every file system lets a folder be opened for that).
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
+    let mut out = AtomicFile::create(path)?;
+    out.write(bytes)?;
+    out.finish()
+}
+
+/// Appends one CSV record (quoted where needed, `\n`-terminated) to `out`:
+/// the bytes a CSV writer writes for it.
+pub fn encode_record<T: AsRef<[u8]>>(fields: impl IntoIterator<Item = T>, out: &mut Vec<u8>) {
+    let mut w = csv::WriterBuilder::new()
+        .buffer_capacity(1024)
+        .from_writer(out);
+    w.write_record(fields).expect("writing to memory");
+    w.flush().expect("writing to memory");
+}
+
+/// A file written atomically, in a stream: bytes go to a temporary file
+/// with a unique name beside it (created exclusively, so no existing file
+/// or link is followed); [`AtomicFile::finish`] syncs it to disk and
+/// renames it over `path`. On any error, or dropped unfinished, the
+/// temporary file is removed and `path` is untouched.
+pub struct AtomicFile {
+    path: PathBuf,
+    out: BufWriter<tempfile::NamedTempFile>,
+    record: Vec<u8>,
+}
+
+impl AtomicFile {
+    /// Starts the temporary file beside `path`.
+    pub fn create(path: &Path) -> Result<AtomicFile> {
+        let dir = parent_dir(path);
+        let name = path
+            .file_name()
+            .map_or("out".into(), |n| n.to_string_lossy());
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(|e| Error::io(dir, e))?;
+        Ok(AtomicFile {
+            path: path.into(),
+            out: BufWriter::with_capacity(1 << 16, tmp),
+            record: Vec::new(),
+        })
     }
-    Ok(())
+
+    /// Appends bytes.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out
+            .write_all(bytes)
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Appends one CSV record.
+    pub fn record<T: AsRef<[u8]>>(&mut self, fields: impl IntoIterator<Item = T>) -> Result<()> {
+        let mut rec = std::mem::take(&mut self.record);
+        rec.clear();
+        encode_record(fields, &mut rec);
+        let done = self.write(&rec);
+        self.record = rec;
+        done
+    }
+
+    /// Syncs the file and renames it over the path.
+    pub fn finish(self) -> Result<()> {
+        let path = self.path;
+        let tmp = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io(&path, e.into_error()))?;
+        tmp.as_file().sync_all().map_err(|e| Error::io(&path, e))?;
+        tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+        // The rename is durable once the folder is synced (best effort: not
+        // every file system lets a folder be opened for that).
+        if let Ok(d) = File::open(parent_dir(&path)) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
 }
 
 fn parent_dir(path: &Path) -> &Path {

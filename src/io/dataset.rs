@@ -28,10 +28,18 @@ fn bad(path: &Path, msg: impl Into<String>) -> Error {
 /// `len` bytes cannot hold more than this many bytes of data.
 const GZIP_MAX_RATIO: u64 = 1032;
 
-/// An IDX array of unsigned bytes: (dimensions, data). The header is read
-/// first and the size it declares is checked against the file's length (or,
-/// gzipped, against what the file can hold) before the data is allocated.
-pub fn read_idx_u8(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
+/// An IDX file opened past its header: the rest of its (decompressed)
+/// bytes, how many it can hold at most, whether it is gzipped, and its
+/// dimensions.
+struct Idx {
+    data: Box<dyn Read>,
+    capacity: u64,
+    gz: bool,
+    dims: Vec<usize>,
+}
+
+/// Opens an IDX file of unsigned bytes (gzipped or not) and reads its header.
+fn open_idx(path: &Path) -> Result<Idx> {
     let (file, len) = open_regular(path)?;
     let mut file = std::io::BufReader::new(file);
     let mut magic = [0u8; 2];
@@ -46,13 +54,7 @@ pub fn read_idx_u8(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
     } else {
         (Box::new(file), len)
     };
-    let gz_err = |e: std::io::Error| {
-        if gz {
-            bad(path, format!("not a readable gzip file: {e}"))
-        } else {
-            Error::io(path, e)
-        }
-    };
+    let gz_err = |e| idx_read_error(path, gz, e);
     let mut magic = [0u8; 4];
     let got = read_up_to(&mut r, &mut magic).map_err(gz_err)?;
     if got < 4 || magic[0] != 0 || magic[1] != 0 {
@@ -82,6 +84,45 @@ pub fn read_idx_u8(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
             format!("IDX dimensions {dims:?} have no elements; every dimension must be at least 1"),
         ));
     }
+    Ok(Idx {
+        data: r,
+        capacity,
+        gz,
+        dims,
+    })
+}
+
+fn idx_read_error(path: &Path, gz: bool, e: std::io::Error) -> Error {
+    if gz {
+        bad(path, format!("not a readable gzip file: {e}"))
+    } else {
+        Error::io(path, e)
+    }
+}
+
+/// The number of images in an images file (IDX, or `.npy` by its
+/// extension), from its header alone.
+pub fn image_count(path: &Path) -> Result<usize> {
+    let dims = if path.extension().is_some_and(|e| e == "npy") {
+        crate::io::npy::read_npy_shape(path)?
+    } else {
+        open_idx(path)?.dims
+    };
+    Ok(dims.first().copied().unwrap_or(0))
+}
+
+/// An IDX array of unsigned bytes: (dimensions, data). The header is read
+/// first and the size it declares is checked against the file's length (or,
+/// gzipped, against what the file can hold) before the data is allocated.
+pub fn read_idx_u8(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
+    let Idx {
+        data: r,
+        capacity,
+        gz,
+        dims,
+    } = open_idx(path)?;
+    let ndim = dims.len();
+    let gz_err = |e| idx_read_error(path, gz, e);
     let header = 4 + 4 * ndim as u64;
     let count = dims
         .iter()

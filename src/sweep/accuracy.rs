@@ -16,12 +16,12 @@ use crate::experiment::workload::Layer;
 use crate::experiment::{
     stable_hash, stable_hash_bytes, Experiment, NetworkParams, Params, Point, FNV_OFFSET,
 };
-use crate::io::csv::{columns, record, OutputLock};
+use crate::io::csv::{columns, record, CsvRows, OutputLock};
 use crate::io::dataset::Dataset;
 use crate::model::{InputCoding, MappingSpec};
 use crate::network::Network;
 use crate::sweep::output::{self, fixed6, ArrayColumns, NoiseColumns};
-use crate::sweep::resume::ResultFile;
+use crate::sweep::resume::{ResultFile, RowStore};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -75,19 +75,21 @@ pub struct TrialRow {
 
 impl TrialRow {
     /// The per-chip file's rows of one (point, mapping), chips in order.
-    pub fn rows(experiment: &str, point: usize, mapping: &str, accs: &[f64]) -> Vec<Vec<String>> {
-        accs.iter()
-            .zip(0..)
-            .map(|(&accuracy, trial)| {
-                record(&TrialRow {
-                    experiment: experiment.into(),
-                    point,
-                    mapping: mapping.into(),
-                    trial,
-                    accuracy,
-                })
+    pub fn rows<'a>(
+        experiment: &'a str,
+        point: usize,
+        mapping: &'a str,
+        accs: &'a [f64],
+    ) -> impl Iterator<Item = Vec<String>> + 'a {
+        accs.iter().zip(0..).map(move |(&accuracy, trial)| {
+            record(&TrialRow {
+                experiment: experiment.into(),
+                point,
+                mapping: mapping.into(),
+                trial,
+                accuracy,
             })
-            .collect()
+        })
     }
 }
 
@@ -300,7 +302,8 @@ pub struct Options {
 pub struct Report {
     pub csv: PathBuf,
     pub trials_csv: PathBuf,
-    pub rows: Vec<Vec<String>>,
+    /// (point, mapping) rows in the results.
+    pub rows: usize,
     pub computed: usize,
     pub resumed: usize,
     pub clean_accuracy: f64,
@@ -315,7 +318,9 @@ pub struct Prepared {
     keys: Vec<String>,
     csv: ResultFile,
     trials_csv: ResultFile,
-    done: HashMap<String, (Vec<String>, Vec<Vec<String>>)>,
+    /// The finished result row and per-chip rows of each (point, mapping).
+    rows: RowStore,
+    trial_rows: RowStore,
     _lock: OutputLock,
 }
 
@@ -382,20 +387,38 @@ pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
         .flat_map(|p| exp.mappings.iter().map(move |m| (p, m)))
         .map(|(p, m)| key(inputs, net, work.count, p, m))
         .collect();
-    let finished = csv.finished("point_key", &keys, opts.fresh)?;
-    let trial_rows = trials_csv.companion_rows(opts.fresh)?;
+    let mut rows = RowStore::new(&opts.out_dir, keys.len())?;
+    let mut trial_rows = RowStore::new(&opts.out_dir, keys.len())?;
+    // Per-chip rows belong to the finished row of their (point, mapping)
+    // columns, which must hold as many as its `trials` column says.
     let (pc, mc, tc) = (csv.col("point"), csv.col("mapping"), csv.col("trials"));
+    let mut of_slot: Vec<Option<(String, Option<usize>)>> = vec![None; keys.len()];
+    csv.finished("point_key", &keys, opts.fresh, |slots, r| {
+        for &s in slots {
+            of_slot[s] = Some((group(&r[pc], &r[mc]), r[tc].parse().ok()));
+        }
+        rows.put(slots, r)
+    })?;
+    let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (slot, g) in of_slot.iter().enumerate() {
+        if let Some((g, _)) = g {
+            groups.entry(g.as_str()).or_default().push(slot);
+        }
+    }
     let (tpc, tmc) = (trials_csv.col("point"), trials_csv.col("mapping"));
-    let mut done = HashMap::new();
-    for (k, r) in finished {
-        let t: Vec<Vec<String>> = trial_rows
-            .iter()
-            .filter(|t| t[tpc] == r[pc] && t[tmc] == r[mc])
-            .cloned()
-            .collect();
-        // A row whose per-chip accuracies are not all there is recomputed.
-        if r[tc].parse() == Ok(t.len()) {
-            done.insert(k, (r, t));
+    trials_csv.companion_rows(opts.fresh, |t| {
+        match groups.get(group(&t[tpc], &t[tmc]).as_str()) {
+            Some(slots) => trial_rows.add(slots, t),
+            None => Ok(()),
+        }
+    })?;
+    // A row whose per-chip accuracies are not all there is recomputed.
+    for (slot, g) in of_slot.iter().enumerate() {
+        if g.as_ref()
+            .is_some_and(|(_, t)| *t != Some(trial_rows.rows(slot)))
+        {
+            rows.clear(slot);
+            trial_rows.clear(slot);
         }
     }
     Ok(Prepared {
@@ -403,15 +426,21 @@ pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
         keys,
         csv,
         trials_csv,
-        done,
+        rows,
+        trial_rows,
         _lock: lock,
     })
+}
+
+/// The (point, mapping) of a row as one string.
+fn group(point: &str, mapping: &str) -> String {
+    format!("{point}\u{1}{mapping}")
 }
 
 impl Prepared {
     /// How many (point, mapping) rows existing results already hold.
     pub fn finished(&self) -> usize {
-        self.done.len()
+        self.rows.filled()
     }
 }
 
@@ -421,12 +450,11 @@ impl Prepared {
 /// k-th chip on its own host thread. Results do not depend on which.
 pub fn run(
     exp: &Experiment,
-    prep: Prepared,
+    mut prep: Prepared,
     engines: &mut [Box<dyn Engine + Send>],
     opts: &Options,
 ) -> Result<Report> {
     let net = exp.network.as_ref().expect("an accuracy experiment");
-    let work = &prep.work;
     let device = match engines {
         [] => CpuEngine::new().device(),
         [e] => e.device(),
@@ -436,26 +464,25 @@ pub fn run(
         .points
         .iter()
         .flat_map(|p| exp.mappings.iter().map(move |_| p.params.trials as u64))
-        .zip(&prep.keys)
-        .filter(|(_, k)| !prep.done.contains_key(*k))
-        .map(|(t, _)| t)
+        .enumerate()
+        .filter(|(s, _)| prep.rows.rows(*s) == 0)
+        .map(|(_, t)| t)
         .sum();
     let bar = crate::sweep::run::progress_bar(opts.progress, todo, "chips");
-    let (mut rows, mut trial_rows) = (Vec::new(), Vec::new());
     let (mut computed, mut resumed) = (0, 0);
-    let mut keys = prep.keys.iter();
+    let mut slot = 0;
     for point in &exp.points {
         for mapping in &exp.mappings {
-            let key = keys.next().expect("a key per row");
-            if let Some((r, t)) = prep.done.get(key) {
-                rows.push(r.clone());
-                trial_rows.extend(t.iter().cloned());
+            let s = slot;
+            slot += 1;
+            if prep.rows.rows(s) > 0 {
                 resumed += 1;
                 continue;
             }
             if let Some(b) = &bar {
                 b.set_message(crate::sweep::run::progress_message(point, mapping));
             }
+            let work = &prep.work;
             let sim = SimNetwork::new(work, &point.params, mapping, net.calibration_images)?;
             let start = Instant::now();
             let tick = || {
@@ -472,31 +499,36 @@ pub fn run(
                 &accs,
                 start.elapsed().as_secs_f64(),
             );
-            trial_rows.extend(TrialRow::rows(&exp.name, point.index, &mapping.name, &accs));
-            rows.push(record(&AccuracyRow {
+            let row = record(&AccuracyRow {
                 engine: device.clone(),
-                point_key: key.clone(),
+                point_key: prep.keys[s].clone(),
                 ..row
-            }));
+            });
+            prep.rows.set(s, [row])?;
+            prep.trial_rows.set(
+                s,
+                TrialRow::rows(&exp.name, point.index, &mapping.name, &accs),
+            )?;
             computed += 1;
-            // Results so far are on disk after every (point, mapping).
-            prep.csv.write(&rows)?;
-            prep.trials_csv.write(&trial_rows)?;
+            // Results so far, and the finished rows of later points, are on
+            // disk after every (point, mapping).
+            prep.rows.write(&prep.csv)?;
+            prep.trial_rows.write(&prep.trials_csv)?;
         }
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    prep.csv.write(&rows)?;
-    prep.trials_csv.write(&trial_rows)?;
+    prep.rows.write(&prep.csv)?;
+    prep.trial_rows.write(&prep.trials_csv)?;
     Ok(Report {
         csv: prep.csv.path.clone(),
         trials_csv: prep.trials_csv.path.clone(),
-        rows,
+        rows: slot,
         computed,
         resumed,
-        clean_accuracy: work.clean_accuracy,
-        images: work.count,
+        clean_accuracy: prep.work.clean_accuracy,
+        images: prep.work.count,
     })
 }
 
@@ -600,8 +632,9 @@ impl AccuracyRow {
     }
 }
 
-/// The console table: one line per (point, mapping).
-pub fn format_table(exp: &Experiment, rows: &[Vec<String>]) -> String {
+/// The console table: one line per (point, mapping), from the result file
+/// `csv` (read one row at a time).
+pub fn format_table(exp: &Experiment, csv: &Path) -> Result<String> {
     let columns = columns::<AccuracyRow>();
     let col = |name: &str| {
         columns
@@ -613,9 +646,11 @@ pub fn format_table(exp: &Experiment, rows: &[Vec<String>]) -> String {
     header.extend(exp.axes.iter().cloned());
     header.extend(["mapping", "mean acc", "std", "min", "drop", "images/s"].map(String::from));
     let mut table = vec![header];
-    for r in rows {
+    let mut rows = CsvRows::open(csv)?
+        .ok_or_else(|| Error::io(csv, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
+    while let Some(r) = rows.next_row()? {
         let idx: usize = r[col("point")].parse().unwrap_or(0);
-        let mut line = vec![r[col("point")].clone()];
+        let mut line = vec![r[col("point")].to_string()];
         if let Some(p) = exp.points.get(idx) {
             line.extend(p.assignments.iter().map(|(_, v)| v.clone()));
         }
@@ -625,14 +660,14 @@ pub fn format_table(exp: &Experiment, rows: &[Vec<String>]) -> String {
                 .map_or("?".into(), |v| format!("{:.2}%", 100.0 * v))
         };
         line.extend([
-            r[col("mapping")].clone(),
+            r[col("mapping")].to_string(),
             pct("mean_accuracy"),
             pct("std_accuracy"),
             pct("min_accuracy"),
             pct("accuracy_drop"),
-            r[col("images_per_s")].clone(),
+            r[col("images_per_s")].to_string(),
         ]);
         table.push(line);
     }
-    crate::sweep::run::align(&table)
+    Ok(crate::sweep::run::align(&table))
 }

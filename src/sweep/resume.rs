@@ -1,10 +1,15 @@
 //! The one prepare/resume path of `run` and `accuracy`: a result file of
-//! typed rows, its finished rows by resume key, and a lock per output name.
+//! typed rows, its finished rows by resume key, and the rows of a run kept
+//! on disk between rewrites.
 
 use crate::error::{Error, Result};
-use crate::io::csv::{columns, read_csv, write_csv_atomic};
+use crate::io::csv::{columns, encode_record, AtomicFile, CsvRows};
+use csv::StringRecord;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// A result file whose rows are of one row type.
@@ -32,44 +37,46 @@ impl ResultFile {
             .unwrap_or_else(|| panic!("{name} is not a column of {}", self.path.display()))
     }
 
-    /// The finished rows by resume key (column `key`), when not `fresh`.
-    /// Refuses, naming the way out, a file with other columns or with rows
-    /// whose keys are not `wanted` (other parameters, or rows from a zebra
-    /// whose model gives other results: their `version` column says which),
-    /// so no result is ever dropped or recomputed silently.
+    /// Streams the finished rows, when not `fresh`: calls `found(slots,
+    /// row)` for each row, with the slots whose resume key (`keys[slot]`)
+    /// is the row's (column `key`). Refuses, naming the way out, a file
+    /// with other columns or with rows whose keys are not in `keys` (other
+    /// parameters, or rows from a zebra whose model gives other results:
+    /// their `version` column says which), so no result is ever dropped or
+    /// recomputed silently.
     pub fn finished(
         &self,
         key: &str,
-        wanted: &[String],
+        keys: &[String],
         fresh: bool,
-    ) -> Result<HashMap<String, Vec<String>>> {
-        let mut done = HashMap::new();
+        mut found: impl FnMut(&[usize], &StringRecord) -> Result<()>,
+    ) -> Result<()> {
         if fresh {
-            return Ok(done);
+            return Ok(());
         }
-        let Some((header, rows)) = read_csv(&self.path)? else {
-            return Ok(done);
+        let Some(mut rows) = CsvRows::open(&self.path)? else {
+            return Ok(());
         };
-        if header != self.columns {
+        if rows.header != self.columns {
             return Err(self.refuse(
                 "has other columns than this version of zebra writes for this experiment".into(),
             ));
         }
         let kc = self.col(key);
-        let wanted: std::collections::HashSet<&str> = wanted.iter().map(|s| s.as_str()).collect();
-        let stale = rows
-            .iter()
-            .filter(|r| !wanted.contains(r[kc].as_str()))
-            .count();
+        let slots = slots_by_key(keys, |_| true);
+        let mut stale = 0;
+        while let Some(r) = rows.next_row()? {
+            match slots.get(&r[kc]) {
+                Some(s) => found(s, r)?,
+                None => stale += 1,
+            }
+        }
         if stale > 0 {
             return Err(self.refuse(format!(
                 "holds {stale} row(s) whose resume keys this experiment does not produce (other parameters, or results of a zebra version whose model differs: see the version column)"
             )));
         }
-        for r in rows {
-            done.insert(r[kc].clone(), r);
-        }
-        Ok(done)
+        Ok(())
     }
 
     fn refuse(&self, why: String) -> Error {
@@ -79,20 +86,177 @@ impl ResultFile {
         }
     }
 
-    /// The rows of a companion file (histograms, per-chip accuracies): empty
+    /// Streams the rows of a companion file (histograms, per-chip
+    /// accuracies), when not `fresh`: calls `found(row)` for each. Nothing
     /// when it is missing or has other columns, so its rows are recomputed.
-    pub fn companion_rows(&self, fresh: bool) -> Result<Vec<Vec<String>>> {
+    pub fn companion_rows(
+        &self,
+        fresh: bool,
+        mut found: impl FnMut(&StringRecord) -> Result<()>,
+    ) -> Result<()> {
         if fresh {
-            return Ok(Vec::new());
+            return Ok(());
         }
-        Ok(read_csv(&self.path)?
-            .filter(|(h, _)| *h == self.columns)
-            .map(|(_, r)| r)
-            .unwrap_or_default())
+        let Some(mut rows) = CsvRows::open(&self.path)? else {
+            return Ok(());
+        };
+        if rows.header != self.columns {
+            return Ok(());
+        }
+        while let Some(r) = rows.next_row()? {
+            found(r)?;
+        }
+        Ok(())
+    }
+}
+
+/// The rows of one result file while a run rewrites it, by slot (one slot
+/// per (point, mapping), in file order). Each row is written once, as CSV,
+/// to an anonymous temporary file beside the results and found again by
+/// byte range, so memory holds a few ranges per slot, not the rows: a
+/// rewrite copies them from there.
+#[derive(Debug)]
+pub struct RowStore {
+    dir: PathBuf,
+    file: File,
+    /// Bytes in `file`.
+    len: u64,
+    /// Rows not yet in `file`.
+    pending: Vec<u8>,
+    slots: Vec<Slot>,
+}
+
+/// Where a slot's rows lie in the store, in order.
+#[derive(Clone, Debug, Default)]
+struct Slot {
+    spans: Vec<Range<u64>>,
+    rows: usize,
+}
+
+/// Bytes gathered before they are written to the store's file.
+const PENDING: usize = 1 << 16;
+
+impl RowStore {
+    /// An empty store of `slots` slots, its file in `dir`.
+    pub fn new(dir: &Path, slots: usize) -> Result<RowStore> {
+        Ok(RowStore {
+            dir: dir.into(),
+            file: tempfile::tempfile_in(dir).map_err(|e| Error::io(dir, e))?,
+            len: 0,
+            pending: Vec::new(),
+            slots: vec![Slot::default(); slots],
+        })
     }
 
-    /// Rewrites the file atomically with `rows`.
-    pub fn write<'a>(&self, rows: impl IntoIterator<Item = &'a Vec<String>>) -> Result<()> {
-        write_csv_atomic(&self.path, &self.columns, rows)
+    /// The number of slots holding rows.
+    pub fn filled(&self) -> usize {
+        self.slots.iter().filter(|s| s.rows > 0).count()
     }
+
+    /// Rows in `slot`.
+    pub fn rows(&self, slot: usize) -> usize {
+        self.slots[slot].rows
+    }
+
+    /// Empties `slot`.
+    pub fn clear(&mut self, slot: usize) {
+        self.slots[slot] = Slot::default();
+    }
+
+    /// Makes `rows` the rows of `slot`.
+    pub fn set<R, T>(&mut self, slot: usize, rows: impl IntoIterator<Item = R>) -> Result<()>
+    where
+        R: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        self.clear(slot);
+        for r in rows {
+            let span = self.append(r)?;
+            self.extend(slot, span);
+        }
+        Ok(())
+    }
+
+    /// Makes `row` the one row of every slot in `slots`.
+    pub fn put(&mut self, slots: &[usize], row: &StringRecord) -> Result<()> {
+        let span = self.append(row)?;
+        for &s in slots {
+            self.clear(s);
+            self.extend(s, span.clone());
+        }
+        Ok(())
+    }
+
+    /// Adds `row` after the rows of every slot in `slots`.
+    pub fn add(&mut self, slots: &[usize], row: &StringRecord) -> Result<()> {
+        let span = self.append(row)?;
+        for &s in slots {
+            self.extend(s, span.clone());
+        }
+        Ok(())
+    }
+
+    fn extend(&mut self, slot: usize, span: Range<u64>) {
+        let s = &mut self.slots[slot];
+        s.rows += 1;
+        match s.spans.last_mut() {
+            Some(last) if last.end == span.start => last.end = span.end,
+            _ => s.spans.push(span),
+        }
+    }
+
+    /// Stores one row; returns its bytes' range.
+    fn append<T: AsRef<[u8]>>(&mut self, row: impl IntoIterator<Item = T>) -> Result<Range<u64>> {
+        let start = self.len + self.pending.len() as u64;
+        encode_record(row, &mut self.pending);
+        let end = self.len + self.pending.len() as u64;
+        if self.pending.len() >= PENDING {
+            self.flush()?;
+        }
+        Ok(start..end)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let io = |e| Error::io(&self.dir, e);
+        // Copies move the cursor: append at the end.
+        self.file.seek(SeekFrom::End(0)).map_err(io)?;
+        self.file.write_all(&self.pending).map_err(io)?;
+        self.len += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Rewrites `file` atomically with the rows of every slot, in order.
+    pub fn write(&mut self, file: &ResultFile) -> Result<()> {
+        self.flush()?;
+        let mut out = AtomicFile::create(&file.path)?;
+        out.record(&file.columns)?;
+        let mut buf = vec![0u8; PENDING];
+        for slot in &self.slots {
+            for span in &slot.spans {
+                let io = |e| Error::io(&self.dir, e);
+                self.file.seek(SeekFrom::Start(span.start)).map_err(io)?;
+                let mut left = span.end - span.start;
+                while left > 0 {
+                    let part = &mut buf[..left.min(PENDING as u64) as usize];
+                    self.file.read_exact(part).map_err(io)?;
+                    out.write(part)?;
+                    left -= part.len() as u64;
+                }
+            }
+        }
+        out.finish()
+    }
+}
+
+/// The slots of each key in `keys`, for the slots `keep` accepts.
+pub fn slots_by_key(keys: &[String], keep: impl Fn(usize) -> bool) -> HashMap<&str, Vec<usize>> {
+    let mut out: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (slot, k) in keys.iter().enumerate().filter(|(s, _)| keep(*s)) {
+        out.entry(k.as_str()).or_default().push(slot);
+    }
+    out
 }

@@ -3,16 +3,15 @@
 
 use crate::engine::stats::Accumulator;
 use crate::engine::Engine;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::experiment::plan::Plan;
 use crate::experiment::workload::Layers;
 use crate::experiment::{Experiment, Point};
-use crate::io::csv::{columns, record, OutputLock};
+use crate::io::csv::{columns, record, CsvRows, OutputLock};
 use crate::model::MappingSpec;
 use crate::sweep::output::{self, HistRow, ResultRow, RunInfo};
-use crate::sweep::resume::ResultFile;
+use crate::sweep::resume::{slots_by_key, ResultFile, RowStore};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -33,8 +32,8 @@ pub struct RunOptions {
 pub struct RunReport {
     pub csv: PathBuf,
     pub hist_csv: PathBuf,
-    /// Result rows, as [`ResultRow`] fields.
-    pub rows: Vec<Vec<String>>,
+    /// (point, mapping) rows in the results.
+    pub rows: usize,
     pub computed: usize,
     pub resumed: usize,
 }
@@ -55,10 +54,10 @@ pub fn result_files(dir: &std::path::Path, name: &str) -> (ResultFile, ResultFil
 pub struct Prepared {
     csv: ResultFile,
     hist: ResultFile,
-    /// (point index, key) of every (point, mapping), in order.
-    wanted: Vec<(usize, String)>,
-    done: HashMap<String, Vec<String>>,
-    done_hist: HashMap<String, Vec<Vec<String>>>,
+    /// The finished result row and histogram rows of each (point, mapping),
+    /// points outermost, as the files list them.
+    rows: RowStore,
+    hist_rows: RowStore,
     layers: Layers,
     _lock: OutputLock,
 }
@@ -70,30 +69,37 @@ pub fn prepare(exp: &Experiment, opts: &RunOptions) -> Result<Prepared> {
     let layers = Layers::build(&exp.points)?;
     let lock = OutputLock::acquire(&opts.out_dir, &exp.name)?;
     let (csv, hist) = result_files(&opts.out_dir, &exp.name);
-    let wanted: Vec<(usize, String)> = exp
+    let keys: Vec<String> = exp
         .points
         .iter()
         .flat_map(|p| {
             exp.mappings
                 .iter()
-                .map(move |m| (p.index, output::point_key(&p.params, m)))
+                .map(move |m| output::point_key(&p.params, m))
         })
         .collect();
-    let keys: Vec<String> = wanted.iter().map(|(_, k)| k.clone()).collect();
-    let mut done = csv.finished("point_key", &keys, opts.fresh)?;
-    let mut done_hist: HashMap<String, Vec<Vec<String>>> = HashMap::new();
+    let mut rows = RowStore::new(&opts.out_dir, keys.len())?;
+    let mut hist_rows = RowStore::new(&opts.out_dir, keys.len())?;
+    csv.finished("point_key", &keys, opts.fresh, |slots, r| {
+        rows.put(slots, r)
+    })?;
+    let finished = slots_by_key(&keys, |s| rows.rows(s) > 0);
     let hkey = hist.col("point_key");
-    for r in hist.companion_rows(opts.fresh)? {
-        done_hist.entry(r[hkey].clone()).or_default().push(r);
-    }
+    hist.companion_rows(opts.fresh, |r| match finished.get(&r[hkey]) {
+        Some(slots) => hist_rows.add(slots, r),
+        None => Ok(()),
+    })?;
     // A finished row without its histogram is recomputed.
-    done.retain(|k, _| done_hist.contains_key(k));
+    for slot in 0..keys.len() {
+        if hist_rows.rows(slot) == 0 {
+            rows.clear(slot);
+        }
+    }
     Ok(Prepared {
         csv,
         hist,
-        wanted,
-        done,
-        done_hist,
+        rows,
+        hist_rows,
         layers,
         _lock: lock,
     })
@@ -102,34 +108,38 @@ pub fn prepare(exp: &Experiment, opts: &RunOptions) -> Result<Prepared> {
 impl Prepared {
     /// How many (point, mapping) rows existing results already hold.
     pub fn finished(&self) -> usize {
-        self.done.len()
+        self.rows.filled()
     }
 }
 
-/// Runs every (point, mapping) not already in the results.
+/// Runs every (point, mapping) not already in the results, rewriting both
+/// files after every point that computed one: every row so far, then the
+/// finished rows of later points, so a crash loses at most the point in
+/// flight. The rows are copied from the row stores, not held in memory.
 pub fn run_experiment(
     exp: &Experiment,
-    prep: Prepared,
+    mut prep: Prepared,
     engine: &mut dyn Engine,
     opts: &RunOptions,
 ) -> Result<RunReport> {
     let todo: u64 = exp
         .points
         .iter()
-        .flat_map(|p| exp.mappings.iter().map(move |m| (p, m)))
-        .filter(|(p, m)| !prep.done.contains_key(&output::point_key(&p.params, m)))
-        .map(|(p, _)| p.params.trials as u64)
+        .flat_map(|p| exp.mappings.iter().map(move |_| p.params.trials as u64))
+        .enumerate()
+        .filter(|(s, _)| prep.rows.rows(*s) == 0)
+        .map(|(_, t)| t)
         .sum();
     let bar = progress_bar(opts.progress, todo, "trials");
-    let (mut rows, mut hist_rows) = (Vec::new(), Vec::new());
     let (mut computed, mut resumed) = (0, 0);
-    for point in &exp.points {
+    let mut slot = 0;
+    for (i, point) in exp.points.iter().enumerate() {
         let layer = prep.layers.for_point(point.index);
+        let mut new = false;
         for mapping in &exp.mappings {
-            let key = output::point_key(&point.params, mapping);
-            if let (Some(row), Some(h)) = (prep.done.get(&key), prep.done_hist.get(&key)) {
-                rows.push(row.clone());
-                hist_rows.extend(h.iter().cloned());
+            let s = slot;
+            slot += 1;
+            if prep.rows.rows(s) > 0 {
                 resumed += 1;
                 continue;
             }
@@ -138,11 +148,17 @@ pub fn run_experiment(
             }
             let plan = Plan::new(&point.params, layer, mapping);
             let (row, hist) = simulate_point(exp, point, &plan, engine, bar.as_ref())?;
-            rows.push(row);
-            hist_rows.extend(hist);
+            prep.rows.set(s, [row])?;
+            prep.hist_rows.set(s, hist)?;
             computed += 1;
+            new = true;
         }
-        write_point(&prep, point.index, &rows, &hist_rows)?;
+        // The last point rewrites even when resumed, so the files end as
+        // this version writes them.
+        if new || i + 1 == exp.points.len() {
+            prep.rows.write(&prep.csv)?;
+            prep.hist_rows.write(&prep.hist)?;
+        }
     }
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -150,7 +166,7 @@ pub fn run_experiment(
     Ok(RunReport {
         csv: prep.csv.path.clone(),
         hist_csv: prep.hist.path.clone(),
-        rows,
+        rows: slot,
         computed,
         resumed,
     })
@@ -169,10 +185,11 @@ fn simulate_point(
     let start = Instant::now();
     let mut acc = Accumulator::default();
     let batch = batch_size(plan, trials);
+    let spill = |e| Error::io(std::env::temp_dir(), e);
     let mut t = 0;
     while t < trials {
         let end = (t + batch).min(trials);
-        acc.add(&engine.run(plan, t..end, false)?);
+        acc.add(&engine.run(plan, t..end, false)?).map_err(spill)?;
         if let Some(bar) = bar {
             bar.inc((end - t) as u64);
         }
@@ -184,14 +201,8 @@ fn simulate_point(
         elapsed_s: start.elapsed().as_secs_f64(),
     };
     let facts = plan.facts();
-    let row = ResultRow::new(
-        &exp.name,
-        point,
-        &plan.mapping,
-        &facts,
-        &acc.summary(&facts),
-        &run,
-    );
+    let summary = acc.summary(&facts).map_err(spill)?;
+    let row = ResultRow::new(&exp.name, point, &plan.mapping, &facts, &summary, &run);
     let hist = HistRow::rows(
         &exp.name,
         point.index,
@@ -202,35 +213,14 @@ fn simulate_point(
     Ok((record(&row), hist))
 }
 
-/// Rewrites both files after a point: the rows so far, then the finished
-/// rows of later points, so a crash loses at most the point in flight.
-fn write_point(
-    prep: &Prepared,
-    index: usize,
-    rows: &[Vec<String>],
-    hist_rows: &[Vec<String>],
-) -> Result<()> {
-    // The finished rows of later points, borrowed: the rows are not copied
-    // for every rewrite.
-    let later: Vec<(&Vec<String>, &Vec<Vec<String>>)> = prep
-        .wanted
-        .iter()
-        .filter(|(idx, _)| *idx > index)
-        .filter_map(|(_, key)| Some((prep.done.get(key)?, prep.done_hist.get(key)?)))
-        .collect();
-    prep.csv
-        .write(rows.iter().chain(later.iter().map(|(r, _)| *r)))?;
-    prep.hist.write(
-        hist_rows
-            .iter()
-            .chain(later.iter().flat_map(|(_, h)| h.iter())),
-    )
-}
+/// Most trials per engine call.
+pub const MAX_BATCH: u32 = 1 << 14;
 
-/// Trials per engine call: about 40 calls per point for progress, at least
-/// a few trials per thread so every core stays busy.
+/// Trials per engine call: about 40 calls per point for progress (at most
+/// [`MAX_BATCH`]), at least a few trials per thread so every core stays busy.
 pub(crate) fn batch_size(plan: &Plan, trials: u32) -> u32 {
-    let by_progress = trials.div_ceil(40);
+    // At most MAX_BATCH, so a batch's per-trial moments stay small.
+    let by_progress = trials.div_ceil(40).min(MAX_BATCH);
     let min = (4 * rayon::current_num_threads()) as u32;
     // Keep one call under about 1e11 cell-MACs so a point reports progress often.
     let by_work = (1e11 / plan.counters.cell_macs.max(1) as f64).max(1.0) as u32;
@@ -240,8 +230,9 @@ pub(crate) fn batch_size(plan: &Plan, trials: u32) -> u32 {
         .clamp(1, trials.max(1))
 }
 
-/// The comparison table for the terminal.
-pub fn format_table(exp: &Experiment, rows: &[Vec<String>]) -> String {
+/// The comparison table for the terminal, from the result file `csv`
+/// (read one row at a time).
+pub fn format_table(exp: &Experiment, csv: &std::path::Path) -> Result<String> {
     let columns = columns::<ResultRow>();
     let col = |name: &str| {
         columns
@@ -273,9 +264,11 @@ pub fn format_table(exp: &Experiment, rows: &[Vec<String>]) -> String {
         .map(String::from),
     );
     let mut table: Vec<Vec<String>> = vec![header];
-    for r in rows {
+    let mut rows = CsvRows::open(csv)?
+        .ok_or_else(|| Error::io(csv, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
+    while let Some(r) = rows.next_row()? {
         let idx: usize = r[ci].parse().unwrap_or(0);
-        let mut line = vec![r[ci].clone()];
+        let mut line = vec![r[ci].to_string()];
         if let Some(p) = exp.points.get(idx) {
             line.extend(p.assignments.iter().map(|(_, v)| v.clone()));
         }
@@ -289,16 +282,16 @@ pub fn format_table(exp: &Experiment, rows: &[Vec<String>]) -> String {
                 .map(|v| format!("{v:.4e}"))
                 .unwrap_or_else(|_| s.to_string())
         };
-        line.push(r[cm].clone());
+        line.push(r[cm].to_string());
         line.push(sig(&r[cr]));
-        line.push(r[cs].clone());
+        line.push(r[cs].to_string());
         line.push(sig(&r[cp]));
         line.push(short(&r[cc]));
         line.push(short(&r[ca]));
         table.push(line);
     }
     out.push_str(&align(&table));
-    out
+    Ok(out)
 }
 
 /// A progress bar over `total` units on stderr, when asked for and stderr is a terminal.

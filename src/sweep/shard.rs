@@ -19,7 +19,7 @@ use crate::experiment::plan::{Plan, PlanFacts};
 use crate::experiment::workload::Layers;
 use crate::experiment::NetworkParams;
 use crate::experiment::{stable_hash, Experiment, Overrides};
-use crate::io::csv::{record, write_atomic, OutputLock};
+use crate::io::csv::{record, write_atomic, AtomicFile, OutputLock};
 use crate::sweep::accuracy::{self, AccuracyRow, SimNetwork, TrialRow, Workload};
 use crate::sweep::output::{point_key, HistRow, ResultRow, RunInfo};
 use serde::{Deserialize, Serialize};
@@ -182,9 +182,10 @@ impl PartialUnit {
         self.first + self.trials.len() as u32
     }
 
-    fn of(acc: &Accumulator) -> (Vec<String>, Vec<(u32, u64)>) {
-        let trials = acc
-            .trials
+    /// A unit's trials and histogram as written: each trial's moments and
+    /// the non-empty bins.
+    fn of(moments: &[TrialMoments], hist: &[u64]) -> (Vec<String>, Vec<(u32, u64)>) {
+        let trials = moments
             .iter()
             .map(|t| {
                 format!(
@@ -195,8 +196,7 @@ impl PartialUnit {
                 )
             })
             .collect();
-        let hist = acc
-            .hist
+        let hist = hist
             .iter()
             .enumerate()
             .filter(|(_, &c)| c > 0)
@@ -217,9 +217,17 @@ impl PartialUnit {
             .collect()
     }
 
-    /// The accumulator this unit was made from.
-    fn accumulator(&self) -> std::result::Result<Accumulator, String> {
-        let mut acc = Accumulator::starting_at(self.first);
+    /// Adds this unit's trials and bins to `acc`, which must end where
+    /// the unit starts.
+    fn add_to(&self, acc: &mut Accumulator) -> std::result::Result<(), String> {
+        if self.first != acc.end() {
+            return Err(format!(
+                "trials {}.. do not follow trials {}..{}",
+                self.first,
+                acc.first,
+                acc.end()
+            ));
+        }
         for t in &self.trials {
             let f: Vec<f64> = t
                 .split(' ')
@@ -229,19 +237,28 @@ impl PartialUnit {
             let [sum, sumsq, max_abs] = f[..] else {
                 return Err(format!("trial moments {t:?} are not three hex words"));
             };
-            acc.trials.push(TrialMoments {
+            acc.push(TrialMoments {
                 sum,
                 sumsq,
                 max_abs,
-            });
+            })
+            .map_err(spill_error)?;
         }
         for &(bin, count) in &self.hist {
             *acc.hist
                 .get_mut(bin as usize)
                 .ok_or_else(|| format!("histogram bin {bin} is not below {BINS}"))? += count;
         }
-        Ok(acc)
+        Ok(())
     }
+}
+
+/// A failure to keep per-trial values in the temporary folder.
+fn spill_error(e: std::io::Error) -> String {
+    format!(
+        "cannot keep per-trial values in the temporary folder {}: {e}",
+        std::env::temp_dir().display()
+    )
 }
 
 /// The fingerprint of an experiment as a shard sees it.
@@ -368,13 +385,19 @@ impl ShardWork<'_> {
             }
             let plan = Plan::new(&point.params, layers.for_point(point.index), mapping);
             let start = Instant::now();
-            let mut acc = Accumulator::starting_at(u.first);
+            // A partial result holds every trial's moments: they are its content.
+            let (mut moments, mut hist) = (Vec::new(), vec![0u64; BINS]);
             let step = crate::sweep::run::batch_size(&plan, u.end - u.first);
-            while acc.end() < u.end {
-                let t = acc.end();
-                acc.add(&engine.run(&plan, t..(t + step).min(u.end), false)?);
+            let mut t = u.first;
+            while t < u.end {
+                let batch = engine.run(&plan, t..(t + step).min(u.end), false)?;
+                moments.extend_from_slice(&batch.trials);
+                for (a, b) in hist.iter_mut().zip(&batch.hist) {
+                    *a += b;
+                }
+                t = (t + step).min(u.end);
             }
-            let (trials, hist) = PartialUnit::of(&acc);
+            let (trials, hist) = PartialUnit::of(&moments, &hist);
             self.finish(PartialUnit {
                 point: point.index,
                 mapping: mapping.name.clone(),
@@ -491,7 +514,8 @@ pub struct MergeReport {
     pub csv: PathBuf,
     /// The histogram file (layers) or per-chip file (accuracy).
     pub companion: PathBuf,
-    pub rows: Vec<Vec<String>>,
+    /// (point, mapping) rows merged.
+    pub rows: usize,
     pub shards: u32,
 }
 
@@ -531,7 +555,8 @@ pub fn merge(out_dir: &Path, dirs: &[PathBuf]) -> Result<MergeReport> {
     })
 }
 
-type Merged = (PathBuf, PathBuf, Vec<Vec<String>>);
+/// The result file, its companion and the number of rows.
+type Merged = (PathBuf, PathBuf, usize);
 
 fn merge_layers(
     out_dir: &Path,
@@ -545,19 +570,28 @@ fn merge_layers(
         .flat_map(|p| exp.mappings.iter().map(move |m| point_key(&p.params, m)))
         .collect();
     // Existing results of other parameters are refused, as `run` refuses them.
-    csv.finished("point_key", &keys, false)?;
-    let (mut rows, mut hist_rows) = (Vec::new(), Vec::new());
+    csv.finished("point_key", &keys, false, |_, _| Ok(()))?;
+    // Rows are written as they are merged; both files replace the old
+    // ones only when every row is there.
+    let (mut out, mut hist_out) = (
+        AtomicFile::create(&csv.path)?,
+        AtomicFile::create(&hist.path)?,
+    );
+    out.record(&csv.columns)?;
+    hist_out.record(&hist.columns)?;
     for point in &exp.points {
         for mapping in &exp.mappings {
             let key = point_key(&point.params, mapping);
             let (row, h) = merged_row(exp, point, mapping, &key, partials)?;
-            rows.push(record(&row));
-            hist_rows.extend(h);
+            out.record(record(&row))?;
+            for r in h {
+                hist_out.record(r)?;
+            }
         }
     }
-    csv.write(&rows)?;
-    hist.write(&hist_rows)?;
-    Ok((csv.path, hist.path, rows))
+    out.finish()?;
+    hist_out.finish()?;
+    Ok((csv.path, hist.path, keys.len()))
 }
 
 fn merge_network(
@@ -586,8 +620,13 @@ fn merge_network(
         .iter()
         .flat_map(|p| exp.mappings.iter().map(move |m| key(p, m)))
         .collect();
-    csv.finished("point_key", &keys, false)?;
-    let (mut rows, mut trial_rows) = (Vec::new(), Vec::new());
+    csv.finished("point_key", &keys, false, |_, _| Ok(()))?;
+    let (mut out, mut trials_out) = (
+        AtomicFile::create(&csv.path)?,
+        AtomicFile::create(&trials.path)?,
+    );
+    out.record(&csv.columns)?;
+    trials_out.record(&trials.columns)?;
     for point in &exp.points {
         for mapping in &exp.mappings {
             let key = key(point, mapping);
@@ -625,17 +664,19 @@ fn merge_network(
                 &accs,
                 run.elapsed_s,
             );
-            rows.push(record(&AccuracyRow {
+            out.record(record(&AccuracyRow {
                 engine: run.device,
                 point_key: key,
                 ..row
-            }));
-            trial_rows.extend(TrialRow::rows(&exp.name, point.index, &mapping.name, &accs));
+            }))?;
+            for r in TrialRow::rows(&exp.name, point.index, &mapping.name, &accs) {
+                trials_out.record(r)?;
+            }
         }
     }
-    csv.write(&rows)?;
-    trials.write(&trial_rows)?;
-    Ok((csv.path, trials.path, rows))
+    out.finish()?;
+    trials_out.finish()?;
+    Ok((csv.path, trials.path, keys.len()))
 }
 
 /// The units of every shard holding part of row `key`, in trial order,
@@ -762,11 +803,17 @@ fn merged_row(
     };
     let mut acc = Accumulator::starting_at(0);
     for (path, u) in &parts {
-        let next = u.accumulator().map_err(|m| Error::Results {
+        if u.first != acc.end() {
+            return Err(gap(format!(
+                "trials {}.. do not follow trials 0..{}",
+                u.first,
+                acc.end()
+            )));
+        }
+        u.add_to(&mut acc).map_err(|m| Error::Results {
             path: (*path).clone(),
             msg: m,
         })?;
-        acc.append(&next).map_err(gap)?;
         if u.facts.as_ref() != Some(&facts) {
             return Err(gap("shards disagree on the plan's facts".into()));
         }
@@ -778,14 +825,8 @@ fn merged_row(
             point.params.trials
         )));
     }
-    let row = ResultRow::new(
-        &exp.name,
-        point,
-        mapping,
-        &facts,
-        &acc.summary(&facts),
-        &run,
-    );
+    let summary = acc.summary(&facts).map_err(|e| gap(spill_error(e)))?;
+    let row = ResultRow::new(&exp.name, point, mapping, &facts, &summary, &run);
     let hist = HistRow::rows(&exp.name, point.index, &mapping.name, key, &acc.hist);
     Ok((row, hist))
 }
@@ -857,9 +898,9 @@ mod tests {
     }
 
     #[test]
-    fn joined_accumulators_equal_one_over_the_whole_range() {
+    fn joined_units_equal_one_accumulator_over_the_whole_range() {
         let mut whole = Accumulator::starting_at(0);
-        let mut parts = Vec::new();
+        let mut parts: Vec<(u32, Vec<TrialMoments>, Vec<u64>)> = Vec::new();
         for t in 0..6u32 {
             let m = TrialMoments {
                 sum: t as f64 * 0.1,
@@ -874,30 +915,52 @@ mod tests {
                 hist,
                 raw: None,
             };
-            whole.add(&batch);
+            whole.add(&batch).unwrap();
             if t % 4 == 0 {
-                parts.push(Accumulator::starting_at(t));
+                parts.push((t, Vec::new(), vec![0; BINS]));
             }
-            parts.last_mut().unwrap().add(&batch);
+            let (_, moments, hist) = parts.last_mut().unwrap();
+            moments.push(m);
+            hist[t as usize * 7] += 2;
         }
-        let mut joined = Accumulator::starting_at(0);
-        for p in &parts {
-            let (trials, hist) = PartialUnit::of(p);
-            let unit = PartialUnit {
+        let unit = |(first, moments, hist): &(u32, Vec<TrialMoments>, Vec<u64>)| {
+            let (trials, hist) = PartialUnit::of(moments, hist);
+            PartialUnit {
                 point: 0,
                 mapping: "m".into(),
                 point_key: "k".into(),
-                first: p.first,
+                first: *first,
                 trials,
                 hist,
                 facts: None,
                 engine: "cpu".into(),
                 device: "cpu".into(),
                 elapsed_s: 0.0,
-            };
-            joined.append(&unit.accumulator().unwrap()).unwrap();
+            }
+        };
+        // Joined with per-trial values spilled to a file after every two.
+        let mut joined = Accumulator::keeping(0, 2);
+        for p in &parts {
+            unit(p).add_to(&mut joined).unwrap();
         }
-        assert_eq!(joined, whole);
-        assert!(Accumulator::starting_at(0).append(&parts[1]).is_err());
+        let facts = PlanFacts {
+            k: 4,
+            n: 2,
+            b: 1,
+            j: 1,
+            chunks: 1,
+            sampling: "test".into(),
+            exact_std: 3.0,
+            counters: Default::default(),
+            plane_density: vec![0.5],
+        };
+        assert_eq!(joined.hist, whole.hist);
+        assert_eq!(
+            joined.summary(&facts).unwrap(),
+            whole.summary(&facts).unwrap()
+        );
+        assert!(unit(&parts[1])
+            .add_to(&mut Accumulator::starting_at(0))
+            .is_err());
     }
 }
