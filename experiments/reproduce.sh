@@ -18,4 +18,5 @@ done
 "$zebra" plot results/cost.csv --x array.parallelism \
     --metric conversions_per_mac --metric reads_per_mac --metric energy_fj_per_mac --metric rmse > /dev/null
 bash experiments/accuracy.sh "$@" | grep -v "^figures"
+bash experiments/resnet.sh "$@" | grep -v "^figures"
 echo "figures and CSVs are in results/"
