@@ -114,6 +114,10 @@ pub struct NoiseColumns {
     pub p_sa0: f32,
     #[serde(serialize_with = "display")]
     pub p_sa1: f32,
+    #[serde(serialize_with = "display")]
+    pub fs_sigma: f32,
+    #[serde(serialize_with = "display")]
+    pub adc_sigma_lsb: f32,
 }
 
 impl NoiseColumns {
@@ -125,6 +129,8 @@ impl NoiseColumns {
             leak: noise.leak,
             p_sa0: noise.p_sa0,
             p_sa1: noise.p_sa1,
+            fs_sigma: noise.fs_sigma,
+            adc_sigma_lsb: noise.adc_sigma_lsb,
         }
     }
 }
@@ -205,7 +211,7 @@ impl ResultRow {
             trials: s.trials,
             seed: p.seed,
             errors: ErrorColumns::new(s),
-            cost: CostColumns::new(p, plan, s),
+            cost: CostColumns::new(p, mapping, plan, s),
             engine: run.engine.clone(),
             device: run.device.clone(),
             elapsed_s: run.elapsed_s,
@@ -321,14 +327,41 @@ pub struct CostColumns {
     pub energy_fj_per_mac: Option<f64>,
     #[serde(serialize_with = "fmt::fixed4_opt")]
     pub energy_adc_share: Option<f64>,
+    /// `[energy] model` and `adc_scaling` (docs/MODEL.md, Energy and area models).
+    pub energy_model: String,
+    pub adc_scaling: String,
+    /// The parts of `energy_fj_per_mac`: ADC, cell reads, shift-and-add, zero checks.
+    #[serde(serialize_with = "fmt::sci_opt")]
+    pub adc_fj_per_mac: Option<f64>,
+    #[serde(serialize_with = "fmt::sci_opt")]
+    pub cell_fj_per_mac: Option<f64>,
+    #[serde(serialize_with = "fmt::sci_opt")]
+    pub add_fj_per_mac: Option<f64>,
+    #[serde(serialize_with = "fmt::sci_opt")]
+    pub check_fj_per_mac: Option<f64>,
+    /// Mean bits a conversion's range needs (capped at the ADC's).
+    #[serde(serialize_with = "fixed3")]
+    pub mean_effective_bits: f64,
+    /// Conversions per trial by the bits their range needs, `bits:count`, `;`-separated.
+    pub conversions_by_bits: String,
+    pub zero_checks: u64,
+    /// The layer's area proxy (um^2) and the ADCs' share of it.
+    #[serde(serialize_with = "fmt::sci_opt")]
+    pub area_um2: Option<f64>,
+    #[serde(serialize_with = "fmt::fixed4_opt")]
+    pub area_adc_share: Option<f64>,
 }
 
 impl CostColumns {
-    fn new(p: &Params, plan: &PlanFacts, s: &Summary) -> Self {
+    fn new(p: &Params, mapping: &MappingSpec, plan: &PlanFacts, s: &Summary) -> Self {
         let c = &s.counters;
         let groups = (plan.chunks * plan.j * plan.n) as f64;
         let density = &plan.plane_density;
-        let energy = energy_per_mac(p, &s.counters);
+        let energy = crate::model::energy::energy(&p.energy, p.adc_bits, &c.activity());
+        let area = crate::model::energy::area(&p.energy, p.adc_bits, &plan.layout(mapping));
+        let per_mac = |v: f64| v / c.macs as f64;
+        let by_bits = &c.conversions_by_bits;
+        let bits_sum: u64 = by_bits.iter().enumerate().map(|(b, &n)| b as u64 * n).sum();
         CostColumns {
             adc_conversions: c.conversions,
             active_cell_reads: c.active_reads,
@@ -347,8 +380,35 @@ impl CostColumns {
                 .join(";"),
             adc_fj_per_step: p.energy.adc_fj_per_step,
             cell_fj: p.energy.cell_fj,
-            energy_fj_per_mac: energy.map(|e| e.0),
-            energy_adc_share: energy.map(|e| e.1),
+            energy_fj_per_mac: energy.map(|e| e.fj_per_mac(c.macs)),
+            energy_adc_share: energy.map(|e| e.adc_share()),
+            energy_model: p.energy.model.label().into(),
+            adc_scaling: p.energy.adc_scaling.label().into(),
+            adc_fj_per_mac: energy.map(|e| per_mac(e.adc_fj)),
+            cell_fj_per_mac: energy.map(|e| per_mac(e.cells_fj)),
+            add_fj_per_mac: energy.map(|e| per_mac(e.digital_fj)),
+            check_fj_per_mac: energy.map(|e| per_mac(e.checks_fj)),
+            mean_effective_bits: if c.conversions > 0 {
+                bits_sum as f64 / c.conversions as f64
+            } else {
+                0.0
+            },
+            conversions_by_bits: by_bits
+                .iter()
+                .enumerate()
+                .filter(|(_, &n)| n > 0)
+                .map(|(b, n)| format!("{b}:{n}"))
+                .collect::<Vec<_>>()
+                .join(";"),
+            zero_checks: c.zero_checks,
+            area_um2: area.map(|a| a.total_um2()),
+            area_adc_share: area.map(|a| {
+                if a.total_um2() > 0.0 {
+                    a.adc_um2 / a.total_um2()
+                } else {
+                    0.0
+                }
+            }),
         }
     }
 }
@@ -434,7 +494,9 @@ struct KeyFields {
     array: ArrayColumns,
     #[serde(serialize_with = "display")]
     calibrate_percentile: f64,
-    noise: NoiseColumns,
+    /// The noise parameters the key had before `fs_sigma` and
+    /// `adc_sigma_lsb`, which are added below only when used.
+    noise: [String; 6],
     sampling: String,
     #[serde(serialize_with = "display")]
     adc_fj_per_step: f64,
@@ -467,7 +529,10 @@ pub fn point_key(params: &Params, mapping: &MappingSpec) -> String {
         zero_fraction,
         array: ArrayColumns::new(params, mapping),
         calibrate_percentile: params.calibrate_percentile,
-        noise: NoiseColumns::new(&params.noise),
+        noise: {
+            let n = record(&NoiseColumns::new(&params.noise));
+            std::array::from_fn(|i| n[i].clone())
+        },
         sampling: params.noise.sampling.label().into(),
         adc_fj_per_step: params.energy.adc_fj_per_step,
         cell_fj: params.energy.cell_fj,

@@ -3,7 +3,7 @@
 //! on disk between rewrites.
 
 use crate::error::{Error, Result};
-use crate::io::csv::{columns, encode_record, AtomicFile, CsvRows};
+use crate::io::csv::{columns, encode_record, record, AtomicFile, CsvRows};
 use csv::StringRecord;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -18,7 +18,16 @@ pub struct ResultFile {
     pub path: PathBuf,
     /// The row type's columns, in order.
     pub columns: Vec<String>,
+    /// Each column's value in the row type's default row.
+    defaults: Vec<String>,
 }
+
+/// Parameter columns added to the result files after results were first
+/// written. Each is a parameter whose resume key includes it only when it
+/// is not at its default, so a row whose key is wanted but whose file lacks
+/// the column had the default: such files resume, the column filled in,
+/// and are rewritten with it.
+const ADDED_PARAMETERS: &[&str] = &["fs_sigma", "adc_sigma_lsb"];
 
 impl ResultFile {
     /// The file `dir/NAME` of rows of type `R`.
@@ -26,6 +35,7 @@ impl ResultFile {
         ResultFile {
             path: dir.join(name),
             columns: columns::<R>(),
+            defaults: record(&R::default()),
         }
     }
 
@@ -57,17 +67,25 @@ impl ResultFile {
         let Some(mut rows) = CsvRows::open(&self.path)? else {
             return Ok(());
         };
-        if rows.header != self.columns {
-            return Err(self.refuse(
+        let upgrade = self.upgrade(&rows.header).ok_or_else(|| {
+            self.refuse(
                 "has other columns than this version of zebra writes for this experiment".into(),
-            ));
-        }
+            )
+        })?;
         let kc = self.col(key);
         let slots = slots_by_key(keys, |_| true);
         let mut stale = 0;
         while let Some(r) = rows.next_row()? {
+            let r = match &upgrade {
+                None => r.clone(),
+                Some(from) => from
+                    .iter()
+                    .zip(&self.defaults)
+                    .map(|(at, d)| at.map_or(d.as_str(), |i| &r[i]))
+                    .collect(),
+            };
             match slots.get(&r[kc]) {
-                Some(s) => found(s, r)?,
+                Some(s) => found(s, &r)?,
                 None => stale += 1,
             }
         }
@@ -77,6 +95,30 @@ impl ResultFile {
             )));
         }
         Ok(())
+    }
+
+    /// How to read a file with `header`: `Some(None)` as it is, `Some(from)`
+    /// taking column `c` from `from[c]` (or its default where `None`) when
+    /// the header lacks only [`ADDED_PARAMETERS`], `None` when it cannot.
+    #[allow(clippy::option_option)]
+    fn upgrade(&self, header: &[String]) -> Option<Option<Vec<Option<usize>>>> {
+        if header == self.columns {
+            return Some(None);
+        }
+        let kept: Vec<&String> = self
+            .columns
+            .iter()
+            .filter(|c| header.contains(c) || !ADDED_PARAMETERS.contains(&c.as_str()))
+            .collect();
+        if kept.len() != header.len() || kept.iter().zip(header).any(|(a, b)| *a != b) {
+            return None;
+        }
+        Some(Some(
+            self.columns
+                .iter()
+                .map(|c| header.iter().position(|h| h == c))
+                .collect(),
+        ))
     }
 
     fn refuse(&self, why: String) -> Error {
@@ -259,4 +301,71 @@ pub fn slots_by_key(keys: &[String], keep: impl Fn(usize) -> bool) -> HashMap<&s
         out.entry(k.as_str()).or_default().push(slot);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sweep::output::ResultRow;
+
+    /// A file written before the added parameter columns existed resumes,
+    /// its rows given the defaults; a file lacking any other column does not.
+    #[test]
+    fn files_without_added_parameter_columns_resume_with_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = ResultFile::of::<ResultRow>(dir.path(), "r.csv");
+        let old: Vec<usize> = (0..file.columns.len())
+            .filter(|&c| !ADDED_PARAMETERS.contains(&file.columns[c].as_str()))
+            .collect();
+        assert_eq!(old.len() + ADDED_PARAMETERS.len(), file.columns.len());
+        let key = file.col("point_key");
+        let write = |cols: &[usize]| {
+            let mut row: Vec<String> = (0..file.columns.len()).map(|c| format!("v{c}")).collect();
+            row[key] = "k1".into();
+            let text = [
+                cols.iter()
+                    .map(|&c| file.columns[c].clone())
+                    .collect::<Vec<_>>(),
+                cols.iter().map(|&c| row[c].clone()).collect(),
+            ]
+            .iter()
+            .map(|r| r.join(","))
+            .collect::<Vec<_>>()
+            .join("\n");
+            std::fs::write(&file.path, format!("{text}\n")).unwrap();
+        };
+        write(&old);
+        let mut got = Vec::new();
+        file.finished("point_key", &["k1".to_string()], false, |s, r| {
+            got.push((s.to_vec(), r.iter().map(String::from).collect::<Vec<_>>()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got.len(), 1);
+        let (slots, row) = &got[0];
+        assert_eq!(slots, &[0]);
+        for (c, name) in file.columns.iter().enumerate() {
+            let want = if ADDED_PARAMETERS.contains(&name.as_str()) {
+                "0".to_string()
+            } else if c == key {
+                "k1".to_string()
+            } else {
+                format!("v{c}")
+            };
+            assert_eq!(row[c], want, "column {name}");
+        }
+        // Without another column (here `seed`), it is refused.
+        let seed = file.col("seed");
+        write(
+            &old.iter()
+                .copied()
+                .filter(|&c| c != seed)
+                .collect::<Vec<_>>(),
+        );
+        let err = file
+            .finished("point_key", &["k1".to_string()], false, |_, _| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has other columns"), "{err}");
+    }
 }
