@@ -1024,3 +1024,59 @@ fn a_sharded_accuracy_experiment_merges_into_the_results_of_one_run() {
     };
     assert_eq!(without_timing(&merged), without_timing(&single));
 }
+
+/// `--where` slices a sweep of several axes: an energy-model sweep drawn per
+/// model, lines per mapping; a filter that keeps nothing, or is malformed,
+/// gets exit 2 and one line.
+#[test]
+fn plot_where_draws_one_slice_of_a_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = dir.path().join("e.toml");
+    fs::write(
+        &exp,
+        "version = 1\ntrials = 20\nmappings = [\"dense\", \"zebra\"]\n[layer]\nk = 64\nn = 8\ninputs = 2\n\
+         [noise]\ncell_sigma = 0.05\n[sweep]\n\"array.parallelism\" = [16, 32]\n\"energy.model\" = [\"walden\", \"flash\"]\n",
+    )
+    .unwrap();
+    let out = dir.path().join("res");
+    zebra()
+        .args([
+            "run",
+            exp.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--engine",
+            "cpu",
+            "--quiet",
+        ])
+        .assert()
+        .success();
+    let csv = out.join("e.csv");
+    let plot = |filter: &str| {
+        zebra()
+            .args([
+                "plot",
+                csv.to_str().unwrap(),
+                "--metric",
+                "energy_fj_per_mac",
+                "--x",
+                "array.parallelism",
+                "--where",
+                filter,
+            ])
+            .assert()
+    };
+    plot("energy.model=flash").success();
+    let svg = fs::read_to_string(out.join("e_flash_energy_fj_per_mac.svg")).unwrap();
+    // One line per mapping: the other model's rows are not drawn.
+    assert!(
+        svg.contains("dense") && svg.contains("zebra") && !svg.contains("walden"),
+        "{svg}"
+    );
+    plot("energy.model=isaac")
+        .code(2)
+        .stderr(predicate::str::contains("leaves no rows"));
+    plot("energy.model")
+        .code(2)
+        .stderr(predicate::str::contains("give COLUMN=VALUE"));
+}

@@ -153,6 +153,10 @@ pub enum Command {
         /// Swept parameter on the x axis (default: the first swept one), e.g. layer.weight_bits.
         #[arg(long)]
         x: Option<String>,
+        /// Only rows whose column has this value (repeatable), e.g. energy.model=walden;
+        /// the figures' names end with the values. Histograms are not drawn then.
+        #[arg(long = "where", value_name = "COLUMN=VALUE")]
+        filter: Vec<String>,
     },
     /// List GPU adapters (honours WGPU_BACKEND) with the limits that matter.
     Devices,
@@ -233,7 +237,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             out,
             metric,
             x,
-        } => plot::run_plot(&csv, out.as_deref(), metric, x),
+            filter,
+        } => plot::run_plot(&csv, out.as_deref(), metric, x, filter),
         Command::Devices => match crate::engine::gpu::backends_from_env() {
             Ok(_) => devices::run_devices(),
             Err(e) => bad_input(e),

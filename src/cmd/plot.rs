@@ -12,8 +12,25 @@ pub fn run_plot(
     out: Option<&Path>,
     metrics: Vec<String>,
     x: Option<String>,
+    filter: Vec<String>,
 ) -> Result<ExitCode> {
-    let opts = PlotOptions { metrics, x };
+    let mut pairs = Vec::new();
+    for f in filter {
+        match f.split_once('=') {
+            Some((k, v)) if !k.is_empty() => pairs.push((k.to_string(), v.to_string())),
+            _ => {
+                return bad_input(crate::error::Error::config(
+                    "--where",
+                    format!("`{f}`: give COLUMN=VALUE, e.g. --where energy.model=walden"),
+                ))
+            }
+        }
+    }
+    let opts = PlotOptions {
+        metrics,
+        x,
+        filter: pairs,
+    };
     let mut drawn = 0;
     for file in csv {
         match plot_results(file, out, &opts) {

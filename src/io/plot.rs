@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Parameter columns a sweep may vary, with axis labels (units included).
-const PARAMS: [(&str, &str); 17] = [
+const PARAMS: [(&str, &str); 21] = [
     (
         "cell_sigma",
         "cell mismatch sigma (fraction of a cell's weight)",
@@ -32,6 +32,13 @@ const PARAMS: [(&str, &str); 17] = [
     ("weights", "weight distribution"),
     ("noise_mode", "noise mode"),
     ("trials", "trials"),
+    (
+        "fs_sigma",
+        "conversion noise sigma (fraction of its full-scale range)",
+    ),
+    ("adc_sigma_lsb", "ADC noise sigma (LSB)"),
+    ("energy_model", "ADC energy model"),
+    ("adc_scaling", "ADC energy scaling"),
 ];
 
 const COLORS: [RGBColor; 12] = [
@@ -139,9 +146,9 @@ pub const METRICS: [(&str, &str, bool, &str); 12] = [
     ),
     (
         "energy_fj_per_mac",
-        "energy proxy per MAC (fJ)",
+        "energy per MAC (fJ)",
         true,
-        "energy proxy per MAC",
+        "energy per MAC",
     ),
     (
         "skipped_plane_fraction",
@@ -164,6 +171,9 @@ pub struct PlotOptions {
     pub metrics: Vec<String>,
     /// The swept column on the x axis (default: the first swept parameter).
     pub x: Option<String>,
+    /// Only the rows whose column equals the value, (column or dotted key,
+    /// value); the figures' names end with the values.
+    pub filter: Vec<(String, String)>,
 }
 
 impl Default for PlotOptions {
@@ -171,6 +181,7 @@ impl Default for PlotOptions {
         PlotOptions {
             metrics: vec!["rmse".into(), "snr_db".into()],
             x: None,
+            filter: Vec::new(),
         }
     }
 }
@@ -187,7 +198,30 @@ pub struct Plotted {
 /// Values that are not finite numbers are left out of a figure, and a
 /// figure with none left is skipped; both are reported in the warnings.
 pub fn plot_results(csv: &Path, out_dir: Option<&Path>, opts: &PlotOptions) -> Result<Plotted> {
-    let data = load_results(csv)?;
+    let mut data = load_results(csv)?;
+    for (key, value) in &opts.filter {
+        // A column, or a dotted key: `energy.model` is `energy_model`,
+        // `array.parallelism` is `parallelism`.
+        let last = key.rsplit('.').next().unwrap_or(key);
+        let underscored = key.replace('.', "_");
+        let (name, col) = [key.as_str(), underscored.as_str(), last]
+            .into_iter()
+            .find_map(|n| data.col(n).map(|c| (n.to_string(), c)))
+            .ok_or_else(|| {
+                plot_err(
+                    csv,
+                    format!("`--where {key}={value}`: no column `{last}` or `{underscored}`"),
+                )
+            })?;
+        data.rows.retain(|r| r[col] == *value);
+        if data.rows.is_empty() {
+            return Err(plot_err(
+                csv,
+                format!("`--where {key}={value}` leaves no rows; give a value the `{name}` column holds"),
+            ));
+        }
+    }
+    let suffix: String = opts.filter.iter().map(|(_, v)| format!("_{v}")).collect();
     // Accuracy experiments have their own default figures.
     let accuracy = data.col("mean_accuracy").is_some();
     let metrics: Vec<String> = if accuracy && opts.metrics == PlotOptions::default().metrics {
@@ -195,10 +229,11 @@ pub fn plot_results(csv: &Path, out_dir: Option<&Path>, opts: &PlotOptions) -> R
     } else {
         opts.metrics.clone()
     };
-    let stem = csv
+    let csv_stem = csv
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "results".into());
+    let stem = format!("{csv_stem}{suffix}");
     let dir = out_dir
         .map(Path::to_path_buf)
         .unwrap_or_else(|| csv.parent().map(Path::to_path_buf).unwrap_or_default());
@@ -256,8 +291,13 @@ pub fn plot_results(csv: &Path, out_dir: Option<&Path>, opts: &PlotOptions) -> R
             written.push(path);
         }
     }
-    let hist_path = csv.with_file_name(format!("{stem}_hist.csv"));
-    if let Some((hh, hrows)) = read_csv(&hist_path)? {
+    let hist_path = csv.with_file_name(format!("{csv_stem}_hist.csv"));
+    let hist = if opts.filter.is_empty() {
+        read_csv(&hist_path)?
+    } else {
+        None
+    };
+    if let Some((hh, hrows)) = hist {
         match plot_histograms(&hist_path, &dir, &stem, &hh, &hrows, &data)? {
             Some(files) => written.extend(files),
             None => warnings.push(format!(
