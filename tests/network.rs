@@ -82,6 +82,19 @@ fn im2col_equals_direct_convolution() {
     }
 }
 
+/// Writes a uint8 `.npy` file of `shape`.
+fn write_npy(path: &Path, shape: &[u64], data: &[u8]) {
+    use npyz::WriterBuilder;
+    let mut w = npyz::WriteOptions::<u8>::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(std::fs::File::create(path).unwrap())
+        .begin_nd()
+        .unwrap();
+    w.extend(data.iter().copied()).unwrap();
+    w.finish().unwrap();
+}
+
 struct T(Dtype, Vec<usize>, Vec<u8>);
 impl View for &T {
     fn dtype(&self) -> Dtype {
@@ -320,18 +333,8 @@ fn lossy_adc_and_noise_change_the_logits() {
 fn images_that_do_not_fit_the_model_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let imgs: Vec<u8> = vec![0; 2 * 5 * 5];
-    let write = |name: &str, shape: &[u64], data: &[u8]| {
-        let f = std::fs::File::create(dir.path().join(name)).unwrap();
-        use npyz::WriterBuilder;
-        let mut w = npyz::WriteOptions::<u8>::new()
-            .default_dtype()
-            .shape(shape)
-            .writer(f)
-            .begin_nd()
-            .unwrap();
-        w.extend(data.iter().copied()).unwrap();
-        w.finish().unwrap();
-    };
+    let write =
+        |name: &str, shape: &[u64], data: &[u8]| write_npy(&dir.path().join(name), shape, data);
     write("x.npy", &[2, 5, 5], &imgs);
     write("y.npy", &[2], &[0, 1]);
     let model = std::fs::canonicalize(SHIPPED).unwrap();
@@ -513,18 +516,7 @@ fn signed_network(dir: &Path) -> String {
          [[layer]]\nkind = \"global_avgpool\"\n[[layer]]\nkind = \"flatten\"\n\
          [[layer]]\nkind = \"linear\"\nname = \"fc\"\nout_features = 3\n";
     std::fs::write(dir.join("model.toml"), model).unwrap();
-    let write = |name: &str, shape: &[u64], data: &[u8]| {
-        let f = std::fs::File::create(dir.join(name)).unwrap();
-        use npyz::WriterBuilder;
-        let mut w = npyz::WriteOptions::<u8>::new()
-            .default_dtype()
-            .shape(shape)
-            .writer(f)
-            .begin_nd()
-            .unwrap();
-        w.extend(data.iter().copied()).unwrap();
-        w.finish().unwrap();
-    };
+    let write = |name: &str, shape: &[u64], data: &[u8]| write_npy(&dir.join(name), shape, data);
     let pixels: Vec<u8> = words(6 * 16, 14).iter().map(|v| (v % 256) as u8).collect();
     write("x.npy", &[6, 4, 4], &pixels);
     write("y.npy", &[6], &[0, 1, 2, 0, 1, 2]);

@@ -590,32 +590,38 @@ fn zero_noise_is_exact_for_every_mapping_and_path(engine: &mut dyn Engine) {
         layer.w[0] = -q;
         *layer.w.last_mut().unwrap() = q;
         layer.x[0] = (1 << xbits) - 1;
-        for m in MappingSpec::presets() {
-            for adc in [None, Some(lossless_bits(&m, p))] {
-                let mut params = params.clone();
-                params.adc_bits = adc;
-                let plan = Plan::new(&params, &layer, &m);
-                for path in [
-                    NoisePath::Analytic,
-                    NoisePath::Aggregated,
-                    NoisePath::PerCellStatic,
-                    NoisePath::PerCellDynamic,
-                ] {
-                    let plan = plan.with_path(path);
-                    let raw = simulate(engine, &plan, 2);
-                    let bad: Vec<(usize, f32)> = raw
-                        .iter()
-                        .cloned()
-                        .enumerate()
-                        .filter(|(_, e)| *e != 0.0)
-                        .take(5)
-                        .collect();
-                    assert!(
-                        bad.is_empty(),
-                        "{} {path:?} adc {adc:?} k={k} n={n} p={p}: first errors (index, e) {bad:?}",
-                        m.name
-                    );
-                }
+        exact_on_every_path(engine, &params, &layer, &format!("k={k} n={n} p={p}"));
+    }
+}
+
+/// Every mapping, with an ideal and a lossless ADC, on every noise path's
+/// code: no error at all in two trials of the noise-free `params`.
+fn exact_on_every_path(engine: &mut dyn Engine, params: &Params, layer: &Layer, what: &str) {
+    for m in MappingSpec::presets() {
+        for adc in [None, Some(lossless_bits(&m, params.parallelism))] {
+            let mut params = params.clone();
+            params.adc_bits = adc;
+            let plan = Plan::new(&params, layer, &m);
+            for path in [
+                NoisePath::Analytic,
+                NoisePath::Aggregated,
+                NoisePath::PerCellStatic,
+                NoisePath::PerCellDynamic,
+            ] {
+                let plan = plan.with_path(path);
+                let raw = simulate(engine, &plan, 2);
+                let bad: Vec<(usize, f32)> = raw
+                    .iter()
+                    .cloned()
+                    .enumerate()
+                    .filter(|(_, e)| *e != 0.0)
+                    .take(5)
+                    .collect();
+                assert!(
+                    bad.is_empty(),
+                    "{what} {} {path:?} adc {adc:?}: first errors (index, e) {bad:?}",
+                    m.name
+                );
             }
         }
     }
@@ -640,34 +646,8 @@ fn zero_noise_is_exact_with_signed_inputs_on_every_path(engine: &mut dyn Engine)
             *layer.w.last_mut().unwrap() = q;
             layer.x[0] = lo;
             *layer.x.last_mut().unwrap() = hi;
-            for m in MappingSpec::presets() {
-                for adc in [None, Some(lossless_bits(&m, p))] {
-                    let mut params = params.clone();
-                    params.adc_bits = adc;
-                    let plan = Plan::new(&params, &layer, &m);
-                    for path in [
-                        NoisePath::Analytic,
-                        NoisePath::Aggregated,
-                        NoisePath::PerCellStatic,
-                        NoisePath::PerCellDynamic,
-                    ] {
-                        let plan = plan.with_path(path);
-                        let raw = simulate(engine, &plan, 2);
-                        let bad: Vec<(usize, f32)> = raw
-                            .iter()
-                            .cloned()
-                            .enumerate()
-                            .filter(|(_, e)| *e != 0.0)
-                            .take(5)
-                            .collect();
-                        assert!(
-                            bad.is_empty(),
-                            "{coding:?} {} {path:?} adc {adc:?} k={k} n={n} p={p}: first errors (index, e) {bad:?}",
-                            m.name
-                        );
-                    }
-                }
-            }
+            let what = format!("{coding:?} k={k} n={n} p={p}");
+            exact_on_every_path(engine, &params, &layer, &what);
         }
     }
 }
