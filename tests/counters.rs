@@ -14,7 +14,7 @@ use zebra_cim::model::energy::{
     area, energy, AdcModel, AdcScaling, BitsHistogram, EnergyParams, BITS, TRANSISTOR_UM2,
 };
 use zebra_cim::model::{InputCoding, MappingSpec};
-use zebra_cim::sweep::output::{energy_per_mac, ResultRow, RunInfo};
+use zebra_cim::sweep::output::{ResultRow, RunInfo};
 
 /// K = 4, N = 2, two input vectors of 2-bit inputs, 3-bit weights, P = 2
 /// (chunk 0 = rows 0-1, chunk 1 = rows 2-3), a 3-bit ADC.
@@ -438,4 +438,20 @@ fn the_area_proxy_matches_the_hand_count() {
     assert!((a.adc_um2 - 5.0 * 842.0 * t).abs() <= 1e-9);
     // dense skips nothing: no check units.
     assert_eq!(self::plan("dense", Some(3)).layout().check_units, 0);
+}
+
+/// The energy proxy per MAC and the ADC's share of it, written out from
+/// docs/MODEL.md (Energy proxy) as the `proxy` model must reproduce it:
+/// conversions at the Walden figure of merit times `2^bits` steps, plus
+/// active cell reads; no figure for an ideal ADC.
+fn energy_per_mac(p: &Params, c: &zebra_cim::experiment::plan::Counters) -> Option<(f64, f64)> {
+    p.adc_bits.map(|bits| {
+        let adc = c.conversions as f64 * p.energy.adc_fj_per_step * (1u64 << bits) as f64;
+        let cells = c.active_reads as f64 * p.energy.cell_fj;
+        let total = adc + cells;
+        (
+            total / c.macs as f64,
+            if total > 0.0 { adc / total } else { 0.0 },
+        )
+    })
 }

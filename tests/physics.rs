@@ -480,24 +480,7 @@ fn read_noise(engine: &mut dyn Engine, coding: InputCoding) {
     let (params, layer) = common::point(&noisy_coded(coding, "static", "auto", 0.0, read));
     for mapping in ["dense", "zebra"] {
         let plan = common::plan(&params, &layer, mapping);
-        let theory: Vec<f64> = (0..plan.n)
-            .map(|n| {
-                let mut v = 0.0;
-                for c in 0..plan.chunks {
-                    for i in 0..plan.xbits {
-                        if !plan.row_active[c * plan.xbits + i] {
-                            continue;
-                        }
-                        for j in 0..plan.j {
-                            if plan.converted[plan.group(c, j, n)] {
-                                v += (plan.input_weights[i] as f64 * plan.scales[j] as f64).powi(2);
-                            }
-                        }
-                    }
-                }
-                read * read * v
-            })
-            .collect();
+        let theory = per_conversion_variance(&plan, |_| read * read);
         assert_variances(
             &format!("read {mapping} {coding:?}"),
             &column_variances(&simulate(engine, &plan, TRIALS), plan.n),
@@ -505,6 +488,32 @@ fn read_noise(engine: &mut dyn Engine, coding: InputCoding) {
             TRIALS as usize,
         );
     }
+}
+
+/// Each column's `sum_{converted (c,i,j)} x_i^2 s_j^2 var(g)`: the output
+/// variance of independent noise of variance `var(g)` added to every
+/// conversion of group `g` of one input vector, ideal ADC.
+fn per_conversion_variance(plan: &Plan, var: impl Fn(usize) -> f64) -> Vec<f64> {
+    (0..plan.n)
+        .map(|n| {
+            let mut v = 0.0;
+            for c in 0..plan.chunks {
+                for i in 0..plan.xbits {
+                    if !plan.row_active[c * plan.xbits + i] {
+                        continue;
+                    }
+                    for j in 0..plan.j {
+                        let g = plan.group(c, j, n);
+                        if plan.converted[g] {
+                            let w = plan.input_weights[i] as f64 * plan.scales[j] as f64;
+                            v += w * w * var(g);
+                        }
+                    }
+                }
+            }
+            v
+        })
+        .collect()
 }
 
 /// `fs_sigma`: per conversion, a Gaussian of standard deviation `fs_sigma
@@ -518,27 +527,10 @@ fn full_scale_noise_matches_closed_form(engine: &mut dyn Engine) {
     // dense: every group over the full range [0, 32]; zebra: adaptive ranges.
     for mapping in ["dense", "zebra"] {
         let plan = common::plan(&params, &layer, mapping);
-        let theory: Vec<f64> = (0..plan.n)
-            .map(|n| {
-                let mut v = 0.0;
-                for c in 0..plan.chunks {
-                    for i in 0..plan.xbits {
-                        if !plan.row_active[c * plan.xbits + i] {
-                            continue;
-                        }
-                        for j in 0..plan.j {
-                            let g = plan.group(c, j, n);
-                            if plan.converted[g] {
-                                let range = (plan.hi[g] - plan.lo[g]) as f64;
-                                v += (plan.input_weights[i] as f64 * plan.scales[j] as f64).powi(2)
-                                    * (read * read + (fs * range).powi(2));
-                            }
-                        }
-                    }
-                }
-                v
-            })
-            .collect();
+        let theory = per_conversion_variance(&plan, |g| {
+            let range = (plan.hi[g] - plan.lo[g]) as f64;
+            read * read + (fs * range).powi(2)
+        });
         assert!(
             theory.iter().all(|&v| v > 1.5 * read * read),
             "fs noise must matter here"

@@ -413,21 +413,6 @@ impl CostColumns {
     }
 }
 
-/// The energy proxy per MAC and the ADC's share of it (docs/MODEL.md):
-/// conversions at the Walden figure of merit times `2^bits` steps, plus
-/// active cell reads; no figure for an ideal ADC.
-pub fn energy_per_mac(p: &Params, c: &crate::experiment::plan::Counters) -> Option<(f64, f64)> {
-    p.adc_bits.map(|bits| {
-        let adc = c.conversions as f64 * p.energy.adc_fj_per_step * (1u64 << bits) as f64;
-        let cells = c.active_reads as f64 * p.energy.cell_fj;
-        let total = adc + cells;
-        (
-            total / c.macs as f64,
-            if total > 0.0 { adc / total } else { 0.0 },
-        )
-    })
-}
-
 /// The columns of `OUT/NAME_hist.csv`: error histogram bins per (point, mapping).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct HistRow {

@@ -75,17 +75,20 @@ impl ResultFile {
         let kc = self.col(key);
         let slots = slots_by_key(keys, |_| true);
         let mut stale = 0;
+        let mut upgraded = StringRecord::new();
         while let Some(r) = rows.next_row()? {
             let r = match &upgrade {
-                None => r.clone(),
-                Some(from) => from
-                    .iter()
-                    .zip(&self.defaults)
-                    .map(|(at, d)| at.map_or(d.as_str(), |i| &r[i]))
-                    .collect(),
+                None => r,
+                Some(from) => {
+                    upgraded.clear();
+                    for (at, d) in from.iter().zip(&self.defaults) {
+                        upgraded.push_field(at.map_or(d.as_str(), |i| &r[i]));
+                    }
+                    &upgraded
+                }
             };
             match slots.get(&r[kc]) {
-                Some(s) => found(s, &r)?,
+                Some(s) => found(s, r)?,
                 None => stale += 1,
             }
         }

@@ -579,14 +579,15 @@ fn merge_layers(
     );
     out.record(&csv.columns)?;
     hist_out.record(&hist.columns)?;
-    for point in &exp.points {
-        for mapping in &exp.mappings {
-            let key = point_key(&point.params, mapping);
-            let (row, h) = merged_row(exp, point, mapping, &key, partials)?;
-            out.record(record(&row))?;
-            for r in h {
-                hist_out.record(r)?;
-            }
+    let rows = exp
+        .points
+        .iter()
+        .flat_map(|p| exp.mappings.iter().map(move |m| (p, m)));
+    for ((point, mapping), key) in rows.zip(&keys) {
+        let (row, h) = merged_row(exp, point, mapping, key, partials)?;
+        out.record(record(&row))?;
+        for r in h {
+            hist_out.record(r)?;
         }
     }
     out.finish()?;
@@ -627,51 +628,52 @@ fn merge_network(
     );
     out.record(&csv.columns)?;
     trials_out.record(&trials.columns)?;
-    for point in &exp.points {
-        for mapping in &exp.mappings {
-            let key = key(point, mapping);
-            let (parts, run) = parts_of(partials, &key);
-            let mut accs = Vec::new();
-            for (path, u) in &parts {
-                if u.first as usize != accs.len() {
-                    return Err(bad(format!(
-                        "point {} under {}: trials {}.. do not follow trials 0..{}",
-                        point.index,
-                        mapping.name,
-                        u.first,
-                        accs.len()
-                    )));
-                }
-                accs.extend(u.accuracies().map_err(|m| Error::Results {
-                    path: (*path).clone(),
-                    msg: m,
-                })?);
-            }
-            if accs.len() != point.params.trials as usize {
+    let rows = exp
+        .points
+        .iter()
+        .flat_map(|p| exp.mappings.iter().map(move |m| (p, m)));
+    for ((point, mapping), key) in rows.zip(&keys) {
+        let (parts, run) = parts_of(partials, key);
+        let mut accs = Vec::new();
+        for (path, u) in &parts {
+            if u.first as usize != accs.len() {
                 return Err(bad(format!(
-                    "point {} under {}: the shards hold {} of {} chips",
+                    "point {} under {}: trials {}.. do not follow trials 0..{}",
                     point.index,
                     mapping.name,
-                    accs.len(),
-                    point.params.trials
+                    u.first,
+                    accs.len()
                 )));
             }
-            let row = AccuracyRow::new(
-                exp,
-                point,
-                mapping,
-                (facts.images, facts.clean_accuracy),
-                &accs,
-                run.elapsed_s,
-            );
-            out.record(record(&AccuracyRow {
-                engine: run.device,
-                point_key: key,
-                ..row
-            }))?;
-            for r in TrialRow::rows(&exp.name, point.index, &mapping.name, &accs) {
-                trials_out.record(r)?;
-            }
+            accs.extend(u.accuracies().map_err(|m| Error::Results {
+                path: (*path).clone(),
+                msg: m,
+            })?);
+        }
+        if accs.len() != point.params.trials as usize {
+            return Err(bad(format!(
+                "point {} under {}: the shards hold {} of {} chips",
+                point.index,
+                mapping.name,
+                accs.len(),
+                point.params.trials
+            )));
+        }
+        let row = AccuracyRow::new(
+            exp,
+            point,
+            mapping,
+            (facts.images, facts.clean_accuracy),
+            &accs,
+            run.elapsed_s,
+        );
+        out.record(record(&AccuracyRow {
+            engine: run.device,
+            point_key: key.clone(),
+            ..row
+        }))?;
+        for r in TrialRow::rows(&exp.name, point.index, &mapping.name, &accs) {
+            trials_out.record(r)?;
         }
     }
     out.finish()?;
