@@ -25,6 +25,10 @@ a saved `state_dict` of one of the training script's architectures:
 
     python3 experiments/export_pytorch.py --arch resnet --state models/fmnist_resnet/float.pt --out models/fmnist_resnet
 
+`--terms K` gives every weight at most K non-zero signed power-of-two terms
+(the nearest such value to the float weight on its channel's scale), the
+term budget of zebra's `[quantize] terms` applied before rounding.
+
 It also runs the exported int8 model in NumPy with the exact semantics zebra
 uses (`int8_logits`), so the clean int8 accuracy it prints is the one `zebra`
 reproduces.
@@ -52,13 +56,47 @@ def _fold_batchnorm(m, bn):
     return f
 
 
-def quantise_weight(w):
-    """Symmetric per-output-channel int8: returns (int8 weights, float32 scales)."""
+def csd_term_count(v):
+    """Non-zero digits of integer v in canonical signed digit (non-adjacent) form."""
+    v, n = int(v), 0
+    while v != 0:
+        if v & 1:
+            v -= 2 - (v % 4)
+            n += 1
+        v //= 2
+    return n
+
+
+def term_grid(terms):
+    """The int8 values in [-127, 127] with at most `terms` signed power-of-two terms, sorted."""
+    return np.array([v for v in range(-127, 128) if csd_term_count(v) <= terms], dtype=np.float64)
+
+
+def nearest_on_grid(x, grid):
+    """Each element of float array x moved to the nearest grid value (ties: the smaller magnitude)."""
+    hi = np.clip(np.searchsorted(grid, x), 1, len(grid) - 1)
+    lo_v, hi_v = grid[hi - 1], grid[hi]
+    d_lo, d_hi = np.abs(x - lo_v), np.abs(hi_v - x)
+    pick_hi = (d_hi < d_lo) | ((d_hi == d_lo) & (np.abs(hi_v) < np.abs(lo_v)))
+    return np.where(pick_hi, hi_v, lo_v)
+
+
+def quantise_weight(w, terms=None):
+    """Symmetric per-output-channel int8: returns (int8 weights, float32 scales).
+
+    With `terms`, each weight is the nearest value with at most that many
+    non-zero signed power-of-two (CSD) terms to its float value, on the same
+    per-channel scale: a term budget applied from the float weights, not to
+    rounded int8 values."""
     flat = w.reshape(w.shape[0], -1)
     amax = np.abs(flat).max(axis=1)
     scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(flat / scale[:, None]), -127, 127).astype(np.int8)
-    return q.reshape(w.shape), scale
+    x = flat / scale[:, None]
+    if terms is None:
+        q = np.clip(np.rint(x), -127, 127)
+    else:
+        q = nearest_on_grid(np.clip(x, -127, 127), term_grid(terms))
+    return q.astype(np.int8).reshape(w.shape), scale
 
 
 class _Graph:
@@ -118,12 +156,14 @@ def _kind(g, node):
 
 
 @torch.no_grad()
-def export(model, calib, out_dir, name="model", percentile=99.99, input_scale=1.0 / 255.0):
+def export(model, calib, out_dir, name="model", percentile=99.99, input_scale=1.0 / 255.0,
+           terms=None):
     """Quantises `model` (float, eval mode) and writes OUT_DIR/NAME.toml + NAME.safetensors.
 
     `calib`: float tensor [n, c, h, w] of calibration inputs, already scaled
     like the training inputs (pixel / 255). Returns the path of the TOML file.
     Later layers are calibrated on the already-quantised outputs of earlier ones.
+    `terms`: a budget of signed power-of-two terms per weight (`quantise_weight`).
     """
     model.eval()
     g = _Graph(model)
@@ -180,7 +220,7 @@ def export(model, calib, out_dir, name="model", percentile=99.99, input_scale=1.
                 end = bn
                 done.add(bn)
             w = m.weight.detach().cpu().numpy().astype(np.float32)
-            q, scale = quantise_weight(w)
+            q, scale = quantise_weight(w, terms)
             bias = (m.bias.detach().cpu().numpy() if m.bias is not None
                     else np.zeros(w.shape[0])).astype(np.float32)
             tensors[f"{lname}.weight"] = q
@@ -323,13 +363,15 @@ def main():
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--name", default="model")
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    ap.add_argument("--terms", type=int, choices=range(1, 9), metavar="K",
+                    help="at most K signed power-of-two terms per weight, nearest to the float weight")
     args = ap.parse_args()
     from train_fmnist import ResNet, build_model, read_idx
     model = ResNet() if args.arch == "resnet" else build_model()
     model.load_state_dict(torch.load(args.state, map_location="cpu"))
     train = read_idx(os.path.join(args.data, "train-images-idx3-ubyte.gz"))
     calib = torch.from_numpy(train[:2000, None].astype(np.float32) / 255.0)
-    path = export(model, calib, args.out, args.name)
+    path = export(model, calib, args.out, args.name, terms=args.terms)
     print(f"wrote {path}")
 
 

@@ -6,6 +6,17 @@
     python3 experiments/train_fmnist.py                 # the small CNN: ~3 min on 2 cores
     python3 experiments/train_fmnist.py --arch resnet    # the ResNet: ~15 min on 2 cores
 
+Term-budget variants (every weight at most K signed power-of-two terms)
+fine-tune the shipped float ResNet with the budget in the loop, then export
+with the same budget:
+
+    python3 experiments/train_fmnist.py --arch resnet --terms 2 --finetune models/fmnist_resnet/float.pt
+
+(writes models/fmnist_resnet_t2/; 2 epochs by default). The forward pass
+uses each conv and linear weight's nearest K-term value on its channel's
+int8 scale, the backward pass the straight-through estimator (the gradient
+of the quantised weight is applied to the float one).
+
 Float training (fixed seed), then post-training int8 quantisation by
 experiments/export_pytorch.py (per-channel symmetric weights, int8/uint8
 activations calibrated on 2,000 training images). Writes
@@ -91,6 +102,44 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+class TermQuant(nn.Module):
+    """A parametrisation: the weight's nearest value with at most `terms` CSD
+    terms per element on its output channel's int8 scale (what the exporter
+    writes), with the straight-through gradient."""
+
+    def __init__(self, terms):
+        super().__init__()
+        from export_pytorch import term_grid
+        self.register_buffer("grid", torch.from_numpy(term_grid(terms)).float())
+
+    def forward(self, w):
+        flat = w.reshape(w.shape[0], -1)
+        scale = (flat.abs().amax(1, keepdim=True) / 127.0).clamp_min(1e-12)
+        x = (flat / scale).clamp(-127, 127).detach()
+        hi = torch.searchsorted(self.grid, x.contiguous()).clamp(1, len(self.grid) - 1)
+        lo_v, hi_v = self.grid[hi - 1], self.grid[hi]
+        d_lo, d_hi = (x - lo_v).abs(), (hi_v - x).abs()
+        pick_hi = (d_hi < d_lo) | ((d_hi == d_lo) & (hi_v.abs() < lo_v.abs()))
+        q = torch.where(pick_hi, hi_v, lo_v) * scale
+        return w + (q.reshape(w.shape) - w).detach()
+
+
+def add_term_budget(model, terms):
+    """Puts TermQuant on every Conv2d and Linear weight of `model`."""
+    from torch.nn.utils import parametrize
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            parametrize.register_parametrization(m, "weight", TermQuant(terms))
+
+
+def bake_term_budget(model):
+    """Replaces each parametrised weight by its quantised value."""
+    from torch.nn.utils import parametrize
+    for m in model.modules():
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+
+
 def augment(x):
     """Random shifts of up to 2 pixels (zero padded) and horizontal flips."""
     n = x.shape[0]
@@ -110,14 +159,23 @@ def main():
     ap.add_argument("--out", help="output folder (default: models/fmnist_cnn or models/fmnist_resnet)")
     ap.add_argument("--epochs", type=int, help="default: 15 (cnn), 12 (resnet)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--terms", type=int, choices=range(1, 9), metavar="K",
+                    help="term budget per weight: fine-tune --finetune with it in the loop and export with it")
+    ap.add_argument("--finetune", metavar="FLOAT_PT",
+                    help="start from this state_dict (with --terms: default 2 epochs at a small learning rate)")
     args = ap.parse_args()
+    if args.terms and not args.finetune:
+        ap.error("--terms fine-tunes a trained model: give --finetune FLOAT_PT")
 
     resnet = args.arch == "resnet"
-    args.out = args.out or os.path.join(ROOT, "models", "fmnist_resnet" if resnet else "fmnist_cnn")
-    args.epochs = args.epochs or (12 if resnet else 15)
+    default_out = "fmnist_resnet" if resnet else "fmnist_cnn"
+    if args.terms:
+        default_out += f"_t{args.terms}"
+    args.out = args.out or os.path.join(ROOT, "models", default_out)
+    args.epochs = args.epochs or (2 if args.finetune else 12 if resnet else 15)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     xtr = read_idx(os.path.join(args.data, "train-images-idx3-ubyte.gz"))
     ytr = read_idx(os.path.join(args.data, "train-labels-idx1-ubyte.gz"))
     xte = read_idx(os.path.join(args.test_data, "t10k-images-idx3-ubyte.gz"))
@@ -127,8 +185,15 @@ def main():
     Xte = to_t(xte)
 
     model = ResNet() if resnet else build_model()
+    if args.finetune:
+        model.load_state_dict(torch.load(args.finetune, map_location="cpu"))
+    if args.terms:
+        add_term_budget(model, args.terms)
     steps = (len(Xtr) + 127) // 128
-    if resnet:
+    if args.finetune:
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs * steps)
+    elif resnet:
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=args.epochs * steps)
     else:
@@ -146,9 +211,9 @@ def main():
             loss = loss_fn(model(x), Ytr[idx])
             loss.backward()
             opt.step()
-            if resnet:
+            if resnet or args.finetune:
                 sched.step()
-        if not resnet:
+        if not (resnet or args.finetune):
             sched.step()
         model.eval()
         with torch.no_grad():
@@ -158,9 +223,11 @@ def main():
 
     from export_pytorch import export, int8_logits
     os.makedirs(args.out, exist_ok=True)
-    if resnet:
+    if args.terms:
+        bake_term_budget(model)
+    elif resnet:
         torch.save(model.state_dict(), os.path.join(args.out, "float.pt"))
-    path = export(model, Xtr[:2000], args.out, "model")
+    path = export(model, Xtr[:2000], args.out, "model", terms=args.terms)
     logits = int8_logits(path, xte[:, None])
     int8_acc = (logits.argmax(1) == yte).mean()
     # The first 100 images' int8 logits: zebra's tests check its inference against them.

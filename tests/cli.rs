@@ -266,6 +266,114 @@ fn inspect_shows_plane_densities() {
         .stdout(predicate::str::contains("K=8 N=4"));
 }
 
+/// Accuracy points that differ only in `[energy]` share their chips (the
+/// same accuracies) and are charged by each model.
+#[test]
+fn accuracy_points_differing_in_energy_share_their_chips() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::env::current_dir().unwrap();
+    let exp = dir.path().join("en.toml");
+    fs::write(
+        &exp,
+        format!(
+            "version = 1\ntrials = 2\nmappings = [\"dense\", \"zebra\"]\n\
+             [network]\nmodel = \"{0}/models/fmnist_cnn/model.toml\"\n\
+             images = \"{0}/data/fashion-mnist/t10k-images-idx3-ubyte.gz\"\n\
+             labels = \"{0}/data/fashion-mnist/t10k-labels-idx1-ubyte.gz\"\nlimit = 30\n\
+             [noise]\ncell_sigma = 0.1\n[sweep]\n\"energy.model\" = [\"walden\", \"neurosim-sar\"]\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("res");
+    zebra()
+        .args(["run", exp.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .assert()
+        .success();
+    let (header, rows) = zebra_cim::io::csv::read_csv(&out.join("en.csv"))
+        .unwrap()
+        .unwrap();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    assert_eq!(rows.len(), 4);
+    for m in 0..2 {
+        let (a, b) = (&rows[m], &rows[2 + m]);
+        assert_eq!(a[col("mapping")], b[col("mapping")]);
+        for same in [
+            "mean_accuracy",
+            "min_accuracy",
+            "conversions_per_mac",
+            "reads_per_mac",
+        ] {
+            assert_eq!(a[col(same)], b[col(same)], "{same}");
+        }
+        assert_eq!(
+            (
+                a[col("energy_model")].as_str(),
+                b[col("energy_model")].as_str()
+            ),
+            ("walden", "neurosim-sar")
+        );
+        assert_ne!(a[col("energy_fj_per_mac")], b[col("energy_fj_per_mac")]);
+    }
+    let trials = fs::read_to_string(out.join("en_trials.csv")).unwrap();
+    assert_eq!(trials.lines().count(), 1 + 4 * 2);
+    // Energy against accuracy, one line per mapping.
+    let csv = out.join("en.csv");
+    zebra()
+        .args(["plot", csv.to_str().unwrap(), "--x", "energy_fj_per_mac"])
+        .args([
+            "--metric",
+            "mean_accuracy",
+            "--where",
+            "energy.model=walden",
+        ])
+        .assert()
+        .success();
+    assert!(out.join("en_walden_mean_accuracy.png").exists());
+}
+
+/// `[quantize]` on a layer: a swept term budget and the magnitude row order
+/// are exact without noise on an ideal ADC, each row says its quantiser,
+/// and `zebra inspect` reports the quantiser's SQNR and term counts.
+#[test]
+fn quantised_layers_are_exact_without_noise_and_inspected() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = dir.path().join("q.toml");
+    fs::write(
+        &exp,
+        "version = 1\ntrials = 2\nmappings = [\"dense\", \"zebra\", \"csd\"]\n\
+         [layer]\nk = 70\nn = 6\ninputs = 3\n[array]\nparallelism = 16\n[adc]\nbits = \"ideal\"\n\
+         [quantize]\nrow_order = \"magnitude\"\ngroup = 8\ngroup_terms = 10\n\
+         [sweep]\n\"quantize.terms\" = [0, 2]\n",
+    )
+    .unwrap();
+    let out = dir.path().join("res");
+    zebra()
+        .args(["run", exp.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .assert()
+        .success();
+    let (header, rows) = zebra_cim::io::csv::read_csv(&out.join("q.csv"))
+        .unwrap()
+        .unwrap();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    assert_eq!(rows.len(), 6);
+    for r in &rows {
+        assert_eq!(r[col("rmse")].parse::<f64>().unwrap(), 0.0, "{r:?}");
+    }
+    let labels: Vec<&str> = rows.iter().map(|r| r[col("quantize")].as_str()).collect();
+    assert_eq!(labels[0], "group=8:10;rows=magnitude");
+    assert_eq!(labels[5], "terms=2;group=8:10;rows=magnitude");
+    zebra()
+        .args(["inspect", exp.to_str().unwrap()])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("quantize group=8:10;rows=magnitude: SQNR")
+                .and(predicate::str::contains("CSD terms per weight"))
+                .and(predicate::str::contains("skippable")),
+        );
+}
+
 /// Every file in tests/configs/bad starts with `# error: TEXT`; `zebra check`
 /// and `zebra run` must exit 2 with one line containing TEXT, and `run` must
 /// leave existing results alone.
@@ -455,6 +563,29 @@ fn accuracy_experiment_runs_resumes_and_plots() {
     assert_eq!(csv.lines().count(), 5);
     let trials = fs::read_to_string(out.join("acc_trials.csv")).unwrap();
     assert_eq!(trials.lines().count(), 1 + 4 * 3);
+    zebra()
+        .args(args)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("0 computed, 4 resumed"));
+    assert_eq!(fs::read_to_string(out.join("acc.csv")).unwrap(), csv);
+    // A file written before the cost columns (and the quantize column)
+    // existed resumes: its rows get their costs computed, the same as a
+    // fresh run's.
+    let cost = columns::<zebra_cim::sweep::output::NetworkCostColumns>();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let keep: Vec<usize> = (0..header.len())
+        .filter(|&i| !cost.iter().any(|c| c == header[i]) && header[i] != "quantize")
+        .collect();
+    assert_eq!(keep.len(), header.len() - cost.len() - 1);
+    let old: String = csv
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            keep.iter().map(|&i| f[i]).collect::<Vec<_>>().join(",") + "\n"
+        })
+        .collect();
+    fs::write(out.join("acc.csv"), old).unwrap();
     zebra()
         .args(args)
         .assert()

@@ -39,6 +39,7 @@ fn tiny(adc_bits: Option<u32>) -> (Params, Layer) {
             weights: WeightSource::Gaussian,
             input_source: InputSource::RectifiedGaussian { zero_fraction: 0.0 },
             coding: InputCoding::Unsigned,
+            quantize: Default::default(),
         },
         parallelism: 2,
         adc_bits,

@@ -571,3 +571,114 @@ fn signed_activations_on_the_arrays_are_exact_without_noise() {
     }
     assert_ne!(noisy[0], noisy[1]);
 }
+
+/// `[quantize]` on a network: the arrays reproduce the quantised network's
+/// int8 inference exactly without noise (term budgets change the weights,
+/// the row order only where each input meets its row), for every mapping,
+/// and the quantised weights keep their budgets.
+#[test]
+fn quantised_networks_on_reordered_arrays_are_exact_without_noise() {
+    use zebra_cim::engine::cpu::CpuEngine;
+    use zebra_cim::model::quantize::term_count;
+    use zebra_cim::sweep::accuracy::{SimNetwork, Workload};
+    let exp = shipped_experiment(
+        "[array]\nparallelism = 64\n[adc]\nbits = 8\n\
+         [quantize]\nterms = 2\ngroup = 16\ngroup_terms = 20\nrow_order = \"magnitude\"\n",
+    );
+    let params = &exp.points[0].params;
+    let base = Workload::load(exp.network.as_ref().unwrap()).unwrap();
+    let work = base.quantized(&params.layer.quantize).unwrap();
+    for (m, orig) in work.net.matrices().iter().zip(base.net.matrices()) {
+        assert!(m.weights.iter().all(|&w| term_count(w) <= 2), "{}", m.name);
+        assert_ne!(m.weights, orig.weights, "{}: nothing quantised", m.name);
+        // At most 20 terms in every 16 consecutive inputs of an output.
+        for o in 0..m.outputs {
+            let row = &m.weights[o * m.inputs..(o + 1) * m.inputs];
+            for g in row.chunks(16) {
+                assert!(g.iter().map(|&w| term_count(w)).sum::<u32>() <= 20);
+            }
+        }
+    }
+    let size = work.net.image_size();
+    let images = &work.data.pixels[..12 * size];
+    let want: Vec<Vec<f32>> = (0..12)
+        .map(|i| work.net.infer(&images[i * size..(i + 1) * size]))
+        .collect();
+    let unquantised: Vec<Vec<f32>> = (0..12)
+        .map(|i| base.net.infer(&images[i * size..(i + 1) * size]))
+        .collect();
+    assert_ne!(want, unquantised, "the budgets change the logits");
+    for m in &exp.mappings {
+        let sim = SimNetwork::new(&work, params, m, 4).unwrap();
+        let got = sim
+            .logits(&work.net, &mut CpuEngine::new(), 1, images, 12)
+            .unwrap();
+        assert_eq!(got, want, "mapping {}", m.name);
+    }
+}
+
+/// A network's cost on its clean activations: its MACs per image are the
+/// matrix layers' (K x N per output position), the active reads counted by
+/// popcount equal those the plan of the same inputs counts, and skipping
+/// mappings convert less than dense.
+#[test]
+fn network_cost_counts_the_clean_activations() {
+    use zebra_cim::sweep::accuracy::{SimNetwork, Workload};
+    use zebra_cim::sweep::output::NetworkCostColumns;
+    let exp =
+        shipped_experiment("[energy]\nmodel = \"neurosim-sar\"\nadc_scaling = \"effective\"\n");
+    let params = &exp.points[0].params;
+    let work = Workload::load(exp.network.as_ref().unwrap()).unwrap();
+    // conv1 28x28x(9x8), conv2 14x14x(72x16), fc 784x64, fc 64x10.
+    let macs = 28 * 28 * 9 * 8 + 14 * 14 * 72 * 16 + 784 * 64 + 64 * 10;
+    let mut per_mac = Vec::new();
+    for m in &exp.mappings {
+        let sim = SimNetwork::new(&work, params, m, 4).unwrap();
+        let cost = sim.clean_cost(&work).unwrap();
+        assert_eq!(cost.images, 12);
+        assert_eq!(cost.counters.macs, 12 * macs as u64, "{}", m.name);
+        let cols = NetworkCostColumns::new(params, &cost);
+        assert_eq!(cols.macs_per_image, macs as u64);
+        assert_eq!(cols.energy_model, "neurosim-sar");
+        let e = cols.energy_fj_per_mac.unwrap();
+        let parts = cols.adc_fj_per_mac.unwrap()
+            + cols.cell_fj_per_mac.unwrap()
+            + cols.add_fj_per_mac.unwrap()
+            + cols.check_fj_per_mac.unwrap();
+        assert!((e - parts).abs() <= 1e-9 * e, "{}: {e} vs {parts}", m.name);
+        per_mac.push((m.name.clone(), cols.conversions_per_mac));
+        // The first layer's active reads, by plan and by popcount.
+        let image = &work.data.pixels[..work.net.image_size()];
+        let mut first = None;
+        work.net
+            .forward(image, 1, |i, layer, rows| {
+                if i == 0 {
+                    first = Some(rows.iter().map(|&v| v as i32).collect::<Vec<i32>>());
+                }
+                Ok(zebra_cim::network::matmul(rows, layer))
+            })
+            .unwrap();
+        let x = first.unwrap();
+        let plan = sim.plans[0].with_inputs(x.clone());
+        let layer = zebra_cim::experiment::workload::Layer {
+            k: plan.k,
+            n: plan.n,
+            inputs: plan.b,
+            weight_bits: 8,
+            input_bits: 8,
+            w: work.net.matrices()[0].kn(),
+            x,
+            coding: zebra_cim::model::InputCoding::Unsigned,
+        };
+        let full = zebra_cim::experiment::plan::Plan::new(params, &layer, m);
+        assert_eq!(
+            plan.active_reads(),
+            full.counters.active_reads,
+            "{}",
+            m.name
+        );
+        assert!(full.counters.active_reads > 0);
+    }
+    let conv = |name: &str| per_mac.iter().find(|(n, _)| n == name).unwrap().1;
+    assert!(conv("zebra") < conv("dense"), "{per_mac:?}");
+}

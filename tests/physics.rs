@@ -36,6 +36,7 @@ fn noiseless_params(
             weights: WeightSource::Gaussian,
             input_source: InputSource::RectifiedGaussian { zero_fraction: 0.3 },
             coding: InputCoding::Unsigned,
+            quantize: Default::default(),
         },
         parallelism: p,
         adc_bits: adc,

@@ -1,9 +1,11 @@
-//! `zebra inspect`: zero-bit statistics of a weight set under every encoding.
+//! `zebra inspect`: zero-bit statistics of a weight set under every encoding,
+//! and what the experiment's `[quantize]` does to it.
 
 use crate::error::{Error, Result};
 use crate::experiment::workload::Layer;
 use crate::experiment::{Experiment, Overrides};
 use crate::io::npy::read_weights;
+use crate::model::quantize::{permute_rows, QuantStats, Quantizer};
 use crate::model::{encode_planes, MappingSpec};
 use std::fmt::Write;
 use std::path::Path;
@@ -12,6 +14,7 @@ use std::path::Path;
 pub fn inspect_experiment(file: &Path, parallelism: Option<usize>) -> Result<String> {
     let exp = Experiment::load(file, Overrides::default())?;
     let p = &exp.points[0].params;
+    let q = &p.layer.quantize;
     if let Some(net) = &exp.network {
         // An accuracy experiment: every matrix layer of its network.
         let model = crate::network::Network::load(&net.model)?;
@@ -22,8 +25,10 @@ pub fn inspect_experiment(file: &Path, parallelism: Option<usize>) -> Result<Str
                 "layer `{}` (K = {} inputs, N = {} outputs)",
                 m.name, m.inputs, m.outputs
             );
+            let (w, line) = quantize(m.kn(), m.inputs, m.outputs, 8, q);
+            out.push_str(&line);
             out.push_str(&report(
-                &m.kn(),
+                &w,
                 m.inputs,
                 m.outputs,
                 8,
@@ -35,15 +40,49 @@ pub fn inspect_experiment(file: &Path, parallelism: Option<usize>) -> Result<Str
         return Ok(out);
     }
     super::check_memory(&exp, None, None)?;
-    let layer = Layer::build(&p.layer, p.seed)?;
-    Ok(report(
-        &layer.w,
-        layer.k,
-        layer.n,
-        layer.weight_bits,
-        parallelism.unwrap_or(p.parallelism),
-        &exp.mappings,
-    ))
+    let raw = crate::experiment::LayerParams {
+        quantize: Quantizer::default(),
+        ..p.layer.clone()
+    };
+    let layer = Layer::build(&raw, p.seed)?;
+    let (w, line) = quantize(layer.w, layer.k, layer.n, layer.weight_bits, q);
+    Ok(line
+        + &report(
+            &w,
+            layer.k,
+            layer.n,
+            layer.weight_bits,
+            parallelism.unwrap_or(p.parallelism),
+            &exp.mappings,
+        ))
+}
+
+/// `w` `[k][n]` under quantiser `q` (its rows in `q`'s order), and a line
+/// on what it did: empty for no quantiser.
+fn quantize(w: Vec<i32>, k: usize, n: usize, bits: u32, q: &Quantizer) -> (Vec<i32>, String) {
+    if q.is_identity() {
+        return (w, String::new());
+    }
+    let mut out = w.clone();
+    q.apply(&mut out, k, n, bits);
+    let s = QuantStats::of(&w, &out);
+    let sqnr = if s.sqnr_db.is_finite() {
+        format!("{:.2} dB", s.sqnr_db)
+    } else {
+        "inf (no weight changed)".into()
+    };
+    let line = format!(
+        "quantize {}: SQNR {sqnr} against the unquantised weights, {:.2}% of weights changed, CSD terms per weight {:.3} -> {:.3}\n",
+        q.label(),
+        100.0 * s.changed as f64 / w.len().max(1) as f64,
+        s.terms_before,
+        s.terms_after
+    );
+    let out = match q.row_permutation(&out, k, n) {
+        Some(perm) => permute_rows(&out, n, &perm),
+        None => out,
+    };
+    (out, line)
 }
 
 /// Inspects a `.npy` weight matrix.

@@ -150,7 +150,9 @@ pub enum Command {
         /// min_accuracy, accuracy_drop (default there: mean_accuracy and min_accuracy).
         #[arg(long, default_values_t = ["rmse".to_string(), "snr_db".to_string()])]
         metric: Vec<String>,
-        /// Swept parameter on the x axis (default: the first swept one), e.g. layer.weight_bits.
+        /// Swept parameter on the x axis (default: the first swept one), e.g. layer.weight_bits;
+        /// or a metric, e.g. energy_fj_per_mac, for one line per mapping through its rows (a
+        /// Pareto view; pin the other swept parameters with --where).
         #[arg(long)]
         x: Option<String>,
         /// Only rows whose column has this value (repeatable), e.g. energy.model=walden;

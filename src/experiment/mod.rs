@@ -7,6 +7,7 @@ pub mod workload;
 
 use crate::error::{Error, Result};
 use crate::model::energy::{AdcModel, AdcScaling, ISAAC_BITS};
+use crate::model::quantize::{Quantizer, RowOrder};
 use crate::model::{InputCoding, MappingSpec};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -51,6 +52,8 @@ struct RawFile {
     noise: RawNoise,
     #[serde(default)]
     energy: RawEnergy,
+    #[serde(default)]
+    quantize: RawQuantize,
     #[serde(default)]
     network: Option<RawNetwork>,
     #[serde(default)]
@@ -273,6 +276,16 @@ impl Default for RawEnergy {
     }
 }
 
+/// `[quantize]`: 0 turns a budget off.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawQuantize {
+    terms: i64,
+    group: i64,
+    group_terms: i64,
+    row_order: Option<String>,
+}
+
 /// The coefficients of the energy and area models (`[energy]`, see
 /// `model::energy` and docs/MODEL.md).
 pub use crate::model::energy::EnergyParams;
@@ -361,6 +374,9 @@ pub struct LayerParams {
     /// How the array applies the inputs: `Unsigned` for unsigned inputs,
     /// `[array] signed_inputs` for signed ones.
     pub coding: InputCoding,
+    /// `[quantize]`: applied to the weights (synthetic, `.npy` or a
+    /// network's) before a mapping encodes them.
+    pub quantize: Quantizer,
 }
 
 /// Noise of one sweep point.
@@ -796,7 +812,8 @@ fn resolve_params(
         None => in_range("trials", raw.trials, 1, 100_000_000)? as u32,
     };
     let seed = o.seed.unwrap_or(raw.seed);
-    let layer = resolve_layer(&raw.layer, &raw.array, base_dir)?;
+    let mut layer = resolve_layer(&raw.layer, &raw.array, base_dir)?;
+    layer.quantize = resolve_quantize(&raw.quantize, layer.weight_bits)?;
     let parallelism = in_range("array.parallelism", raw.array.parallelism, 1, 1 << 20)? as usize;
     let adc_bits = match &raw.adc.bits {
         RawBits::Bits(b) if (1..=16).contains(b) => Some(*b as u32),
@@ -891,6 +908,35 @@ fn resolve_energy(
     })
 }
 
+/// The `[quantize]` section, for weights of `weight_bits` bits.
+fn resolve_quantize(q: &RawQuantize, weight_bits: u32) -> std::result::Result<Quantizer, String> {
+    let terms = in_range("quantize.terms", q.terms, 0, weight_bits as i64)
+        .map_err(|e| format!("{e} (0: no budget; at most the weight bits)"))?;
+    let group = in_range("quantize.group", q.group, 0, 1 << 20)?;
+    let group_terms = in_range("quantize.group_terms", q.group_terms, 0, 1 << 24)?;
+    let group = match (group, group_terms) {
+        (0, 0) => None,
+        (0, _) | (_, 0) => {
+            return Err(format!("`quantize.group` and `quantize.group_terms` go together (a budget of `group_terms` terms per `group` weights of a column); got group = {group}, group_terms = {group_terms}"))
+        }
+        (g, t) => Some((g as usize, t as u32)),
+    };
+    let row_order = match q.row_order.as_deref() {
+        None | Some("natural") => RowOrder::Natural,
+        Some("magnitude") => RowOrder::Magnitude,
+        Some(other) => {
+            return Err(format!(
+                "`quantize.row_order` must be \"natural\" or \"magnitude\", got \"{other}\""
+            ))
+        }
+    };
+    Ok(Quantizer {
+        terms: (terms > 0).then_some(terms as u32),
+        group,
+        row_order,
+    })
+}
+
 /// How `[array]` applies signed inputs.
 fn signed_coding(a: &RawArray) -> std::result::Result<InputCoding, String> {
     match a.signed_inputs.as_str() {
@@ -961,6 +1007,7 @@ fn resolve_layer(
         weights,
         input_source,
         coding,
+        quantize: Quantizer::default(),
     })
 }
 

@@ -6,7 +6,7 @@
 
 use crate::experiment::workload::Layer;
 use crate::experiment::{NoiseMode, NoiseParams, Params, Sampling};
-use crate::model::energy::{Activity, BitsHistogram, Layout};
+use crate::model::energy::{add_histogram, Activity, BitsHistogram, Layout};
 use crate::model::{encode_planes, Adc, AdcRange, InputCoding, MappingSpec};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -66,6 +66,19 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// The counters of two passes together.
+    pub fn add(&mut self, o: &Counters) {
+        self.conversions += o.conversions;
+        self.active_reads += o.active_reads;
+        self.skipped_groups += o.skipped_groups;
+        self.skipped_input_planes += o.skipped_input_planes;
+        self.cell_macs += o.cell_macs;
+        self.macs += o.macs;
+        add_histogram(&mut self.conversions_by_bits, &o.conversions_by_bits);
+        add_histogram(&mut self.groups_by_bits, &o.groups_by_bits);
+        self.zero_checks += o.zero_checks;
+    }
+
     /// What the energy models read of the counters.
     pub fn activity(&self) -> Activity {
         Activity {
@@ -789,6 +802,38 @@ impl Plan {
             path: self.path,
             counters,
         })
+    }
+
+    /// Cell reads with a non-zero digit and input bit 1 in converted groups,
+    /// over this plan's inputs: the counter [`Plan::with_inputs`] leaves
+    /// out, at the cost of one pass of popcounts.
+    pub fn active_reads(&self) -> u64 {
+        use rayon::prelude::*;
+        let masks = Masks::new(&self.digits, self.j, self.k, self.n, self.p);
+        let (words, xbits, j, n) = (self.words, self.xbits, self.j, self.n);
+        (0..self.b)
+            .into_par_iter()
+            .map(|bb| {
+                let mut reads = 0u64;
+                for c in 0..self.chunks {
+                    for i in 0..xbits {
+                        if !self.row_active[(bb * self.chunks + c) * xbits + i] {
+                            continue;
+                        }
+                        let xm = &self.xmask[(bb * xbits + i) * words..][..words];
+                        for jj in 0..j {
+                            for nn in 0..n {
+                                if self.converted[(c * j + jj) * n + nn] {
+                                    let nz = masks.of(&masks.nz, jj, nn, n);
+                                    reads += popcount_and(xm, nz, &masks.cws[c]) as u64;
+                                }
+                            }
+                        }
+                    }
+                }
+                reads
+            })
+            .sum()
     }
 
     /// What the area proxy counts of this plan's layer.

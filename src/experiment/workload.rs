@@ -3,6 +3,7 @@
 use crate::error::Result;
 use crate::experiment::{InputSource, LayerParams, Point, WeightSource};
 use crate::io::npy::{check_values, npy_err, read_npy_ints, read_weights};
+use crate::model::quantize::{permute_inputs, permute_rows, Quantizer};
 use crate::model::rng::{self, Address};
 use crate::model::InputCoding;
 
@@ -88,7 +89,20 @@ impl Layer {
             w,
             x,
             coding: p.coding,
-        })
+        }
+        .quantized(&p.quantize))
+    }
+
+    /// The layer under quantiser `q`: its weights with the term budgets
+    /// applied, and weights and inputs in `q`'s row order (which leaves
+    /// the exact product as it is).
+    pub fn quantized(mut self, q: &Quantizer) -> Layer {
+        q.apply(&mut self.w, self.k, self.n, self.weight_bits);
+        if let Some(perm) = q.row_permutation(&self.w, self.k, self.n) {
+            self.w = permute_rows(&self.w, self.n, &perm);
+            self.x = permute_inputs(&self.x, &perm);
+        }
+        self
     }
 }
 
@@ -231,6 +245,7 @@ mod tests {
             weights: WeightSource::Gaussian,
             input_source: InputSource::RectifiedGaussian { zero_fraction: 0.5 },
             coding: InputCoding::Unsigned,
+            quantize: Quantizer::default(),
         }
     }
 

@@ -366,6 +366,13 @@ fn swept_columns(
         })
         .collect();
     if let Some(x) = x {
+        // A metric on x (say, energy per MAC against accuracy): one line per
+        // mapping through its rows, in order of x.
+        if let Some(&(name, label, _, _)) = METRICS.iter().find(|m| m.0 == x) {
+            if data.col(name).is_some() && !swept.iter().any(|(c, _)| *c == name) {
+                return Ok(vec![(name, label)]);
+            }
+        }
         let x = x.rsplit('.').next().unwrap_or(x);
         let at = swept.iter().position(|(c, _)| *c == x).ok_or_else(|| {
             let names: Vec<&str> = swept.iter().map(|(c, _)| *c).collect();
@@ -376,7 +383,7 @@ fn swept_columns(
             };
             plot_err(
                 csv,
-                format!("`--x {x}` is not a swept column here; swept: {names}"),
+                format!("`--x {x}` is not a swept column here nor a metric; swept: {names}"),
             )
         })?;
         let chosen = swept.remove(at);

@@ -323,7 +323,7 @@ fn by_bits(counts: &BitsHistogram, cost: impl Fn(u32) -> Option<f64>) -> Option<
 }
 
 /// What the area proxy counts of one layer on its arrays.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
     /// Cells: K x N x planes, zero digits included.
     pub cells: u64,
@@ -333,6 +333,22 @@ pub struct Layout {
     /// Zero-check units: a flag per group with plane skipping, a detector
     /// per chunk with input skipping.
     pub check_units: u64,
+}
+
+impl Layout {
+    /// The layout of two layers' arrays together.
+    pub fn add(&mut self, o: &Layout) {
+        self.cells += o.cells;
+        add_histogram(&mut self.groups_by_bits, &o.groups_by_bits);
+        self.check_units += o.check_units;
+    }
+}
+
+/// Adds histogram `b` into `a`.
+pub fn add_histogram(a: &mut BitsHistogram, b: &BitsHistogram) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
 }
 
 /// Area of one layer's arrays (um^2), by what takes it.

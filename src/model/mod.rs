@@ -2,6 +2,7 @@
 //! ADC conversion does and costs. It knows no engine, screen or file.
 
 pub mod energy;
+pub mod quantize;
 pub mod rng;
 
 use serde::{Deserialize, Serialize};

@@ -6,6 +6,7 @@
 mod format;
 
 use crate::error::Result;
+use crate::model::quantize::Quantizer;
 use rayon::prelude::*;
 use std::path::Path;
 
@@ -103,6 +104,25 @@ impl Network {
     /// Loads `model.toml` and the safetensors file it names (relative to it).
     pub fn load(path: &Path) -> Result<Network> {
         format::load(path)
+    }
+
+    /// The network with quantiser `q`'s term budgets applied to every matrix
+    /// layer's weights (groups run along each output's inputs, in im2col
+    /// order). The row order is the arrays' business, not the network's.
+    pub fn quantized(&self, q: &Quantizer) -> Network {
+        let mut net = self.clone();
+        for node in &mut net.nodes {
+            if let Op::Conv { m, .. } | Op::Linear(m) = &mut node.op {
+                let mut w = m.kn();
+                q.apply(&mut w, m.inputs, m.outputs, 8);
+                for o in 0..m.outputs {
+                    for k in 0..m.inputs {
+                        m.weights[o * m.inputs + k] = w[k * m.outputs + o];
+                    }
+                }
+            }
+        }
+        net
     }
 
     /// Exact int8 inference of one image (`[c][h][w]` u8): the logits.

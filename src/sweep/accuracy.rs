@@ -18,9 +18,12 @@ use crate::experiment::{
 };
 use crate::io::csv::{columns, record, CsvRows, OutputLock};
 use crate::io::dataset::Dataset;
+use crate::model::quantize::{permute_inputs, Quantizer};
 use crate::model::{InputCoding, MappingSpec};
 use crate::network::Network;
-use crate::sweep::output::{self, fixed6, ArrayColumns, NoiseColumns};
+use crate::sweep::output::{
+    self, fixed6, ArrayColumns, NetworkCost, NetworkCostColumns, NoiseColumns, QuantizeColumn,
+};
 use crate::sweep::resume::{ResultFile, RowStore};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -36,6 +39,7 @@ pub struct AccuracyRow {
     pub point: usize,
     pub mapping: String,
     pub model: String,
+    pub quantize: QuantizeColumn,
     pub images: usize,
     pub array: ArrayColumns,
     pub encoding: String,
@@ -54,6 +58,7 @@ pub struct AccuracyRow {
     pub max_accuracy: f64,
     #[serde(serialize_with = "fixed6")]
     pub accuracy_drop: f64,
+    pub cost: NetworkCostColumns,
     pub engine: String,
     #[serde(serialize_with = "fixed1")]
     pub images_per_s: f64,
@@ -171,25 +176,45 @@ impl Workload {
                 ),
             });
         }
-        let size = net.image_size();
-        let correct: usize = (0..count)
-            .into_par_iter()
-            .filter(|&i| {
-                argmax(&net.infer(&data.pixels[i * size..(i + 1) * size]))
-                    == data.labels[i] as usize
-            })
-            .count();
         Ok(Workload {
-            clean_accuracy: correct as f64 / count.max(1) as f64,
+            clean_accuracy: clean_accuracy(&net, &data, count),
             net,
             data,
             count,
         })
     }
 
+    /// The workload with quantiser `q`'s term budgets applied to the
+    /// network, its clean accuracy that of the quantised network; `None`
+    /// when `q` changes no weight value.
+    pub fn quantized(&self, q: &Quantizer) -> Option<Workload> {
+        if !q.changes_values() {
+            return None;
+        }
+        let net = self.net.quantized(q);
+        Some(Workload {
+            clean_accuracy: clean_accuracy(&net, &self.data, self.count),
+            net,
+            data: self.data.clone(),
+            count: self.count,
+        })
+    }
+
     fn images(&self) -> &[u8] {
         &self.data.pixels[..self.count * self.net.image_size()]
     }
+}
+
+/// The exact int8 accuracy of `net` on the first `count` images of `data`.
+fn clean_accuracy(net: &Network, data: &Dataset, count: usize) -> f64 {
+    let size = net.image_size();
+    let correct: usize = (0..count)
+        .into_par_iter()
+        .filter(|&i| {
+            argmax(&net.infer(&data.pixels[i * size..(i + 1) * size])) == data.labels[i] as usize
+        })
+        .count();
+    correct as f64 / count.max(1) as f64
 }
 
 /// Index of the largest logit (the first on ties).
@@ -207,6 +232,9 @@ pub fn argmax(v: &[f32]) -> usize {
 /// one plan per matrix layer.
 pub struct SimNetwork {
     pub plans: Vec<Plan>,
+    /// Each matrix layer's row order on its arrays (`[quantize] row_order`):
+    /// array row `r` holds input `perm[r]`; `None` in the natural order.
+    perms: Vec<Option<Vec<usize>>>,
 }
 
 impl SimNetwork {
@@ -228,34 +256,82 @@ impl SimNetwork {
                 Ok(crate::network::matmul(rows, m))
             },
         )?;
-        let plans = w
+        // The term budgets are already in `w.net`; the arrays take its rows
+        // in the quantiser's order.
+        let rows_only = Quantizer {
+            row_order: params.layer.quantize.row_order,
+            ..Quantizer::default()
+        };
+        let (plans, perms) = w
             .net
             .matrices()
             .iter()
             .zip(inputs)
             .map(|(m, x)| {
+                let w = m.kn();
+                let perm = rows_only.row_permutation(&w, m.inputs, m.outputs);
                 let layer = Layer {
                     k: m.inputs,
                     n: m.outputs,
                     inputs: x.len() / m.inputs,
                     weight_bits: 8,
                     input_bits: 8,
-                    w: m.kn(),
+                    w,
                     x,
                     coding: if m.signed_input {
                         params.signed_inputs
                     } else {
                         InputCoding::Unsigned
                     },
-                };
+                }
+                .quantized(&rows_only);
                 let p = Params {
                     seed: layer_seed(params.seed, &m.name),
                     ..params.clone()
                 };
-                Plan::new(&p, &layer, mapping)
+                (Plan::new(&p, &layer, mapping), perm)
             })
-            .collect();
-        Ok(SimNetwork { plans })
+            .unzip();
+        Ok(SimNetwork { plans, perms })
+    }
+
+    /// Matrix layer `i`'s input rows as its arrays take them (in the
+    /// quantiser's row order).
+    fn inputs_of(&self, i: usize, rows: &[i16]) -> Vec<i32> {
+        match &self.perms[i] {
+            Some(perm) => permute_inputs(rows, perm)
+                .into_iter()
+                .map(i32::from)
+                .collect(),
+            None => rows.par_iter().map(|&v| v as i32).collect(),
+        }
+    }
+
+    /// What the arrays do for the workload's images, counted on their clean
+    /// (exact int8) activations, so every chip of a (point, mapping) has
+    /// the same cost: the activity of noisy chips differs from it only where
+    /// noise moves an activation across zero or a bit plane's boundary.
+    pub fn clean_cost(&self, w: &Workload) -> Result<NetworkCost> {
+        let mut cost = NetworkCost {
+            images: w.count as u64,
+            ..NetworkCost::default()
+        };
+        for p in &self.plans {
+            cost.layout.add(&p.layout());
+        }
+        let size = w.net.image_size();
+        for start in (0..w.count).step_by(COST_BATCH) {
+            let count = COST_BATCH.min(w.count - start);
+            let images = &w.images()[start * size..(start + count) * size];
+            w.net.forward(images, count, |i, m, rows| {
+                let plan = self.plans[i].with_inputs(self.inputs_of(i, rows));
+                let mut counters = plan.counters;
+                counters.active_reads = plan.active_reads();
+                cost.counters.add(&counters);
+                Ok(crate::network::matmul(rows, m))
+            })?;
+        }
+        Ok(cost)
     }
 
     /// Logits of `count` images on chip `trial`.
@@ -268,8 +344,7 @@ impl SimNetwork {
         count: usize,
     ) -> Result<Vec<Vec<f32>>> {
         net.forward(images, count, |i, _, rows| {
-            let plan = self.plans[i].with_inputs(rows.par_iter().map(|&v| v as i32).collect());
-            engine.outputs(&plan, trial)
+            engine.outputs(&self.plans[i].with_inputs(self.inputs_of(i, rows)), trial)
         })
     }
 
@@ -284,6 +359,9 @@ impl SimNetwork {
         Ok(correct as f64 / w.count.max(1) as f64)
     }
 }
+
+/// Images per clean pass of [`SimNetwork::clean_cost`] (bounds its memory).
+const COST_BATCH: usize = 64;
 
 /// Each layer's seed: the experiment's seed and the layer's name, hashed.
 pub fn layer_seed(seed: u64, name: &str) -> u64 {
@@ -321,6 +399,11 @@ pub struct Prepared {
     /// The finished result row and per-chip rows of each (point, mapping).
     rows: RowStore,
     trial_rows: RowStore,
+    /// Finished rows without cost columns (written before they existed),
+    /// by slot: they get them computed and are rewritten.
+    costless: Vec<Option<Vec<String>>>,
+    /// The hash of the files the experiment reads ([`inputs_hash`]).
+    inputs: u64,
     _lock: OutputLock,
 }
 
@@ -328,7 +411,8 @@ pub struct Prepared {
 /// `NAME.csv` and `NAME_trials.csv`.
 pub fn result_files(dir: &Path, name: &str) -> (ResultFile, ResultFile) {
     (
-        ResultFile::of::<AccuracyRow>(dir, &format!("{name}.csv")),
+        ResultFile::of::<AccuracyRow>(dir, &format!("{name}.csv"))
+            .with_derived(columns::<NetworkCostColumns>()),
         ResultFile::of::<TrialRow>(dir, &format!("{name}_trials.csv")),
     )
 }
@@ -392,10 +476,15 @@ pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
     // Per-chip rows belong to the finished row of their (point, mapping)
     // columns, which must hold as many as its `trials` column says.
     let (pc, mc, tc) = (csv.col("point"), csv.col("mapping"), csv.col("trials"));
+    let macs = csv.col("macs_per_image");
     let mut of_slot: Vec<Option<(String, Option<usize>)>> = vec![None; keys.len()];
+    let mut costless = vec![None; keys.len()];
     csv.finished("point_key", &keys, opts.fresh, |slots, r| {
         for &s in slots {
             of_slot[s] = Some((group(&r[pc], &r[mc]), r[tc].parse().ok()));
+            if &r[macs] == "0" {
+                costless[s] = Some(r.iter().map(String::from).collect());
+            }
         }
         rows.put(slots, r)
     })?;
@@ -428,6 +517,8 @@ pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
         trials_csv,
         rows,
         trial_rows,
+        costless,
+        inputs,
         _lock: lock,
     })
 }
@@ -470,6 +561,9 @@ pub fn run(
         .sum();
     let bar = crate::sweep::run::progress_bar(opts.progress, todo, "chips");
     let (mut computed, mut resumed) = (0, 0);
+    // Chip accuracies, their time and the clean cost by the key of the
+    // point with the default `[energy]`: they do not depend on it.
+    let mut simulated: HashMap<String, (Vec<f64>, f64, NetworkCost)> = HashMap::new();
     let mut slot = 0;
     for point in &exp.points {
         for mapping in &exp.mappings {
@@ -477,27 +571,57 @@ pub fn run(
             slot += 1;
             if prep.rows.rows(s) > 0 {
                 resumed += 1;
+                if let Some(row) = prep.costless[s].take() {
+                    let row = with_cost(&prep, row, point, mapping, net)?;
+                    prep.rows.set(s, [row])?;
+                }
                 continue;
             }
             if let Some(b) = &bar {
                 b.set_message(crate::sweep::run::progress_message(point, mapping));
             }
-            let work = &prep.work;
-            let sim = SimNetwork::new(work, &point.params, mapping, net.calibration_images)?;
-            let start = Instant::now();
-            let tick = || {
-                if let Some(b) = &bar {
-                    b.inc(1);
+            let quantized = prep.work.quantized(&point.params.layer.quantize);
+            let work = quantized.as_ref().unwrap_or(&prep.work);
+            // Points that differ only in `[energy]` share their chips.
+            let same = Point {
+                params: Params {
+                    energy: crate::experiment::ENERGY_DEFAULTS,
+                    ..point.params.clone()
+                },
+                ..point.clone()
+            };
+            let same = key(prep.inputs, net, work.count, &same, mapping);
+            let (accs, seconds, cost) = match simulated.get(&same) {
+                Some(done) => {
+                    if let Some(b) = &bar {
+                        b.inc(point.params.trials as u64);
+                    }
+                    done.clone()
+                }
+                None => {
+                    let sim =
+                        SimNetwork::new(work, &point.params, mapping, net.calibration_images)?;
+                    let start = Instant::now();
+                    let tick = || {
+                        if let Some(b) = &bar {
+                            b.inc(1);
+                        }
+                    };
+                    let accs = chip_accuracies(&sim, work, 0..point.params.trials, engines, &tick)?;
+                    let seconds = start.elapsed().as_secs_f64();
+                    let done = (accs, seconds, sim.clean_cost(work)?);
+                    simulated.insert(same, done.clone());
+                    done
                 }
             };
-            let accs = chip_accuracies(&sim, work, 0..point.params.trials, engines, &tick)?;
             let row = AccuracyRow::new(
                 exp,
                 point,
                 mapping,
                 (work.count, work.clean_accuracy),
                 &accs,
-                start.elapsed().as_secs_f64(),
+                seconds,
+                &cost,
             );
             let row = record(&AccuracyRow {
                 engine: device.clone(),
@@ -530,6 +654,25 @@ pub fn run(
         clean_accuracy: prep.work.clean_accuracy,
         images: prep.work.count,
     })
+}
+
+/// A finished row `row` (columns of [`AccuracyRow`]) with its cost columns
+/// computed.
+fn with_cost(
+    prep: &Prepared,
+    mut row: Vec<String>,
+    point: &Point,
+    mapping: &MappingSpec,
+    net: &NetworkParams,
+) -> Result<Vec<String>> {
+    let quantized = prep.work.quantized(&point.params.layer.quantize);
+    let work = quantized.as_ref().unwrap_or(&prep.work);
+    let sim = SimNetwork::new(work, &point.params, mapping, net.calibration_images)?;
+    let cost = NetworkCostColumns::new(&point.params, &sim.clean_cost(work)?);
+    for (name, v) in columns::<NetworkCostColumns>().iter().zip(record(&cost)) {
+        row[prep.csv.col(name)] = v;
+    }
+    Ok(row)
 }
 
 /// The accuracy of every chip (trial) of one (point, mapping), in trial
@@ -600,6 +743,7 @@ impl AccuracyRow {
         (images, clean_accuracy): (usize, f64),
         accs: &[f64],
         seconds: f64,
+        cost: &NetworkCost,
     ) -> Self {
         let net = exp.network.as_ref().expect("an accuracy experiment");
         let n = accs.len() as f64;
@@ -611,6 +755,7 @@ impl AccuracyRow {
             point: point.index,
             mapping: mapping.name.clone(),
             model: net.model.display().to_string(),
+            quantize: QuantizeColumn::new(&point.params.layer.quantize),
             images,
             array: ArrayColumns::new(&point.params, mapping),
             encoding: mapping.encoding.label().into(),
@@ -624,6 +769,7 @@ impl AccuracyRow {
             max_accuracy: accs.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
             // + 0.0 turns a -0 drop into 0.
             accuracy_drop: clean_accuracy - mean + 0.0,
+            cost: NetworkCostColumns::new(&point.params, cost),
             engine: String::new(),
             images_per_s: n * images as f64 / seconds,
             seconds,

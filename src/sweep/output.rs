@@ -6,6 +6,7 @@ use crate::engine::stats::Summary;
 use crate::experiment::plan::PlanFacts;
 use crate::experiment::{InputSource, NoiseParams, Params, Point, WeightSource};
 use crate::io::csv::record;
+use crate::model::quantize::Quantizer;
 use crate::model::MappingSpec;
 use serde::{Serialize, Serializer};
 
@@ -135,6 +136,23 @@ impl NoiseColumns {
     }
 }
 
+/// The `[quantize]` setting as a column ([`Quantizer::label`]): `none` by default.
+#[derive(Clone, Debug, Serialize)]
+#[serde(transparent)]
+pub struct QuantizeColumn(pub String);
+
+impl Default for QuantizeColumn {
+    fn default() -> Self {
+        QuantizeColumn(Quantizer::default().label())
+    }
+}
+
+impl QuantizeColumn {
+    pub fn new(q: &Quantizer) -> Self {
+        QuantizeColumn(q.label())
+    }
+}
+
 /// The columns of `OUT/NAME.csv`: one row per (sweep point, mapping).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ResultRow {
@@ -147,6 +165,7 @@ pub struct ResultRow {
     pub weight_bits: u32,
     pub input_bits: u32,
     pub weights: String,
+    pub quantize: QuantizeColumn,
     pub inputs_source: String,
     #[serde(serialize_with = "fmt::display_opt")]
     pub input_zero_fraction: Option<f64>,
@@ -199,6 +218,7 @@ impl ResultRow {
             weight_bits: l.weight_bits,
             input_bits: l.input_bits,
             weights: weight_source(&l.weights),
+            quantize: QuantizeColumn::new(&l.quantize),
             inputs_source,
             input_zero_fraction,
             array: ArrayColumns::new(p, mapping),
@@ -361,7 +381,6 @@ impl CostColumns {
         let area = crate::model::energy::area(&p.energy, p.adc_bits, &plan.layout(mapping));
         let per_mac = |v: f64| v / c.macs as f64;
         let by_bits = &c.conversions_by_bits;
-        let bits_sum: u64 = by_bits.iter().enumerate().map(|(b, &n)| b as u64 * n).sum();
         CostColumns {
             adc_conversions: c.conversions,
             active_cell_reads: c.active_reads,
@@ -388,11 +407,7 @@ impl CostColumns {
             cell_fj_per_mac: energy.map(|e| per_mac(e.cells_fj)),
             add_fj_per_mac: energy.map(|e| per_mac(e.digital_fj)),
             check_fj_per_mac: energy.map(|e| per_mac(e.checks_fj)),
-            mean_effective_bits: if c.conversions > 0 {
-                bits_sum as f64 / c.conversions as f64
-            } else {
-                0.0
-            },
+            mean_effective_bits: mean_bits(by_bits),
             conversions_by_bits: by_bits
                 .iter()
                 .enumerate()
@@ -402,14 +417,98 @@ impl CostColumns {
                 .join(";"),
             zero_checks: c.zero_checks,
             area_um2: area.map(|a| a.total_um2()),
-            area_adc_share: area.map(|a| {
-                if a.total_um2() > 0.0 {
-                    a.adc_um2 / a.total_um2()
-                } else {
-                    0.0
-                }
-            }),
+            area_adc_share: area.map(|a| adc_share(&a)),
         }
+    }
+}
+
+/// What a network's arrays did for the evaluated images: every matrix
+/// layer's counters summed over the images (on the clean activations, see
+/// `sweep::accuracy::SimNetwork::clean_cost`) and the layers' layouts summed.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, Serialize)]
+pub struct NetworkCost {
+    pub images: u64,
+    pub counters: crate::experiment::plan::Counters,
+    pub layout: crate::model::energy::Layout,
+}
+
+/// The cost columns of an accuracy row: per MAC, over the whole network.
+/// A row without them (`macs_per_image` 0) has them computed on resume.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NetworkCostColumns {
+    pub energy_model: String,
+    pub adc_scaling: String,
+    /// Multiply-accumulates of the matrix layers per image.
+    pub macs_per_image: u64,
+    #[serde(serialize_with = "fmt::sci")]
+    pub conversions_per_mac: f64,
+    #[serde(serialize_with = "fmt::sci")]
+    pub reads_per_mac: f64,
+    #[serde(serialize_with = "fixed3")]
+    pub mean_effective_bits: f64,
+    #[serde(serialize_with = "fmt::sci_opt")]
+    pub energy_fj_per_mac: Option<f64>,
+    #[serde(serialize_with = "fmt::sci_opt")]
+    pub adc_fj_per_mac: Option<f64>,
+    #[serde(serialize_with = "fmt::sci_opt")]
+    pub cell_fj_per_mac: Option<f64>,
+    #[serde(serialize_with = "fmt::sci_opt")]
+    pub add_fj_per_mac: Option<f64>,
+    #[serde(serialize_with = "fmt::sci_opt")]
+    pub check_fj_per_mac: Option<f64>,
+    /// All matrix layers' arrays (um^2) and the ADCs' share.
+    #[serde(serialize_with = "fmt::sci_opt")]
+    pub area_um2: Option<f64>,
+    #[serde(serialize_with = "fmt::fixed4_opt")]
+    pub area_adc_share: Option<f64>,
+}
+
+impl NetworkCostColumns {
+    /// The columns of `cost`; empty ones (`macs_per_image` 0) for a cost
+    /// of no images.
+    pub fn new(p: &Params, cost: &NetworkCost) -> Self {
+        if cost.images == 0 {
+            return NetworkCostColumns::default();
+        }
+        let c = &cost.counters;
+        let energy = crate::model::energy::energy(&p.energy, p.adc_bits, &c.activity());
+        let area = crate::model::energy::area(&p.energy, p.adc_bits, &cost.layout);
+        let per_mac = |v: f64| v / c.macs.max(1) as f64;
+        NetworkCostColumns {
+            energy_model: p.energy.model.label().into(),
+            adc_scaling: p.energy.adc_scaling.label().into(),
+            macs_per_image: c.macs / cost.images.max(1),
+            conversions_per_mac: per_mac(c.conversions as f64),
+            reads_per_mac: per_mac(c.active_reads as f64),
+            mean_effective_bits: mean_bits(&c.conversions_by_bits),
+            energy_fj_per_mac: energy.map(|e| e.fj_per_mac(c.macs)),
+            adc_fj_per_mac: energy.map(|e| per_mac(e.adc_fj)),
+            cell_fj_per_mac: energy.map(|e| per_mac(e.cells_fj)),
+            add_fj_per_mac: energy.map(|e| per_mac(e.digital_fj)),
+            check_fj_per_mac: energy.map(|e| per_mac(e.checks_fj)),
+            area_um2: area.map(|a| a.total_um2()),
+            area_adc_share: area.map(|a| adc_share(&a)),
+        }
+    }
+}
+
+/// Mean bits per conversion of a histogram by bits (0 for none).
+fn mean_bits(h: &crate::model::energy::BitsHistogram) -> f64 {
+    let n: u64 = h.iter().sum();
+    let bits: u64 = h.iter().enumerate().map(|(b, &c)| b as u64 * c).sum();
+    if n > 0 {
+        bits as f64 / n as f64
+    } else {
+        0.0
+    }
+}
+
+/// The ADCs' share of an area (0 for none).
+fn adc_share(a: &crate::model::energy::Area) -> f64 {
+    if a.total_um2() > 0.0 {
+        a.adc_um2 / a.total_um2()
+    } else {
+        0.0
     }
 }
 
@@ -535,6 +634,10 @@ pub fn point_key(params: &Params, mapping: &MappingSpec) -> String {
         text.push_str("\u{1f}energy=");
         text.push_str(&e);
     }
+    if !l.quantize.is_identity() {
+        text.push_str("\u{1f}quantize=");
+        text.push_str(&l.quantize.label());
+    }
     // Noise conventions added after the key's fields: in the key only when
     // used, so the keys of results without them stay what they were.
     let noise = &params.noise;
@@ -593,5 +696,18 @@ mod tests {
         );
         assert_ne!(twos, key_of(base, "zebra"));
         assert_ne!(twos, sm);
+        // A quantiser enters the key only when it does something.
+        let q = |t: &str| key_of(&format!("{base}[quantize]\n{t}\n"), "zebra");
+        assert_eq!(q("terms = 0"), key_of(base, "zebra"));
+        let quantized = [
+            q("terms = 2"),
+            q("terms = 3"),
+            q("row_order = \"magnitude\""),
+            q("group = 8\ngroup_terms = 9"),
+        ];
+        for (i, k) in quantized.iter().enumerate() {
+            assert_ne!(k, &key_of(base, "zebra"), "quantiser {i}");
+            assert!(quantized[..i].iter().all(|o| o != k), "quantiser {i}");
+        }
     }
 }

@@ -20,6 +20,10 @@ pub struct ResultFile {
     pub columns: Vec<String>,
     /// Each column's value in the row type's default row.
     defaults: Vec<String>,
+    /// Derived columns added after files of this type were first written: a
+    /// file without them resumes with their defaults, which tell its runner
+    /// to compute them.
+    derived: Vec<String>,
 }
 
 /// Parameter columns added to the result files after results were first
@@ -27,7 +31,7 @@ pub struct ResultFile {
 /// is not at its default, so a row whose key is wanted but whose file lacks
 /// the column had the default: such files resume, the column filled in,
 /// and are rewritten with it.
-const ADDED_PARAMETERS: &[&str] = &["fs_sigma", "adc_sigma_lsb"];
+const ADDED_PARAMETERS: &[&str] = &["fs_sigma", "adc_sigma_lsb", "quantize"];
 
 impl ResultFile {
     /// The file `dir/NAME` of rows of type `R`.
@@ -36,7 +40,13 @@ impl ResultFile {
             path: dir.join(name),
             columns: columns::<R>(),
             defaults: record(&R::default()),
+            derived: Vec::new(),
         }
+    }
+
+    /// The same file, accepting files that lack the `derived` columns.
+    pub fn with_derived(self, derived: Vec<String>) -> Self {
+        ResultFile { derived, ..self }
     }
 
     /// The index of column `name` (a name of the row type's fields).
@@ -111,7 +121,10 @@ impl ResultFile {
         let kept: Vec<&String> = self
             .columns
             .iter()
-            .filter(|c| header.contains(c) || !ADDED_PARAMETERS.contains(&c.as_str()))
+            .filter(|c| {
+                header.contains(c)
+                    || !(ADDED_PARAMETERS.contains(&c.as_str()) || self.derived.contains(c))
+            })
             .collect();
         if kept.len() != header.len() || kept.iter().zip(header).any(|(a, b)| *a != b) {
             return None;

@@ -21,7 +21,7 @@ use crate::experiment::NetworkParams;
 use crate::experiment::{stable_hash, Experiment, Overrides};
 use crate::io::csv::{record, write_atomic, AtomicFile, OutputLock};
 use crate::sweep::accuracy::{self, AccuracyRow, SimNetwork, TrialRow, Workload};
-use crate::sweep::output::{point_key, HistRow, ResultRow, RunInfo};
+use crate::sweep::output::{point_key, HistRow, NetworkCost, ResultRow, RunInfo};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -172,6 +172,14 @@ pub struct PartialUnit {
     pub hist: Vec<(u32, u64)>,
     /// The plan's facts (none for accuracy).
     pub facts: Option<PlanFacts>,
+    /// Accuracy units whose point quantises the network's weights: the
+    /// quantised network's clean accuracy.
+    #[serde(default)]
+    pub clean_accuracy: Option<f64>,
+    /// Accuracy units holding a row's first chip: the network's cost on the
+    /// clean activations (the same for every chip).
+    #[serde(default)]
+    pub cost: Option<NetworkCost>,
     pub engine: String,
     pub device: String,
     pub elapsed_s: f64,
@@ -406,6 +414,8 @@ impl ShardWork<'_> {
                 trials,
                 hist,
                 facts: Some(plan.facts()),
+                clean_accuracy: None,
+                cost: None,
                 engine: engine.name().into(),
                 device: engine.device(),
                 elapsed_s: start.elapsed().as_secs_f64(),
@@ -437,10 +447,17 @@ impl ShardWork<'_> {
             if self.resume(&key, &u) {
                 continue;
             }
-            let sim = SimNetwork::new(&work, &point.params, mapping, net.calibration_images)?;
+            let quantized = work.quantized(&point.params.layer.quantize);
+            let w = quantized.as_ref().unwrap_or(&work);
+            let sim = SimNetwork::new(w, &point.params, mapping, net.calibration_images)?;
             let start = Instant::now();
-            let accs =
-                accuracy::chip_accuracies(&sim, &work, u.first..u.end, &mut engines, &|| {})?;
+            let accs = accuracy::chip_accuracies(&sim, w, u.first..u.end, &mut engines, &|| {})?;
+            let elapsed_s = start.elapsed().as_secs_f64();
+            let cost = if u.first == 0 {
+                Some(sim.clean_cost(w)?)
+            } else {
+                None
+            };
             self.finish(PartialUnit {
                 point: point.index,
                 mapping: mapping.name.clone(),
@@ -452,9 +469,11 @@ impl ShardWork<'_> {
                     .collect(),
                 hist: Vec::new(),
                 facts: None,
+                clean_accuracy: quantized.as_ref().map(|q| q.clean_accuracy),
+                cost,
                 engine: name.into(),
                 device: device.clone(),
-                elapsed_s: start.elapsed().as_secs_f64(),
+                elapsed_s,
             })?;
         }
         Ok(())
@@ -663,9 +682,20 @@ fn merge_network(
             exp,
             point,
             mapping,
-            (facts.images, facts.clean_accuracy),
+            (
+                facts.images,
+                parts
+                    .iter()
+                    .find_map(|(_, u)| u.clean_accuracy)
+                    .unwrap_or(facts.clean_accuracy),
+            ),
             &accs,
             run.elapsed_s,
+            // Shards written without costs leave the columns for a resume to fill.
+            &parts
+                .iter()
+                .find_map(|(_, u)| u.cost.clone())
+                .unwrap_or_default(),
         );
         out.record(record(&AccuracyRow {
             engine: run.device,
@@ -935,6 +965,8 @@ mod tests {
                 trials,
                 hist,
                 facts: None,
+                clean_accuracy: None,
+                cost: None,
                 engine: "cpu".into(),
                 device: "cpu".into(),
                 elapsed_s: 0.0,
