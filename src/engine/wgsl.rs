@@ -104,7 +104,7 @@ pub const BINDINGS: [Binding; 13] = {
     [
         bind(PARAMS, "P", Uniform, "Params", "kernel parameters"),
         bind(DIGITS, "digits", Read, "array<i32>", "[j][k][n]"),
-        bind(SA1_DIGIT, "sa1_digit", Read, "array<i32>", "[k][n]"),
+        bind(SA1_DIGIT, "sa1_digit", Read, "array<i32>", "[j][k][n]"),
         bind(X, "xin", Read, "array<u32>", "[b][k]"),
         bind(
             GROUPS,
