@@ -278,7 +278,7 @@ struct CompactRows {
     /// the digit part is 0 and the weights are in `levels`.
     lanes: Vec<i8>,
     /// Levels beyond {-1, 0, 1}: every lane's level as f32, laid out as
-    /// `lanes`; such rows are accumulated by the scalar loop.
+    /// `lanes`.
     levels: Option<Vec<f32>>,
     masks: Vec<u16>,
     offsets: Vec<u32>,
@@ -356,15 +356,30 @@ impl CompactRows {
             .sum();
         assert!(z.len() >= needed, "accumulate: too few draws");
         #[cfg(target_arch = "x86_64")]
-        if self.levels.is_none() {
+        {
+            let multi = self.levels.is_some();
             if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: AVX-512F is present, and the arguments are checked.
-                unsafe { self.accumulate_avx512(kk, planes, acc, z, sigma) };
+                // SAFETY: AVX-512F is present, the arguments are checked,
+                // and `levels` is there exactly when `MULTI` is set.
+                unsafe {
+                    if multi {
+                        self.accumulate_avx512::<true>(kk, planes, acc, z, sigma)
+                    } else {
+                        self.accumulate_avx512::<false>(kk, planes, acc, z, sigma)
+                    }
+                };
                 return needed;
             }
             if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: AVX2 is present, and the arguments are checked.
-                unsafe { self.accumulate_avx2(kk, planes, acc, z, sigma) };
+                // SAFETY: AVX2 is present, the arguments are checked, and
+                // `levels` is there exactly when `MULTI` is set.
+                unsafe {
+                    if multi {
+                        self.accumulate_avx2::<true>(kk, planes, acc, z, sigma)
+                    } else {
+                        self.accumulate_avx2::<false>(kk, planes, acc, z, sigma)
+                    }
+                };
                 return needed;
             }
         }
@@ -372,8 +387,7 @@ impl CompactRows {
         needed
     }
 
-    /// The portable [`accumulate`](Self::accumulate), and the one for
-    /// multi-level cells.
+    /// The portable [`accumulate`](Self::accumulate).
     fn accumulate_scalar(&self, kk: usize, planes: u32, acc: &mut [f32], z: &[f32], sigma: f32) {
         self.each_block(kk, planes, |b| {
             let (mut m, mut t) = (b.mask, b.draw);
@@ -438,12 +452,16 @@ impl CompactRows {
     /// conducting cells of the first half. Non-conducting lanes get some
     /// draw, but their weight is 0, so they add +0 as in the dense loop.
     ///
+    /// With `MULTI` (multi-level cells) the weights are loaded from
+    /// `levels` instead.
+    ///
     /// # Safety
-    /// AVX2 must be present, and the arguments must be those
-    /// [`accumulate`](Self::accumulate) checks.
+    /// AVX2 must be present, the arguments must be those
+    /// [`accumulate`](Self::accumulate) checks, and `levels` must be there
+    /// if `MULTI` is set.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn accumulate_avx2(
+    unsafe fn accumulate_avx2<const MULTI: bool>(
         &self,
         kk: usize,
         planes: u32,
@@ -455,6 +473,7 @@ impl CompactRows {
         let vs = _mm256_set1_ps(sigma);
         let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let low4 = _mm256_set1_epi32(15);
+        let levels = self.levels.as_deref().unwrap_or(&[]);
         self.each_block(kk, planes, |b| {
             let below = (b.mask & 0xFF).count_ones() as usize;
             for half in 0..2 {
@@ -467,8 +486,10 @@ impl CompactRows {
                 // SAFETY: the half's draws are `z[b.draw + skip..]
                 // [..popcount(hm)]`, within `z` (checked by `accumulate`),
                 // and the masked load reads only those; the lane bytes of
-                // every block are stored whole; the loads and stores of
-                // `acc` stay within the block's `width` columns of `acc`.
+                // every block are stored whole, and so are its levels
+                // (read with `MULTI` only, when they are there); the loads
+                // and stores of `acc` stay within the block's `width`
+                // columns of `acc`.
                 unsafe {
                     let packed = self.lanes.as_ptr().add(b.lane + 8 * half);
                     let v = _mm256_cvtepi8_epi32(_mm_loadl_epi64(packed.cast()));
@@ -480,7 +501,11 @@ impl CompactRows {
                     let rank =
                         _mm256_sub_epi32(_mm256_and_si256(v, low4), _mm256_set1_epi32(skip as i32));
                     let zv = _mm256_permutevar8x32_ps(drawn, rank);
-                    let bw = _mm256_cvtepi32_ps(_mm256_srai_epi32::<4>(v));
+                    let bw = if MULTI {
+                        _mm256_loadu_ps(levels.as_ptr().add(b.lane + 8 * half))
+                    } else {
+                        _mm256_cvtepi32_ps(_mm256_srai_epi32::<4>(v))
+                    };
                     let p = acc.as_mut_ptr().add(b.col + 8 * half);
                     let inside = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), iota);
                     let a = if lanes == 8 {
@@ -508,12 +533,16 @@ impl CompactRows {
     /// conducting lanes (`vexpandps` is about twice as slow on AMD Zen 4),
     /// and an arithmetic shift by four gives the digits.
     ///
+    /// With `MULTI` (multi-level cells) the weights are loaded from
+    /// `levels` instead.
+    ///
     /// # Safety
-    /// AVX-512F must be present, and the arguments must be those
-    /// [`accumulate`](Self::accumulate) checks.
+    /// AVX-512F must be present, the arguments must be those
+    /// [`accumulate`](Self::accumulate) checks, and `levels` must be there
+    /// if `MULTI` is set.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn accumulate_avx512(
+    unsafe fn accumulate_avx512<const MULTI: bool>(
         &self,
         kk: usize,
         planes: u32,
@@ -523,6 +552,7 @@ impl CompactRows {
     ) {
         use std::arch::x86_64::*;
         let vs = _mm512_set1_ps(sigma);
+        let levels = self.levels.as_deref().unwrap_or(&[]);
         self.each_block(kk, planes, |b| {
             // Full blocks load and store whole vectors; a last, short block
             // is masked to stay within its plane.
@@ -530,14 +560,19 @@ impl CompactRows {
             let drawn = ((1u32 << b.mask.count_ones()) - 1) as u16;
             // SAFETY: the block's draws are `z[b.draw..][..popcount(mask)]`,
             // within `z` (checked by `accumulate`); the lane bytes of every
-            // block are stored whole; the loads and stores of `acc` stay
-            // within the block's `width` columns of `acc`.
+            // block are stored whole, and so are its levels (read with
+            // `MULTI` only, when they are there); the loads and stores of
+            // `acc` stay within the block's `width` columns of `acc`.
             unsafe {
                 let packed = self.lanes.as_ptr().add(b.lane);
                 let v = _mm512_cvtepi8_epi32(_mm_loadu_si128(packed.cast()));
                 let drawn = _mm512_maskz_loadu_ps(drawn, z.as_ptr().add(b.draw));
                 let zv = _mm512_maskz_permutexvar_ps(b.mask, v, drawn);
-                let bw = _mm512_cvtepi32_ps(_mm512_srai_epi32::<4>(v));
+                let bw = if MULTI {
+                    _mm512_loadu_ps(levels.as_ptr().add(b.lane))
+                } else {
+                    _mm512_cvtepi32_ps(_mm512_srai_epi32::<4>(v))
+                };
                 let p = acc.as_mut_ptr().add(b.col);
                 let a = if lanes == 0xFFFF {
                     _mm512_loadu_ps(p)
@@ -1206,11 +1241,18 @@ mod tests {
                     cr.accumulate_scalar(kk, planes, &mut got, &z, sigma);
                     assert_eq!(bits(&got), bits(&want), "scalar n={n} row {kk}");
                     #[cfg(target_arch = "x86_64")]
-                    if !multi && std::arch::is_x86_feature_detected!("avx2") {
+                    if std::arch::is_x86_feature_detected!("avx2") {
                         let mut got = vec![0.125f32; j * n];
-                        // SAFETY: AVX2 is present, and `accumulate` accepted
-                        // these arguments above.
-                        unsafe { cr.accumulate_avx2(kk, planes, &mut got, &z, sigma) };
+                        // SAFETY: AVX2 is present, `accumulate` accepted
+                        // these arguments above, and `levels` is there
+                        // exactly for multi-level cells.
+                        unsafe {
+                            if multi {
+                                cr.accumulate_avx2::<true>(kk, planes, &mut got, &z, sigma)
+                            } else {
+                                cr.accumulate_avx2::<false>(kk, planes, &mut got, &z, sigma)
+                            }
+                        };
                         assert_eq!(bits(&got), bits(&want), "avx2 n={n} row {kk}");
                     }
                 }
