@@ -262,8 +262,8 @@ fn multi_level_mappings_run_exactly_and_resume() {
         .assert()
         .success()
         .stdout(
-            predicate::str::contains("sign-magnitude, 2 bits per cell")
-                .and(predicate::str::contains("term-slots, 4 slots"))
+            predicate::str::contains("sign-magnitude, bits_per_cell = 2")
+                .and(predicate::str::contains("term-slots, slots = 4"))
                 .and(predicate::str::contains("plane 3")),
         );
 }

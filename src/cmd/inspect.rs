@@ -137,13 +137,13 @@ fn report(
     out
 }
 
-/// How a mapping's cells differ from one digit each: `, 2 bits per cell` or
-/// `, 3 slots`; empty for one digit per cell.
+/// How a mapping's cells differ from one digit each, as its keys:
+/// `, bits_per_cell = 2` or `, slots = 3`; empty for one digit per cell.
 fn cell_format(m: &MappingSpec) -> String {
     match (m.slots, m.bits_per_cell) {
-        (Some(k), _) => format!(", {k} slots"),
+        (Some(k), _) => format!(", slots = {k}"),
         (None, 1) => String::new(),
-        (None, c) => format!(", {c} bits per cell"),
+        (None, c) => format!(", bits_per_cell = {c}"),
     }
 }
 

@@ -258,15 +258,22 @@ mod tests {
 
     #[test]
     fn every_encoding_fits_the_plane_limit() {
-        use crate::model::{plane_count, Encoding};
-        // `layer.weight_bits` is at most 8.
+        use crate::model::{plane_count, Encoding, MappingSpec};
+        // `layer.weight_bits` is at most 8; `slots` at most 8.
         for e in [
             Encoding::TwosComplement,
             Encoding::SignMagnitude,
             Encoding::Csd,
+            Encoding::TermSlots,
         ] {
             assert!(plane_count(e, 8) <= MAX_PLANES, "{e:?}");
         }
+        let slots = MappingSpec {
+            encoding: Encoding::TermSlots,
+            slots: Some(8),
+            ..MappingSpec::preset("csd").expect("a preset")
+        };
+        assert_eq!(slots.cells(8), MAX_PLANES);
     }
 
     #[test]
