@@ -74,7 +74,7 @@ fn cells(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
             if (u < P.p_sa0) {
                 d = 0;
             } else if (u < P.p_sa01) {
-                d = sa1_digit[kk * P.n + nn];
+                d = sa1_digit[(jj * P.k + kk) * P.n + nn];
             }
         }
         var bw = P.leak;
@@ -161,9 +161,9 @@ fn convert_vector(lo: vec4<f32>, hi: vec4<f32>, slo: vec4<f32>, shi: vec4<f32>, 
             s2 = slo[li];
             z = zlo[li];
         }
-        // Without static noise the sums are of digits and the leak is added
+        // Without static noise the sums are of levels and the leak is added
         // once, `D + leak Z`, as the CPU engine adds it (Z counts the zero
-        // digits read): summed cell by cell, leak rounds differently and
+        // levels read): summed cell by cell, leak rounds differently and
         // can move a sum that is an exact ADC tie.
         if (P.static_noise == 0u) {
             a = a + P.leak * z;
@@ -235,8 +235,9 @@ fn simulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
                     let w = weights[(wbase + kk) * P.n + nn];
                     let x0 = xin[b0 * P.k + kk] >> g0; let x1 = xin[b1 * P.k + kk] >> g0;
                     let x2 = xin[b2 * P.k + kk] >> g0; let x3 = xin[b3 * P.k + kk] >> g0;
-                    if (digit_sums && abs(w) != 1.0) {
-                        // A zero digit: counted, its leak added per conversion.
+                    if (digit_sums && w == P.leak) {
+                        // A zero level: counted, its leak added per conversion
+                        // (a level equal to the leak, 1, adds the same).
                         zl0 = zl0 + bits_lo(x0); zh0 = zh0 + bits_hi(x0);
                         zl1 = zl1 + bits_lo(x1); zh1 = zh1 + bits_hi(x1);
                         zl2 = zl2 + bits_lo(x2); zh2 = zh2 + bits_hi(x2);

@@ -24,7 +24,7 @@ use zebra_cim::engine::cpu::CpuEngine;
 use zebra_cim::engine::reference::ReferenceEngine;
 use zebra_cim::engine::Engine;
 use zebra_cim::experiment::plan::{NoisePath, Plan};
-use zebra_cim::model::{InputCoding, MappingSpec};
+use zebra_cim::model::{AdcRange, Encoding, InputCoding, MappingSpec};
 
 /// (k, n, inputs, parallelism): P = 37 with K not a multiple of P, N not a
 /// multiple of 4 or 16, a single row, a chunk of one row, N above 16.
@@ -93,14 +93,70 @@ const TRIALS: u32 = 3;
 
 /// Every plan of the test: shape x input coding x noise case x mapping.
 fn plans() -> Vec<(String, Plan)> {
+    plans_of(&MappingSpec::presets(), &CODINGS)
+}
+
+/// Mappings with multi-level cells: sign-magnitude with two digits per
+/// cell (adaptive ranges, skipping), two's complement with three
+/// (calibrated, signed top slice) and four term slots (full range, levels
+/// up to 128; they hold every 8-bit weight).
+fn multi_level_mappings() -> Vec<MappingSpec> {
+    let m = |name: &str, encoding, c, slots, adc_range, skip| MappingSpec {
+        name: name.into(),
+        encoding,
+        bits_per_cell: c,
+        slots,
+        skip_zero_planes: skip,
+        skip_zero_inputs: skip,
+        adc_range,
+    };
+    vec![
+        m(
+            "signmag-2",
+            Encoding::SignMagnitude,
+            2,
+            None,
+            AdcRange::Adaptive,
+            true,
+        ),
+        m(
+            "dense-3",
+            Encoding::TwosComplement,
+            3,
+            None,
+            AdcRange::Calibrated,
+            false,
+        ),
+        m(
+            "slots-4",
+            Encoding::TermSlots,
+            1,
+            Some(4),
+            AdcRange::Full,
+            false,
+        ),
+    ]
+}
+
+/// The plans of the multi-level mappings, over unsigned inputs and both
+/// signed codings.
+fn multi_level_plans() -> Vec<(String, Plan)> {
+    plans_of(
+        &multi_level_mappings(),
+        &[CODINGS[0], CODINGS[1], CODINGS[4]],
+    )
+}
+
+/// Shape x input coding x noise case x mapping, for `mappings`.
+fn plans_of(mappings: &[MappingSpec], codings: &[(InputCoding, u32)]) -> Vec<(String, Plan)> {
     let mut out = Vec::new();
     for shape in SHAPES {
-        for coding in CODINGS {
+        for &coding in codings {
             for (what, noise, adc, path) in noise_cases() {
                 let (params, layer) = common::point(&text(shape, coding, noise, adc));
                 assert_eq!(layer.coding, coding.0);
-                for m in MappingSpec::presets() {
-                    let plan = Plan::new(&params, &layer, &m);
+                for m in mappings {
+                    let plan = Plan::new(&params, &layer, m);
                     assert_eq!(plan.path, path, "{what}");
                     let label = format!(
                         "{what} / {} / {}-bit {} inputs / k={} n={} b={} p={}",
@@ -241,9 +297,18 @@ impl std::ops::AddAssign for Stats {
 
 #[test]
 fn cpu_engine_agrees_with_the_reference() {
+    cpu_agrees_with_the_reference(plans());
+}
+
+#[test]
+fn cpu_engine_agrees_with_the_reference_on_multi_level_cells() {
+    cpu_agrees_with_the_reference(multi_level_plans());
+}
+
+fn cpu_agrees_with_the_reference(plans: Vec<(String, Plan)>) {
     let (mut reference, mut cpu) = (ReferenceEngine::new(), CpuEngine::new());
     let mut stats = Stats::default();
-    for (label, plan) in plans() {
+    for (label, plan) in plans {
         let (want_run, want) = outputs(&mut reference, &plan);
         let (got_run, got) = outputs(&mut cpu, &plan);
         stats += check_against_reference(&format!("{label} (outputs)"), &plan, &want, &got, false);
@@ -279,11 +344,20 @@ fn reference_run_and_outputs_agree() {
 
 #[test]
 fn gpu_engine_agrees_with_the_reference() {
+    gpu_agrees_with_the_reference(plans());
+}
+
+#[test]
+fn gpu_engine_agrees_with_the_reference_on_multi_level_cells() {
+    gpu_agrees_with_the_reference(multi_level_plans());
+}
+
+fn gpu_agrees_with_the_reference(plans: Vec<(String, Plan)>) {
     let Some(mut gpu) = common::gpu_engine() else {
         return;
     };
     let mut reference = ReferenceEngine::new();
-    for (label, plan) in plans() {
+    for (label, plan) in plans {
         let want = reference.run(&plan, 0..TRIALS, true).unwrap().raw.unwrap();
         let got = gpu.run(&plan, 0..TRIALS, true).unwrap().raw.unwrap();
         common::compare_within_steps(&plan, &want, &got, &label);

@@ -193,6 +193,81 @@ fn signed_input_experiments_run_exactly_and_resume() {
     }
 }
 
+/// Multi-level cells and term slots from an experiment file: exact with an
+/// ideal ADC, one row each, resumed on a second run; the planes column
+/// counts planes of cells (8-bit sign-magnitude, 2 digits per cell: 4;
+/// four term slots: 4).
+#[test]
+fn multi_level_mappings_run_exactly_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = dir.path().join("levels.toml");
+    fs::write(
+        &exp,
+        "version = 1\ntrials = 2\nmappings = [\"sm2\", \"slots4\", \"zebra\"]\n\
+         [layer]\nk = 40\nn = 6\ninputs = 3\n[array]\nparallelism = 16\n[adc]\nbits = \"ideal\"\n\
+         [[custom_mapping]]\nname = \"sm2\"\nencoding = \"sign-magnitude\"\nbits_per_cell = 2\n\
+         skip_zero_planes = true\nskip_zero_inputs = true\nadc_range = \"adaptive\"\n\
+         [[custom_mapping]]\nname = \"slots4\"\nencoding = \"term-slots\"\nslots = 4\n\
+         skip_zero_planes = true\nskip_zero_inputs = true\nadc_range = \"full\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("res");
+    let args = [
+        "run",
+        exp.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--engine",
+        "cpu",
+    ];
+    zebra()
+        .args(args)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("3 computed, 0 resumed"));
+    zebra()
+        .args(args)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("0 computed, 3 resumed"));
+    let (header, body) = zebra_cim::io::csv::read_csv(&out.join("levels.csv"))
+        .unwrap()
+        .unwrap();
+    let col = |c: &str| header.iter().position(|h| h == c).unwrap();
+    let rows: Vec<(&str, &str, &str, &str)> = body
+        .iter()
+        .map(|r| {
+            (
+                r[col("mapping")].as_str(),
+                r[col("encoding")].as_str(),
+                r[col("planes")].as_str(),
+                r[col("rmse")].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        (rows[0].0, rows[0].1, rows[0].2),
+        ("sm2", "sign-magnitude", "4")
+    );
+    assert_eq!(
+        (rows[1].0, rows[1].1, rows[1].2),
+        ("slots4", "term-slots", "4")
+    );
+    assert_eq!(rows[2].2, "7");
+    for r in &rows {
+        assert_eq!(r.3.parse::<f64>().unwrap(), 0.0, "{r:?}");
+    }
+    zebra()
+        .args(["inspect", exp.to_str().unwrap()])
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("sign-magnitude, bits_per_cell = 2")
+                .and(predicate::str::contains("term-slots, slots = 4"))
+                .and(predicate::str::contains("plane 3")),
+        );
+}
+
 #[test]
 fn changed_parameters_are_not_silently_overwritten() {
     let dir = tempfile::tempdir().unwrap();

@@ -364,6 +364,53 @@ fn scenario(noise: &str, adc: &str, p: usize) -> String {
 
 #[test]
 fn gpu_matches_cpu_on_every_mapping_and_noise_path() {
+    gpu_matches_cpu(&MappingSpec::presets());
+}
+
+/// Multi-level cells: sign-magnitude with two digits per cell, two's
+/// complement with four (a signed top slice, calibrated) and four term
+/// slots (levels up to 128, which hold every 8-bit weight).
+#[test]
+fn gpu_matches_cpu_on_multi_level_cells() {
+    use zebra_cim::model::{AdcRange, Encoding};
+    let m = |name: &str, encoding, c, slots, adc_range, skip| MappingSpec {
+        name: name.into(),
+        encoding,
+        bits_per_cell: c,
+        slots,
+        skip_zero_planes: skip,
+        skip_zero_inputs: skip,
+        adc_range,
+    };
+    gpu_matches_cpu(&[
+        m(
+            "signmag-2",
+            Encoding::SignMagnitude,
+            2,
+            None,
+            AdcRange::Adaptive,
+            true,
+        ),
+        m(
+            "dense-4",
+            Encoding::TwosComplement,
+            4,
+            None,
+            AdcRange::Calibrated,
+            false,
+        ),
+        m(
+            "slots-4",
+            Encoding::TermSlots,
+            1,
+            Some(4),
+            AdcRange::Full,
+            true,
+        ),
+    ]);
+}
+
+fn gpu_matches_cpu(mappings: &[MappingSpec]) {
     let Some(mut g) = engine() else { return };
     let cases = [
         (
@@ -449,8 +496,8 @@ fn gpu_matches_cpu_on_every_mapping_and_noise_path() {
     let mut cpu = CpuEngine::new();
     for (what, text, path) in cases {
         let (params, layer) = common::point(&text);
-        for m in MappingSpec::presets() {
-            let plan = Plan::new(&params, &layer, &m);
+        for m in mappings {
+            let plan = Plan::new(&params, &layer, m);
             assert_eq!(plan.path, path, "{what}");
             let trials = 0..24;
             let c = cpu.run(&plan, trials.clone(), true).unwrap();

@@ -123,6 +123,47 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Multi-level cells: no noise and a lossless (or ideal) ADC give the
+    /// exact product for every digit encoding with 1 to 4 digits per cell
+    /// and for 1 to 4 term slots (on weights of at most that many terms),
+    /// unsigned and signed inputs, every shape, on the CPU engine's paths
+    /// and on the reference engine.
+    #[test]
+    fn zero_noise_is_exact_with_multi_level_cells(
+        k in 1usize..90, n in 1usize..10, b in 1usize..3, p in 1usize..100,
+        wbits in 2u32..=8, xbits in 2u32..=8, coding in 0usize..3, ideal in any::<bool>(),
+        seed in 0u64..1000, extremes in proptest::collection::vec(any::<bool>(), 2),
+    ) {
+        let coding = [InputCoding::Unsigned, SIGNED[0], SIGNED[1]][coding];
+        let mut params = signed_params(k, n, b, p, wbits, xbits, None, coding);
+        if !coding.signed() {
+            params.layer.input_source = InputSource::RectifiedGaussian { zero_fraction: 0.3 };
+        }
+        let mut layer = Layer::build(&params.layer, seed).unwrap();
+        let q = (1i32 << (wbits - 1)) - 1;
+        if extremes[0] { layer.w[0] = -q; }
+        if extremes[1] { *layer.w.last_mut().unwrap() = q; }
+        for m in multi_level_mappings() {
+            let layer = within_slots(&layer, &m);
+            let mut params = params.clone();
+            params.adc_bits = if ideal { None } else { Some(lossless_level_bits(&m, p, wbits)) };
+            let plan = Plan::new(&params, &layer, &m);
+            for path in [NoisePath::Analytic, NoisePath::Aggregated, NoisePath::PerCellStatic, NoisePath::PerCellDynamic] {
+                let plan = plan.with_path(path);
+                let engines: [Box<dyn Engine>; 2] = [Box::new(CpuEngine::new()), Box::new(ReferenceEngine::new())];
+                for mut engine in engines {
+                    let y = engine.outputs(&plan, 0).unwrap();
+                    let bad: Vec<(usize, f64, i64)> = y.iter().zip(&plan.exact).enumerate().filter(|(_, (y, e))| **y != **e as f64).map(|(i, (y, e))| (i, *y, *e)).take(5).collect();
+                    prop_assert!(bad.is_empty(), "{} engine, {:?}, mapping {} path {:?} k={} n={} p={}: first outputs (index, y, exact) {:?}", engine.name(), coding, m.name, path, k, n, p, bad);
+                }
+            }
+        }
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     /// Signed inputs, both codings: no noise and a lossless (or ideal) ADC
@@ -253,7 +294,10 @@ macro_rules! physics_tests {
                 stuck_at_faults_shift_the_mean_by_their_rates,
                 leak_bias_matches_its_expectation,
                 calibrated_range_is_the_stated_quantiles_of_clean_sums,
-                aggregated_and_per_cell_agree_in_distribution
+                aggregated_and_per_cell_agree_in_distribution,
+                zero_noise_is_exact_with_multi_level_cells_on_every_path,
+                multi_level_cell_noise_matches_closed_form,
+                stuck_at_faults_on_multi_level_cells_shift_the_mean
             );
         }
     };
@@ -832,6 +876,8 @@ fn calibrated_range_is_the_stated_quantiles_of_clean_sums(engine: &mut dyn Engin
     let signed = MappingSpec {
         name: "signmag-cal".into(),
         encoding: Encoding::SignMagnitude,
+        bits_per_cell: 1,
+        slots: None,
         skip_zero_planes: false,
         skip_zero_inputs: false,
         adc_range: AdcRange::Calibrated,
@@ -1072,4 +1118,316 @@ fn one_engine_reused_across_plans_matches_fresh_engines() {
         .raw
         .unwrap();
     assert_eq!(got, want);
+}
+
+// ---------------------------------------------------------------------------
+// Multi-level cells and term slots (docs/MODEL.md).
+// ---------------------------------------------------------------------------
+
+/// Mappings with multi-level cells: every digit encoding with 1 to 4 digits
+/// per cell, and 1 to 4 term slots, over the three ADC ranges and with and
+/// without skipping.
+fn multi_level_mappings() -> Vec<MappingSpec> {
+    use zebra_cim::model::{AdcRange, Encoding};
+    let ranges = [AdcRange::Adaptive, AdcRange::Full, AdcRange::Calibrated];
+    let mut out = Vec::new();
+    for (e, encoding) in [
+        Encoding::TwosComplement,
+        Encoding::SignMagnitude,
+        Encoding::Csd,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for c in 1..=4u32 {
+            out.push(cell_mapping(
+                encoding,
+                c,
+                None,
+                ranges[(e + c as usize) % 3],
+                c % 2 == 0,
+            ));
+        }
+    }
+    for k in 1..=4u32 {
+        out.push(cell_mapping(
+            Encoding::TermSlots,
+            1,
+            Some(k),
+            ranges[k as usize % 3],
+            k % 2 == 1,
+        ));
+    }
+    out
+}
+
+/// A custom mapping of `encoding` with `c` digits per cell or `slots` term slots.
+fn cell_mapping(
+    encoding: zebra_cim::model::Encoding,
+    c: u32,
+    slots: Option<u32>,
+    adc_range: zebra_cim::model::AdcRange,
+    skip: bool,
+) -> MappingSpec {
+    MappingSpec {
+        name: format!("{}-c{c}-k{}", encoding.label(), slots.unwrap_or(0)),
+        encoding,
+        bits_per_cell: c,
+        slots,
+        skip_zero_planes: skip,
+        skip_zero_inputs: skip,
+        adc_range,
+    }
+}
+
+/// `layer` with every weight of more CSD terms than `m`'s slots replaced by
+/// its largest power of two (term-slots mappings; others take it as it is).
+fn within_slots(layer: &Layer, m: &MappingSpec) -> Layer {
+    use zebra_cim::model::{encode, Encoding};
+    let mut layer = layer.clone();
+    let Some(k) = m.slots else { return layer };
+    let mut d = vec![0i8; layer.weight_bits as usize];
+    for w in layer.w.iter_mut() {
+        encode(Encoding::Csd, layer.weight_bits, *w, &mut d);
+        if d.iter().filter(|&&d| d != 0).count() > k as usize {
+            *w = w.signum() * (1 << (31 - w.unsigned_abs().leading_zeros()));
+        }
+    }
+    assert_eq!(layer.check_mapping(m), Ok(()));
+    layer
+}
+
+/// Lossless ADC bits for a multi-level mapping at parallelism `p`: every
+/// sum within its full range `P [lowest, highest level]` is a code.
+fn lossless_level_bits(m: &MappingSpec, p: usize, weight_bits: u32) -> u32 {
+    let bounds = m.level_bounds(weight_bits);
+    let lo = bounds.iter().map(|b| b.0 as i64).min().unwrap();
+    let hi = bounds.iter().map(|b| b.1 as i64).max().unwrap();
+    let width = (p as i64 * (hi - lo)) as u64;
+    (u64::BITS - width.leading_zeros()).clamp(1, 16)
+}
+
+/// `sum_j s_j^2 L_kjn^2` for one weight: its cells' share of cell noise.
+fn level_energy(plan: &Plan, k: usize, n: usize) -> f64 {
+    (0..plan.j)
+        .map(|j| {
+            (plan.scales[j] as f64).powi(2)
+                * (plan.digits[(j * plan.k + k) * plan.n + n] as f64).powi(2)
+        })
+        .sum()
+}
+
+/// Two multi-level mappings for the noise checks: sign-magnitude with two
+/// digits per cell (levels up to 3) and four term slots (levels up to 128,
+/// which hold every 8-bit weight).
+fn noisy_multi_level_mappings() -> [MappingSpec; 2] {
+    use zebra_cim::model::{AdcRange, Encoding};
+    [
+        cell_mapping(Encoding::SignMagnitude, 2, None, AdcRange::Adaptive, true),
+        cell_mapping(Encoding::TermSlots, 1, Some(4), AdcRange::Full, false),
+    ]
+}
+
+/// [`zero_noise_is_exact_for_every_mapping_and_path`] for multi-level cells
+/// on fixed awkward shapes, on every engine (the property test above
+/// searches shapes on the CPU and reference engines).
+fn zero_noise_is_exact_with_multi_level_cells_on_every_path(engine: &mut dyn Engine) {
+    for (k, n, b, p, wbits, xbits, coding) in [
+        (1, 1, 1, 1, 2, 2, InputCoding::Unsigned),
+        (65, 7, 2, 13, 8, 8, InputCoding::SignMagnitude),
+        (80, 9, 2, 37, 5, 3, InputCoding::TwosComplement),
+        (130, 5, 3, 64, 8, 6, InputCoding::Unsigned),
+    ] {
+        let mut params = signed_params(k, n, b, p, wbits, xbits, None, coding);
+        if !coding.signed() {
+            params.layer.input_source = InputSource::RectifiedGaussian { zero_fraction: 0.3 };
+        }
+        let mut layer = Layer::build(&params.layer, k as u64).unwrap();
+        let q = (1i32 << (wbits - 1)) - 1;
+        layer.w[0] = -q;
+        *layer.w.last_mut().unwrap() = q;
+        for m in multi_level_mappings() {
+            let layer = within_slots(&layer, &m);
+            for adc in [None, Some(lossless_level_bits(&m, p, wbits))] {
+                let mut params = params.clone();
+                params.adc_bits = adc;
+                let plan = Plan::new(&params, &layer, &m);
+                for path in [
+                    NoisePath::Analytic,
+                    NoisePath::Aggregated,
+                    NoisePath::PerCellStatic,
+                    NoisePath::PerCellDynamic,
+                ] {
+                    let raw = simulate(engine, &plan.with_path(path), 2);
+                    let bad: Vec<(usize, f32)> = raw
+                        .iter()
+                        .cloned()
+                        .enumerate()
+                        .filter(|(_, e)| *e != 0.0)
+                        .take(5)
+                        .collect();
+                    assert!(
+                        bad.is_empty(),
+                        "{} {coding:?} k={k} n={n} p={p} {path:?} adc {adc:?}: first errors (index, e) {bad:?}",
+                        m.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A cell of level `L` adds `L (1 + sigma z)`, so static noise gives
+/// `Var(e_n) = sigma^2 sum_k x_k^2 sum_j s_j^2 L_kjn^2` and dynamic noise,
+/// per cell and aggregated, `sigma^2 sum_k sum_i x_i^2 x_k^(i) sum_j s_j^2
+/// L_kjn^2`, with signed inputs (two's complement) and unsigned ones.
+fn multi_level_cell_noise_matches_closed_form(engine: &mut dyn Engine) {
+    let sigma = 0.05f64;
+    for coding in [InputCoding::Unsigned, InputCoding::TwosComplement] {
+        for (mode, sampling, path) in [
+            ("static", "auto", NoisePath::PerCellStatic),
+            ("dynamic", "per-cell", NoisePath::PerCellDynamic),
+            ("dynamic", "aggregated", NoisePath::Aggregated),
+        ] {
+            let (params, layer) = common::point(&noisy_coded(coding, mode, sampling, sigma, 0.0));
+            for m in noisy_multi_level_mappings() {
+                let plan = Plan::new(&params, &layer, &m);
+                assert_eq!(plan.path, path);
+                assert!(plan.digits.iter().any(|d| d.abs() > 1), "{}", m.name);
+                let theory: Vec<f64> = (0..plan.n)
+                    .map(|n| {
+                        sigma
+                            * sigma
+                            * (0..plan.k)
+                                .map(|k| {
+                                    let x = if mode == "static" {
+                                        (layer.x[k] as f64).powi(2)
+                                    } else {
+                                        input_energy(&plan, 0, k)
+                                    };
+                                    x * level_energy(&plan, k, n)
+                                })
+                                .sum::<f64>()
+                    })
+                    .collect();
+                assert_variances(
+                    &format!("{mode} {sampling} {} {coding:?}", m.name),
+                    &column_variances(&simulate(engine, &plan, TRIALS), plan.n),
+                    &theory,
+                    TRIALS as usize,
+                );
+            }
+        }
+    }
+}
+
+/// [`stuck_at_faults_shift_the_mean_by_their_rates`] for multi-level cells:
+/// a cell stuck at 1 takes the largest level of its weight's sign that its
+/// plane holds (from `level_bounds`), so `E[S] = sum s_j X_k (p1 on - (p0 +
+/// p1) L)` over converted groups.
+fn stuck_at_faults_on_multi_level_cells_shift_the_mean(engine: &mut dyn Engine) {
+    let trials = 400u32;
+    let (p0, p1) = (0.03f64, 0.02f64);
+    let text = format!(
+        "version = 1\nseed = 9\n[layer]\nk = 40\nn = 6\ninputs = 2\ninput_bits = 4\n[array]\nparallelism = 16\n\
+         [adc]\nbits = \"ideal\"\n[noise]\np_sa0 = {p0}\np_sa1 = {p1}\n"
+    );
+    let (params, layer) = common::point(&text);
+    use zebra_cim::model::{AdcRange, Encoding};
+    let tc2 = cell_mapping(Encoding::TwosComplement, 2, None, AdcRange::Full, false);
+    for m in noisy_multi_level_mappings().into_iter().chain([tc2]) {
+        let plan = Plan::new(&params, &layer, &m);
+        let bounds = m.level_bounds(layer.weight_bits);
+        let (mut mean, mut var) = (0.0, 0.0);
+        for (j, &(lo, hi)) in bounds.iter().enumerate() {
+            for k in 0..plan.k {
+                let xk: f64 = (0..plan.b).map(|b| plan.x[b * plan.k + k] as f64).sum();
+                for n in 0..plan.n {
+                    if !plan.converted[plan.group(k / plan.p, j, n)] {
+                        continue;
+                    }
+                    let l = plan.digits[(j * plan.k + k) * plan.n + n] as f64;
+                    let on = if layer.w[k * plan.n + n] < 0 && lo < 0 {
+                        lo
+                    } else {
+                        hi
+                    } as f64;
+                    let e1 = (1.0 - p0 - p1) * l + p1 * on;
+                    let e2 = (1.0 - p0 - p1) * l * l + p1 * on * on;
+                    let coef = plan.scales[j] as f64 * xk;
+                    mean += coef * (e1 - l);
+                    var += coef * coef * (e2 - e1 * e1);
+                }
+            }
+        }
+        let raw = simulate(engine, &plan, trials);
+        let sums: Vec<f64> = raw
+            .chunks(plan.b * plan.n)
+            .map(|t| t.iter().map(|&e| e as f64).sum())
+            .collect();
+        let got = sums.iter().sum::<f64>() / trials as f64;
+        let se = (var / trials as f64).sqrt();
+        assert!(
+            (got - mean).abs() <= 5.0 * se,
+            "{}: mean of S {got:.2} vs expected {mean:.2} (5 SE = {:.2})",
+            m.name,
+            5.0 * se
+        );
+    }
+}
+
+/// The plan's view of multi-level cells, by hand: adaptive ranges are the
+/// sums of the group's positive levels and negative magnitudes, full
+/// ranges `P` times the extreme levels, stuck-at-1 levels the largest of
+/// the weight's sign, and active reads count non-zero levels once.
+#[test]
+fn multi_level_ranges_stuck_at_levels_and_reads_by_hand() {
+    use zebra_cim::model::{AdcRange, Encoding};
+    let text = "version = 1\nseed = 2\n[layer]\nk = 4\nn = 2\ninputs = 1\nweight_bits = 4\ninput_bits = 1\n[array]\nparallelism = 4\n";
+    let (params, mut layer) = common::point(text);
+    // Columns [-3, 7, 5, 0] and [1, -7, 0, 2].
+    layer.w = vec![-3, 1, 7, -7, 5, 0, 0, 2];
+    layer.x = vec![1, 1, 0, 1];
+    // Two's complement, two digits per cell at 4 bits: slices of levels
+    // [0, 3] and [-2, 1]. -3 = 1101: (1, -1); 7: (3, 1); 5: (1, 1);
+    // 1: (1, 0); -7 = 1001: (1, -2); 2: (2, 0).
+    let tc = cell_mapping(Encoding::TwosComplement, 2, None, AdcRange::Adaptive, true);
+    let plan = Plan::new(&params, &layer, &tc);
+    assert_eq!(plan.scales, vec![1, 4]);
+    assert_eq!(
+        plan.digits,
+        vec![1, 1, 3, 1, 1, 0, 0, 2, -1, 0, 1, -2, 1, 0, 0, 0]
+    );
+    let range = |j: usize, n: usize| {
+        let g = plan.group(0, j, n);
+        (plan.lo[g], plan.hi[g])
+    };
+    assert_eq!(range(0, 0), (0.0, 5.0));
+    assert_eq!(range(0, 1), (0.0, 4.0));
+    assert_eq!(range(1, 0), (-1.0, 2.0));
+    assert_eq!(range(1, 1), (-2.0, 0.0));
+    // Stuck-at-1: 3 in the low slice; in the top slice -2 for negative weights, else 1.
+    assert_eq!(&plan.sa1_digit[..8], &[3; 8]);
+    assert_eq!(&plan.sa1_digit[8..], &[-2, 1, 1, -2, 1, 1, 1, 1]);
+    // Reads of non-zero levels on driven rows 0, 1 and 3: 5 in the low
+    // slice, 3 in the top one.
+    assert_eq!(plan.counters.active_reads, 8);
+    assert_eq!(plan.counters.conversions, 4);
+    let full = Plan::new(
+        &params,
+        &layer,
+        &MappingSpec {
+            adc_range: AdcRange::Full,
+            ..tc
+        },
+    );
+    assert!((0..4).all(|g| (full.lo[g], full.hi[g]) == (-8.0, 12.0)));
+    // Term slots: 7 = 8 - 1, the full range is P 2^(Bw-1) either way.
+    let ts = cell_mapping(Encoding::TermSlots, 1, Some(2), AdcRange::Full, false);
+    let plan = Plan::new(&params, &layer, &ts);
+    assert_eq!(plan.digits[2], 8);
+    assert_eq!(plan.digits[8 + 2], -1);
+    assert!((0..4).all(|g| (plan.lo[g], plan.hi[g]) == (-32.0, 32.0)));
+    assert_eq!(&plan.sa1_digit[..8], &[-8, 8, 8, -8, 8, 8, 8, 8]);
+    assert_eq!(plan.layout().cells, 16);
 }

@@ -36,6 +36,7 @@ pub fn describe(exp: &Experiment) -> Result<String> {
     }
     let (mut cell_macs, mut conversions, mut trials) = (0f64, 0f64, 0u64);
     let layers = Layers::build(&exp.points)?;
+    layers.check_mappings(&exp.mappings, &exp.file)?;
     for p in &exp.points {
         for m in &exp.mappings {
             let plan = Plan::new(&p.params, layers.for_point(p.index), m);
@@ -88,7 +89,7 @@ fn network_work(
     let (mut cell_macs, mut chips) = (0f64, 0u64);
     for p in &exp.points {
         for m in &exp.mappings {
-            let planes = crate::model::plane_count(m.encoding, 8) as f64;
+            let planes = m.cells(8) as f64;
             cell_macs += macs * 8.0 * planes * work.count as f64 * p.params.trials as f64;
             chips += p.params.trials as u64;
         }

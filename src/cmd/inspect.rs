@@ -1,12 +1,13 @@
-//! `zebra inspect`: zero-bit statistics of a weight set under every encoding,
-//! and what the experiment's `[quantize]` does to it.
+//! `zebra inspect`: zero-level statistics of a weight set under every
+//! encoding and cell format of the mappings, and what the experiment's
+//! `[quantize]` does to it.
 
 use crate::error::{Error, Result};
 use crate::experiment::workload::Layer;
 use crate::experiment::{Experiment, Overrides};
 use crate::io::npy::read_weights;
 use crate::model::quantize::{permute_rows, QuantStats, Quantizer};
-use crate::model::{encode_planes, MappingSpec};
+use crate::model::{cell_planes, MappingSpec};
 use std::fmt::Write;
 use std::path::Path;
 
@@ -121,13 +122,26 @@ fn report(
     let _ = writeln!(out, "weights: K={k} N={n}, {weight_bits} bits, mean |w| {mean_abs:.2}, zero weights {:.1}%, P={p}", 100.0 * zero_w);
     let mut seen = Vec::new();
     for m in mappings {
-        if seen.contains(&m.encoding) {
+        let format = (m.encoding, m.bits_per_cell, m.slots);
+        if seen.contains(&format) {
             continue;
         }
-        seen.push(m.encoding);
-        let planes = encode_planes(m.encoding, weight_bits, w, k, n);
+        seen.push(format);
+        let _ = writeln!(
+            out,
+            "\nencoding {}{} (as in `{}`): plane, scale, non-zero level density, all-zero (chunk, column) groups",
+            m.encoding.label(),
+            cell_format(m),
+            m.name
+        );
+        let planes = match cell_planes(m, weight_bits, w, k, n) {
+            Ok(planes) => planes,
+            Err(e) => {
+                let _ = writeln!(out, "  refused: {e}");
+                continue;
+            }
+        };
         let chunks = k.div_ceil(p);
-        let _ = writeln!(out, "\nencoding {} (as in `{}`): plane, scale, non-zero digit density, all-zero (chunk, column) groups", m.encoding.label(), m.name);
         let (mut nz_total, mut skip_total) = (0usize, 0usize);
         for j in 0..planes.count() {
             let nz = (0..k * n)
@@ -153,13 +167,23 @@ fn report(
         }
         let _ = writeln!(
             out,
-            "  all planes: non-zero digits {:.2}% ({:.2} per weight), skippable groups {:.2}%",
+            "  all planes: non-zero levels {:.2}% ({:.2} per weight), skippable groups {:.2}%",
             100.0 * nz_total as f64 / (planes.count() * k * n) as f64,
             nz_total as f64 / (k * n) as f64,
             100.0 * skip_total as f64 / (planes.count() * chunks * n) as f64
         );
     }
     out
+}
+
+/// How a mapping's cells differ from one digit each, as its keys:
+/// `, bits_per_cell = 2` or `, slots = 3`; empty for one digit per cell.
+fn cell_format(m: &MappingSpec) -> String {
+    match (m.slots, m.bits_per_cell) {
+        (Some(k), _) => format!(", slots = {k}"),
+        (None, 1) => String::new(),
+        (None, c) => format!(", bits_per_cell = {c}"),
+    }
 }
 
 /// `zebra inspect`: an experiment file or a weights `.npy`, not both.

@@ -5,9 +5,9 @@
 use super::{block_layout, Engine};
 use crate::engine::stats::{accumulate_trial, Batch, TrialMoments, BINS};
 use crate::error::Result;
-use crate::experiment::plan::{chunk_words, digit_masks, NoisePath, Plan};
+use crate::experiment::plan::{chunk_words, LevelMasks, NoisePath, Plan};
 use crate::model::rng::{stream, Address};
-use crate::model::Adc;
+use crate::model::{Adc, Level};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -91,11 +91,11 @@ impl Engine for CpuEngine {
 #[derive(Debug)]
 struct Shared {
     cws: Vec<Vec<(usize, u64)>>,
-    pos: Vec<u64>,
-    neg: Vec<u64>,
+    /// The bit masks of the nominal levels.
+    masks: LevelMasks,
     /// Noiseless conversions are summed from `base` row by row (one-trial plans).
     row_sums: bool,
-    /// Nominal cell weights `[k][j][n]` for the per-cell paths: the digit, or `leak` for a zero digit.
+    /// Nominal cell weights `[k][j][n]` for the per-cell paths: the level, or `leak` for a zero level.
     base: Vec<f32>,
     /// Compact dynamic draws: per (row, plane) the conducting columns.
     compact: Option<CompactRows>,
@@ -120,7 +120,7 @@ impl Shared {
     /// `cache`: precompute the analytic paths' per-conversion moments (pays
     /// off when several trials share the plan).
     fn new(plan: &Plan, cache: bool) -> Shared {
-        let (pos, neg) = digit_masks(&plan.digits, plan.j, plan.k, plan.n);
+        let masks = LevelMasks::new(&plan.digits, plan.j, plan.k, plan.n);
         // Without cell noise, leak or faults, summing the digits row by row is
         // the same integer sum as the analytic popcounts, and faster when a
         // plan serves one trial only.
@@ -147,7 +147,7 @@ impl Shared {
         let analytic = matches!(plan.path, NoisePath::Analytic | NoisePath::Aggregated);
         let moments =
             (cache && analytic && !plan.has_faults() && conversions <= MOMENT_CACHE_LIMIT)
-                .then(|| conversion_moments(plan, &cws, &pos, &neg));
+                .then(|| conversion_moments(plan, &cws, &masks));
         let top = plan.adc.bits.map_or(1.0, Adc::top);
         let step = plan
             .lo
@@ -166,8 +166,7 @@ impl Shared {
         Shared {
             row_sums,
             cws,
-            pos,
-            neg,
+            masks,
             compact,
             base,
             plane_live,
@@ -182,12 +181,11 @@ impl Shared {
 
 /// Mean and standard deviation of every conversion's analog sum, `[b][c][i][j][n]`:
 /// the integer sum plus leak, and the summed variance of dynamic cell noise
-/// Mean and standard deviation of every conversion's analog sum, `[b][c][i][j][n]`.
+/// (aggregated) and read noise.
 fn conversion_moments(
     plan: &Plan,
     cws: &[Vec<(usize, u64)>],
-    pos: &[u64],
-    neg: &[u64],
+    masks: &LevelMasks,
 ) -> (Vec<f32>, Vec<f32>) {
     let (n, j, xbits) = (plan.n, plan.j, plan.xbits);
     let total = plan.b * plan.chunks * xbits * j * n;
@@ -203,8 +201,7 @@ fn conversion_moments(
                         b,
                         i,
                         jj,
-                        pos,
-                        neg,
+                        masks,
                         &mut mean[row..row + n],
                         &mut sd[row..row + n],
                     );
@@ -216,8 +213,8 @@ fn conversion_moments(
 }
 
 /// The moments of one (input, chunk `cw`, bit, plane) row of conversions: the
-/// integer sum plus leak, and the standard deviation of dynamic cell noise
-/// (aggregated) and read noise together.
+/// integer sum of levels plus leak, and the standard deviation of dynamic
+/// cell noise (aggregated, `sigma^2 sum L^2`) and read noise together.
 #[allow(clippy::too_many_arguments)]
 fn moments_row(
     plan: &Plan,
@@ -225,8 +222,7 @@ fn moments_row(
     b: usize,
     i: usize,
     jj: usize,
-    pos: &[u64],
-    neg: &[u64],
+    masks: &LevelMasks,
     mean: &mut [f32],
     sd: &mut [f32],
 ) {
@@ -240,8 +236,20 @@ fn moments_row(
     let leak = plan.noise.leak;
     let xm = &plan.xmask[(b * xbits + i) * words..(b * xbits + i + 1) * words];
     let ones: u32 = cw.iter().map(|&(w, m)| (xm[w] & m).count_ones()).sum();
+    if masks.bits > 1 {
+        for nn in 0..n {
+            let (p, q) = masks.signed_sums(xm, jj, nn, cw);
+            let squares = masks.square_sum(xm, jj, nn, cw) as f32;
+            let zeros = (ones - masks.nonzero(xm, jj, nn, cw)) as f32;
+            mean[nn] = (p - q) as f32 + leak * zeros;
+            sd[nn] = (sig2 * (squares + leak * leak * zeros) + read[nn] * read[nn]).sqrt();
+        }
+        return;
+    }
+    // Levels in {-1, 0, 1}: one mask each for +1 and -1.
+    let (pos, neg) = (&masks.pos, &masks.neg);
     for nn in 0..n {
-        let m = (jj * n + nn) * words;
+        let m = masks.at(jj, nn);
         let (mut np, mut nm) = (0u32, 0u32);
         for &(w, mask) in cw {
             let x = xm[w] & mask;
@@ -254,7 +262,7 @@ fn moments_row(
     }
 }
 
-/// The conducting (non-zero digit) cells of every (row, plane), `[k][j]`, in
+/// The conducting (non-zero level) cells of every (row, plane), `[k][j]`, in
 /// blocks of 16 columns: a bit mask per block and the rank of its first
 /// conducting cell, so draws stored contiguously can be expanded in place.
 #[derive(Debug)]
@@ -266,8 +274,12 @@ struct CompactRows {
     /// Per block and lane, `16 digit + rank`, zero-padded `[k][j][blocks *
     /// 16]`: the digit (-1, 0 or 1) is the cell's weight without leak (the
     /// condition for compact draws), and a conducting lane's rank counts the
-    /// conducting lanes before it in its block.
+    /// conducting lanes before it in its block. With multi-level cells
+    /// the digit part is 0 and the weights are in `levels`.
     lanes: Vec<i8>,
+    /// Levels beyond {-1, 0, 1}: every lane's level as f32, laid out as
+    /// `lanes`.
+    levels: Option<Vec<f32>>,
     masks: Vec<u16>,
     offsets: Vec<u32>,
     counts: Vec<u32>,
@@ -282,14 +294,16 @@ impl CompactRows {
         CompactRows::from_digits(plan.k, plan.j, plan.n, &plan.digits)
     }
 
-    /// From the digits `[j][k][n]` of a `k x n` array with `j` planes.
-    fn from_digits(k: usize, j: usize, n: usize, digits: &[i8]) -> CompactRows {
+    /// From the levels `[j][k][n]` of a `k x n` array with `j` planes.
+    fn from_digits(k: usize, j: usize, n: usize, digits: &[Level]) -> CompactRows {
         let blocks = n.div_ceil(16);
+        let multi_level = digits.iter().any(|d| d.unsigned_abs() > 1);
         let mut c = CompactRows {
             j,
             n,
             blocks,
             lanes: vec![0; k * j * blocks * 16],
+            levels: multi_level.then(|| vec![0.0; k * j * blocks * 16]),
             masks: vec![0; k * j * blocks],
             offsets: vec![0; k * j * blocks],
             counts: vec![0; k * j],
@@ -303,8 +317,15 @@ impl CompactRows {
                     let mut m = 0u16;
                     for l in 0..16.min(n - blk * 16) {
                         let d = digits[(jj * k + kk) * n + blk * 16 + l];
-                        assert!((-1..=1).contains(&d), "digit {d} is not -1, 0 or 1");
-                        c.lanes[(r * blocks + blk) * 16 + l] = 16 * d + m.count_ones() as i8;
+                        let lane = (r * blocks + blk) * 16 + l;
+                        let rank = m.count_ones() as i8;
+                        match &mut c.levels {
+                            Some(levels) => {
+                                levels[lane] = d as f32;
+                                c.lanes[lane] = rank;
+                            }
+                            None => c.lanes[lane] = 16 * d as i8 + rank,
+                        }
                         if d != 0 {
                             m |= 1 << l;
                             t += 1;
@@ -336,14 +357,29 @@ impl CompactRows {
         assert!(z.len() >= needed, "accumulate: too few draws");
         #[cfg(target_arch = "x86_64")]
         {
+            let multi = self.levels.is_some();
             if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: AVX-512F is present, and the arguments are checked.
-                unsafe { self.accumulate_avx512(kk, planes, acc, z, sigma) };
+                // SAFETY: AVX-512F is present, the arguments are checked,
+                // and `levels` is there exactly when `MULTI` is set.
+                unsafe {
+                    if multi {
+                        self.accumulate_avx512::<true>(kk, planes, acc, z, sigma)
+                    } else {
+                        self.accumulate_avx512::<false>(kk, planes, acc, z, sigma)
+                    }
+                };
                 return needed;
             }
             if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: AVX2 is present, and the arguments are checked.
-                unsafe { self.accumulate_avx2(kk, planes, acc, z, sigma) };
+                // SAFETY: AVX2 is present, the arguments are checked, and
+                // `levels` is there exactly when `MULTI` is set.
+                unsafe {
+                    if multi {
+                        self.accumulate_avx2::<true>(kk, planes, acc, z, sigma)
+                    } else {
+                        self.accumulate_avx2::<false>(kk, planes, acc, z, sigma)
+                    }
+                };
                 return needed;
             }
         }
@@ -358,7 +394,10 @@ impl CompactRows {
             while m != 0 {
                 let l = m.trailing_zeros() as usize;
                 m &= m - 1;
-                let bw = (self.lanes[b.lane + l] >> 4) as f32;
+                let bw = match &self.levels {
+                    Some(levels) => levels[b.lane + l],
+                    None => (self.lanes[b.lane + l] >> 4) as f32,
+                };
                 acc[b.col + l] += bw + bw * sigma * z[t];
                 t += 1;
             }
@@ -413,12 +452,16 @@ impl CompactRows {
     /// conducting cells of the first half. Non-conducting lanes get some
     /// draw, but their weight is 0, so they add +0 as in the dense loop.
     ///
+    /// With `MULTI` (multi-level cells) the weights are loaded from
+    /// `levels` instead.
+    ///
     /// # Safety
-    /// AVX2 must be present, and the arguments must be those
-    /// [`accumulate`](Self::accumulate) checks.
+    /// AVX2 must be present, the arguments must be those
+    /// [`accumulate`](Self::accumulate) checks, and `levels` must be there
+    /// if `MULTI` is set.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn accumulate_avx2(
+    unsafe fn accumulate_avx2<const MULTI: bool>(
         &self,
         kk: usize,
         planes: u32,
@@ -430,6 +473,7 @@ impl CompactRows {
         let vs = _mm256_set1_ps(sigma);
         let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let low4 = _mm256_set1_epi32(15);
+        let levels = self.levels.as_deref().unwrap_or(&[]);
         self.each_block(kk, planes, |b| {
             let below = (b.mask & 0xFF).count_ones() as usize;
             for half in 0..2 {
@@ -442,8 +486,10 @@ impl CompactRows {
                 // SAFETY: the half's draws are `z[b.draw + skip..]
                 // [..popcount(hm)]`, within `z` (checked by `accumulate`),
                 // and the masked load reads only those; the lane bytes of
-                // every block are stored whole; the loads and stores of
-                // `acc` stay within the block's `width` columns of `acc`.
+                // every block are stored whole, and so are its levels
+                // (read with `MULTI` only, when they are there); the loads
+                // and stores of `acc` stay within the block's `width`
+                // columns of `acc`.
                 unsafe {
                     let packed = self.lanes.as_ptr().add(b.lane + 8 * half);
                     let v = _mm256_cvtepi8_epi32(_mm_loadl_epi64(packed.cast()));
@@ -455,7 +501,11 @@ impl CompactRows {
                     let rank =
                         _mm256_sub_epi32(_mm256_and_si256(v, low4), _mm256_set1_epi32(skip as i32));
                     let zv = _mm256_permutevar8x32_ps(drawn, rank);
-                    let bw = _mm256_cvtepi32_ps(_mm256_srai_epi32::<4>(v));
+                    let bw = if MULTI {
+                        _mm256_loadu_ps(levels.as_ptr().add(b.lane + 8 * half))
+                    } else {
+                        _mm256_cvtepi32_ps(_mm256_srai_epi32::<4>(v))
+                    };
                     let p = acc.as_mut_ptr().add(b.col + 8 * half);
                     let inside = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), iota);
                     let a = if lanes == 8 {
@@ -483,12 +533,16 @@ impl CompactRows {
     /// conducting lanes (`vexpandps` is about twice as slow on AMD Zen 4),
     /// and an arithmetic shift by four gives the digits.
     ///
+    /// With `MULTI` (multi-level cells) the weights are loaded from
+    /// `levels` instead.
+    ///
     /// # Safety
-    /// AVX-512F must be present, and the arguments must be those
-    /// [`accumulate`](Self::accumulate) checks.
+    /// AVX-512F must be present, the arguments must be those
+    /// [`accumulate`](Self::accumulate) checks, and `levels` must be there
+    /// if `MULTI` is set.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn accumulate_avx512(
+    unsafe fn accumulate_avx512<const MULTI: bool>(
         &self,
         kk: usize,
         planes: u32,
@@ -498,6 +552,7 @@ impl CompactRows {
     ) {
         use std::arch::x86_64::*;
         let vs = _mm512_set1_ps(sigma);
+        let levels = self.levels.as_deref().unwrap_or(&[]);
         self.each_block(kk, planes, |b| {
             // Full blocks load and store whole vectors; a last, short block
             // is masked to stay within its plane.
@@ -505,14 +560,19 @@ impl CompactRows {
             let drawn = ((1u32 << b.mask.count_ones()) - 1) as u16;
             // SAFETY: the block's draws are `z[b.draw..][..popcount(mask)]`,
             // within `z` (checked by `accumulate`); the lane bytes of every
-            // block are stored whole; the loads and stores of `acc` stay
-            // within the block's `width` columns of `acc`.
+            // block are stored whole, and so are its levels (read with
+            // `MULTI` only, when they are there); the loads and stores of
+            // `acc` stay within the block's `width` columns of `acc`.
             unsafe {
                 let packed = self.lanes.as_ptr().add(b.lane);
                 let v = _mm512_cvtepi8_epi32(_mm_loadu_si128(packed.cast()));
                 let drawn = _mm512_maskz_loadu_ps(drawn, z.as_ptr().add(b.draw));
                 let zv = _mm512_maskz_permutexvar_ps(b.mask, v, drawn);
-                let bw = _mm512_cvtepi32_ps(_mm512_srai_epi32::<4>(v));
+                let bw = if MULTI {
+                    _mm512_loadu_ps(levels.as_ptr().add(b.lane))
+                } else {
+                    _mm512_cvtepi32_ps(_mm512_srai_epi32::<4>(v))
+                };
                 let p = acc.as_mut_ptr().add(b.col);
                 let a = if lanes == 0xFFFF {
                     _mm512_loadu_ps(p)
@@ -547,8 +607,8 @@ struct Block {
     lane: usize,
 }
 
-/// Cell weights `[k][j][n]` from digits `[j][k][n]`.
-fn base_weights(plan: &Plan, digits: &[i8]) -> Vec<f32> {
+/// Cell weights `[k][j][n]` from levels `[j][k][n]`.
+fn base_weights(plan: &Plan, digits: &[Level]) -> Vec<f32> {
     let (k, j, n) = (plan.k, plan.j, plan.n);
     let leak = plan.noise.leak;
     let mut base = vec![0f32; k * j * n];
@@ -579,7 +639,7 @@ struct Scratch {
     rows: Vec<usize>,
     acc: Vec<f32>,
     g: Vec<f32>,
-    digits: Vec<i8>,
+    digits: Vec<Level>,
     mean: Vec<f32>,
     sd: Vec<f32>,
 }
@@ -643,7 +703,7 @@ fn run_trials(plan: &Plan, shared: &Shared, trials: Range<u32>, raw: bool) -> Ba
 }
 
 /// Draws this trial's stuck-at faults into `out` (`[j][k][n]`).
-fn faulted_digits(plan: &Plan, trial: u32, out: &mut Vec<i8>) {
+fn faulted_digits(plan: &Plan, trial: u32, out: &mut Vec<Level>) {
     let (k, n, nb) = (plan.k, plan.n, plan.nb());
     let layout = block_layout(plan);
     let addr = Address {
@@ -668,7 +728,7 @@ fn faulted_digits(plan: &Plan, trial: u32, out: &mut Vec<i8>) {
                     if u < p0 {
                         out[row + nn] = 0;
                     } else if u < p01 {
-                        out[row + nn] = plan.sa1_digit[kk * n + nn];
+                        out[row + nn] = plan.sa1_digit[row + nn];
                     }
                 }
             }
@@ -700,16 +760,10 @@ fn simulate_trial(plan: &Plan, shared: &Shared, trial: u32, s: &mut Scratch) {
             if let Some((mean, sd)) = &shared.moments {
                 analytic_trial(plan, shared, Moments::Cached(mean, sd), trial, s);
             } else if faults {
-                let (pos, neg) = digit_masks(&s.digits, plan.j, plan.k, plan.n);
-                analytic_trial(plan, shared, Moments::Masks(&pos, &neg), trial, s);
+                let masks = LevelMasks::new(&s.digits, plan.j, plan.k, plan.n);
+                analytic_trial(plan, shared, Moments::Masks(&masks), trial, s);
             } else {
-                analytic_trial(
-                    plan,
-                    shared,
-                    Moments::Masks(&shared.pos, &shared.neg),
-                    trial,
-                    s,
-                );
+                analytic_trial(plan, shared, Moments::Masks(&shared.masks), trial, s);
             }
         }
         NoisePath::PerCellStatic | NoisePath::PerCellDynamic => {
@@ -728,8 +782,8 @@ fn simulate_trial(plan: &Plan, shared: &Shared, trial: u32, s: &mut Scratch) {
 enum Moments<'a> {
     /// Trial-invariant, computed once (`[b][c][i][j][n]` mean and sd).
     Cached(&'a [f32], &'a [f32]),
-    /// Computed row by row from this trial's digit masks.
-    Masks(&'a [u64], &'a [u64]),
+    /// Computed row by row from this trial's level masks.
+    Masks(&'a LevelMasks),
 }
 
 /// Conversions from integer sums: no cell draws, or one aggregated draw
@@ -772,8 +826,8 @@ fn analytic_trial(plan: &Plan, shared: &Shared, moments: Moments, trial: u32, s:
                     let conv = (((b * plan.chunks + c) * xbits + i) * j + jj) * n;
                     let (m, d): (&[f32], &[f32]) = match moments {
                         Moments::Cached(mean, sd) => (&mean[conv..conv + n], &sd[conv..conv + n]),
-                        Moments::Masks(pos, neg) => {
-                            moments_row(plan, (c, &shared.cws[c]), b, i, jj, pos, neg, mrow, srow);
+                        Moments::Masks(masks) => {
+                            moments_row(plan, (c, &shared.cws[c]), b, i, jj, masks, mrow, srow);
                             (mrow, srow)
                         }
                     };
@@ -1119,14 +1173,23 @@ fn add_read_noise(
 #[cfg(test)]
 mod tests {
     use super::{add_rows, CompactRows};
+    use crate::model::Level;
 
     #[test]
     fn compact_rows_add_what_the_dense_loop_adds_bit_for_bit() {
         // Column counts with and without a short last block; digit densities
-        // from empty to full, so blocks with no, some and all cells conducting.
+        // from empty to full, so blocks with no, some and all cells
+        // conducting; digits in {-1, 0, 1}, and multi-level cells (levels
+        // up to 128 in magnitude).
         let (k, j, sigma) = (3, 4, 0.05f32);
-        for n in [16, 37, 256] {
-            let digits: Vec<i8> = (0..j * k * n)
+        for (n, multi) in [
+            (16, false),
+            (37, false),
+            (256, false),
+            (37, true),
+            (256, true),
+        ] {
+            let digits: Vec<Level> = (0..j * k * n)
                 .map(|v: usize| {
                     let h = (v.wrapping_mul(2_654_435_761usize) >> 7) % 8;
                     let on = match v / (k * n) {
@@ -1135,16 +1198,18 @@ mod tests {
                         2 => h < 4,
                         _ => h == 0,
                     };
+                    let magnitude = if multi { 1 << (v % 8) } else { 1 };
                     if !on {
                         0
                     } else if h.is_multiple_of(2) {
-                        1
+                        magnitude
                     } else {
-                        -1
+                        -magnitude
                     }
                 })
                 .collect();
             let cr = CompactRows::from_digits(k, j, n, &digits);
+            assert_eq!(cr.levels.is_some(), multi);
             let digit = |kk: usize, jj: usize, col: usize| digits[(jj * k + kk) * n + col];
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             // All planes, and a subset (skipped planes draw nothing).
@@ -1178,9 +1243,16 @@ mod tests {
                     #[cfg(target_arch = "x86_64")]
                     if std::arch::is_x86_feature_detected!("avx2") {
                         let mut got = vec![0.125f32; j * n];
-                        // SAFETY: AVX2 is present, and `accumulate` accepted
-                        // these arguments above.
-                        unsafe { cr.accumulate_avx2(kk, planes, &mut got, &z, sigma) };
+                        // SAFETY: AVX2 is present, `accumulate` accepted
+                        // these arguments above, and `levels` is there
+                        // exactly for multi-level cells.
+                        unsafe {
+                            if multi {
+                                cr.accumulate_avx2::<true>(kk, planes, &mut got, &z, sigma)
+                            } else {
+                                cr.accumulate_avx2::<false>(kk, planes, &mut got, &z, sigma)
+                            }
+                        };
                         assert_eq!(bits(&got), bits(&want), "avx2 n={n} row {kk}");
                     }
                 }

@@ -21,6 +21,7 @@ use crate::engine::stats::{accumulate_trial, Batch};
 use crate::error::Result;
 use crate::experiment::plan::{NoisePath, Plan};
 use crate::model::rng::{stream, Address};
+use crate::model::Level;
 use std::ops::Range;
 
 /// The single-threaded engine written straight from the model.
@@ -70,12 +71,12 @@ fn blocks_per_row(plan: &Plan) -> usize {
     plan.n.div_ceil(4)
 }
 
-/// The chip of one trial: each cell's digit after stuck-at faults, `[j][k][n]`.
+/// The chip of one trial: each cell's level after stuck-at faults, `[j][k][n]`.
 ///
 /// Stream 6, block `(j K + k) ceil(N/4)` of row (j, k); cell `n` takes
-/// uniform `n` of the row. With probability `p_sa0` the digit is 0, with
-/// probability `p_sa1` the "on" digit (`plan.sa1_digit`).
-fn faulted_digits(plan: &Plan, trial: u32) -> Vec<i8> {
+/// uniform `n` of the row. With probability `p_sa0` the level is 0, with
+/// probability `p_sa1` the "on" level (`plan.sa1_digit`).
+fn faulted_digits(plan: &Plan, trial: u32) -> Vec<Level> {
     let mut digits = plan.digits.clone();
     if !plan.has_faults() {
         return digits;
@@ -98,7 +99,7 @@ fn faulted_digits(plan: &Plan, trial: u32) -> Vec<i8> {
                 if u < p_sa0 {
                     digits[cell] = 0;
                 } else if u < p_sa0 + p_sa1 {
-                    digits[cell] = plan.sa1_digit[k * n_cols + n];
+                    digits[cell] = plan.sa1_digit[cell];
                 }
             }
         }
@@ -106,8 +107,8 @@ fn faulted_digits(plan: &Plan, trial: u32) -> Vec<i8> {
     digits
 }
 
-/// The nominal weight of a cell with digit `d`: `d`, or `leak` for a zero digit.
-fn cell_weight(plan: &Plan, d: i8) -> f64 {
+/// The nominal weight of a cell of level `d`: `d`, or `leak` for a zero level.
+fn cell_weight(plan: &Plan, d: Level) -> f64 {
     if d == 0 {
         plan.noise.leak as f64
     } else {

@@ -104,7 +104,7 @@ pub const BINDINGS: [Binding; 13] = {
     [
         bind(PARAMS, "P", Uniform, "Params", "kernel parameters"),
         bind(DIGITS, "digits", Read, "array<i32>", "[j][k][n]"),
-        bind(SA1_DIGIT, "sa1_digit", Read, "array<i32>", "[k][n]"),
+        bind(SA1_DIGIT, "sa1_digit", Read, "array<i32>", "[j][k][n]"),
         bind(X, "xin", Read, "array<u32>", "[b][k]"),
         bind(
             GROUPS,
@@ -258,15 +258,22 @@ mod tests {
 
     #[test]
     fn every_encoding_fits_the_plane_limit() {
-        use crate::model::{plane_count, Encoding};
-        // `layer.weight_bits` is at most 8.
+        use crate::model::{plane_count, Encoding, MappingSpec};
+        // `layer.weight_bits` is at most 8; `slots` at most 8.
         for e in [
             Encoding::TwosComplement,
             Encoding::SignMagnitude,
             Encoding::Csd,
+            Encoding::TermSlots,
         ] {
             assert!(plane_count(e, 8) <= MAX_PLANES, "{e:?}");
         }
+        let slots = MappingSpec {
+            encoding: Encoding::TermSlots,
+            slots: Some(8),
+            ..MappingSpec::preset("csd").expect("a preset")
+        };
+        assert_eq!(slots.cells(8), MAX_PLANES);
     }
 
     #[test]

@@ -750,6 +750,7 @@ fn resolve_mappings(raw: &RawFile) -> std::result::Result<Vec<MappingSpec>, Stri
                 presets.join(", ")
             ));
         }
+        check_cells(c)?;
         if raw.custom_mapping[..i].iter().any(|o| o.name == c.name) {
             return Err(format!(
                 "two `[[custom_mapping]]` are named `{}`; give each a different name",
@@ -784,6 +785,33 @@ fn resolve_mappings(raw: &RawFile) -> std::result::Result<Vec<MappingSpec>, Stri
         out.push(spec);
     }
     Ok(out)
+}
+
+/// A custom mapping's cells: `bits_per_cell` 1..=4 for the digit
+/// encodings; `slots` 1..=8 with `term-slots`, and only there.
+fn check_cells(m: &MappingSpec) -> std::result::Result<(), String> {
+    let name = &m.name;
+    let term_slots = m.encoding == crate::model::Encoding::TermSlots;
+    match m.slots {
+        None if term_slots => Err(format!(
+            "`[[custom_mapping]]` `{name}` has `encoding = \"term-slots\"` without `slots`; give the term slots per weight, 1..=8"
+        )),
+        Some(_) if !term_slots => Err(format!(
+            "`[[custom_mapping]]` `{name}`: `slots` applies to `encoding = \"term-slots\"` only, not to `{}`",
+            m.encoding.label()
+        )),
+        Some(k) if !(1..=8).contains(&k) => Err(format!(
+            "`[[custom_mapping]]` `{name}`: `slots` must be 1..=8, got {k}"
+        )),
+        _ if term_slots && m.bits_per_cell != 1 => Err(format!(
+            "`[[custom_mapping]]` `{name}`: `bits_per_cell` applies to twos-complement, sign-magnitude and csd; a term slot holds one term, so leave it out with `term-slots`"
+        )),
+        _ if !(1..=4).contains(&m.bits_per_cell) => Err(format!(
+            "`[[custom_mapping]]` `{name}`: `bits_per_cell` must be 1..=4, got {}",
+            m.bits_per_cell
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn in_range(key: &str, v: i64, lo: i64, hi: i64) -> std::result::Result<i64, String> {

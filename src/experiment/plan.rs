@@ -1,13 +1,13 @@
 //! The plan: one sweep point under one mapping, flattened into the buffers
 //! both engines consume. Everything that does not change between trials is
-//! computed here once: digit planes and their bit masks, input bit masks,
+//! computed here once: planes of cell levels and their bit masks, input bit masks,
 //! which conversions happen, each conversion's ADC range, exact results and
 //! the cost counters.
 
 use crate::experiment::workload::Layer;
 use crate::experiment::{NoiseMode, NoiseParams, Params, Sampling};
 use crate::model::energy::{add_histogram, Activity, BitsHistogram, Layout};
-use crate::model::{encode_planes, Adc, AdcRange, InputCoding, MappingSpec};
+use crate::model::{cell_planes, Adc, AdcRange, InputCoding, Level, MappingSpec};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How the engines draw cell noise for a plan.
@@ -40,7 +40,7 @@ impl NoisePath {
 pub struct Counters {
     /// ADC conversions performed.
     pub conversions: u64,
-    /// Cell reads with a non-zero digit and input bit 1, in converted groups.
+    /// Cell reads with a non-zero level and input bit 1, in converted groups.
     pub active_reads: u64,
     /// (chunk, column, plane) groups skipped as all-zero.
     pub skipped_groups: u64,
@@ -151,7 +151,7 @@ pub struct PlanFacts {
     pub sampling: String,
     pub exact_std: f64,
     pub counters: Counters,
-    /// Non-zero digit density of each plane.
+    /// Non-zero level density of each plane.
     pub plane_density: Vec<f64>,
 }
 
@@ -235,10 +235,10 @@ pub struct PlanData {
     pub seed: u64,
     pub mapping: MappingSpec,
     pub scales: Vec<i32>,
-    /// Digits `[j][k][n]`.
-    pub digits: Vec<i8>,
-    /// The digit a stuck-at-1 cell takes, `[k][n]`.
-    pub sa1_digit: Vec<i8>,
+    /// Cell levels `[j][k][n]` (digits in {-1,0,1} with one digit per cell).
+    pub digits: Vec<Level>,
+    /// The level a stuck-at-1 cell takes, `[j][k][n]` (see [`sa1_levels`]).
+    pub sa1_digit: Vec<Level>,
     /// Input plane patterns `[b][k]`: bit `i` drives the row in input plane
     /// `i` (`coding.pattern` of the input values).
     pub x: Vec<u32>,
@@ -280,50 +280,151 @@ impl NoisePath {
     }
 }
 
-/// The digit a stuck-at-1 cell takes, `[k][n]`: `+1`, or `sign(w)` for
-/// signed digits.
-fn sa1_digits(w: &[i32], mapping: &MappingSpec) -> Vec<i8> {
-    w.iter()
-        .map(|&w| {
-            if mapping.signed_digits() && w < 0 {
-                -1
-            } else {
-                1
-            }
+/// The level a stuck-at-1 cell takes, `[j][k][n]`: the largest level of
+/// the weight's sign that its plane holds (`bounds` from
+/// [`MappingSpec::level_bounds`]): the lowest for a negative weight where
+/// the plane holds negative levels, else the highest. One digit per cell:
+/// `+1`, or `sign(w)` for signed digits (`+1` for `w = 0`).
+pub fn sa1_levels(w: &[i32], bounds: &[(Level, Level)]) -> Vec<Level> {
+    bounds
+        .iter()
+        .flat_map(|&(lo, hi)| {
+            w.iter()
+                .map(move |&w| if w < 0 && lo < 0 { lo } else { hi })
         })
         .collect()
 }
 
-/// Bit masks of a layer's digits over K, and each chunk's words.
+/// The ADC range of `full`: `P` times the lowest and the highest level of
+/// any plane (`[0, P]` for {0,1} digits, `[-P, P]` for signed ones).
+fn full_range(bounds: &[(Level, Level)], p: usize) -> (f32, f32) {
+    let lo = bounds.iter().map(|b| b.0).min().unwrap_or(0);
+    let hi = bounds.iter().map(|b| b.1).max().unwrap_or(0);
+    (p as f32 * lo as f32, p as f32 * hi as f32)
+}
+
+/// Bit masks over K of a layer's cell levels, a pair per bit of the level
+/// magnitudes: a cell of level `L` is in `pos` (`L > 0`) or `neg` (`L < 0`)
+/// of every bit `b` set in `|L|`, so a masked sum of levels is `sum_b 2^b
+/// (popcount(x & pos_b) - popcount(x & neg_b))`. Levels in {-1, 0, 1} have
+/// one bit: the masks of the +1 and the -1 digits.
+#[derive(Clone, Debug)]
+pub struct LevelMasks {
+    /// Bits of the largest magnitude (at least 1).
+    pub bits: usize,
+    /// Positive levels, `[bit][j][n][words]`.
+    pub pos: Vec<u64>,
+    /// Negative levels, `[bit][j][n][words]`.
+    pub neg: Vec<u64>,
+    /// Non-zero levels, `[j][n][words]`.
+    pub nz: Vec<u64>,
+    pub words: usize,
+    n: usize,
+    /// Words of one bit's masks, `j n words`.
+    per_bit: usize,
+}
+
+impl LevelMasks {
+    /// The masks of levels `[j][k][n]`.
+    pub fn new(levels: &[Level], j: usize, k: usize, n: usize) -> LevelMasks {
+        let words = k.div_ceil(64);
+        let largest = levels.iter().map(|l| l.unsigned_abs()).max().unwrap_or(0);
+        let bits = ((u16::BITS - largest.leading_zeros()) as usize).max(1);
+        let per_bit = j * n * words;
+        let mut m = LevelMasks {
+            bits,
+            pos: vec![0; bits * per_bit],
+            neg: vec![0; bits * per_bit],
+            nz: vec![0; per_bit],
+            words,
+            n,
+            per_bit,
+        };
+        for jj in 0..j {
+            for kk in 0..k {
+                let row = &levels[(jj * k + kk) * n..(jj * k + kk + 1) * n];
+                for (nn, &l) in row.iter().enumerate().filter(|(_, l)| **l != 0) {
+                    let at = (jj * n + nn) * words + kk / 64;
+                    let bit = 1u64 << (kk % 64);
+                    m.nz[at] |= bit;
+                    let side = if l > 0 { &mut m.pos } else { &mut m.neg };
+                    let mag = l.unsigned_abs();
+                    for b in (0..bits).filter(|b| mag >> b & 1 == 1) {
+                        side[b * per_bit + at] |= bit;
+                    }
+                }
+            }
+        }
+        m
+    }
+
+    /// Where the words of plane `jj`, column `nn` start in a bit's masks.
+    #[inline(always)]
+    pub fn at(&self, jj: usize, nn: usize) -> usize {
+        (jj * self.n + nn) * self.words
+    }
+
+    /// The sums of the positive levels and of the negative levels' magnitudes
+    /// of plane `jj`, column `nn` over the rows set in `x` within `cw`.
+    pub fn signed_sums(&self, x: &[u64], jj: usize, nn: usize, cw: &[(usize, u64)]) -> (i64, i64) {
+        let at = self.at(jj, nn);
+        (0..self.bits).fold((0, 0), |(p, q), b| {
+            let o = b * self.per_bit + at;
+            let pb = popcount_and(x, &self.pos[o..o + self.words], cw) as i64;
+            let nb = popcount_and(x, &self.neg[o..o + self.words], cw) as i64;
+            (p + (pb << b), q + (nb << b))
+        })
+    }
+
+    /// The sum of the levels of plane `jj`, column `nn` over the rows set
+    /// in `x` within `cw`.
+    pub fn sum(&self, x: &[u64], jj: usize, nn: usize, cw: &[(usize, u64)]) -> i64 {
+        let (p, q) = self.signed_sums(x, jj, nn, cw);
+        p - q
+    }
+
+    /// The non-zero levels among them.
+    pub fn nonzero(&self, x: &[u64], jj: usize, nn: usize, cw: &[(usize, u64)]) -> u32 {
+        let at = self.at(jj, nn);
+        popcount_and(x, &self.nz[at..at + self.words], cw)
+    }
+
+    /// The sum of their squared levels: `|L|^2 = sum_(b, b') 2^(b + b')
+    /// m_b m_b'` over the magnitude bits `m_b`, so a popcount per pair of bits.
+    pub fn square_sum(&self, x: &[u64], jj: usize, nn: usize, cw: &[(usize, u64)]) -> i64 {
+        let at = self.at(jj, nn);
+        let mut total = 0i64;
+        let mut mags = [0u64; u16::BITS as usize];
+        for &(w, m) in cw {
+            let xw = x[w] & m;
+            for (b, mag) in mags[..self.bits].iter_mut().enumerate() {
+                let o = b * self.per_bit + at + w;
+                *mag = (self.pos[o] | self.neg[o]) & xw;
+            }
+            for b in 0..self.bits {
+                total += (mags[b].count_ones() as i64) << (2 * b);
+                for b2 in b + 1..self.bits {
+                    total += ((mags[b] & mags[b2]).count_ones() as i64) << (b + b2 + 1);
+                }
+            }
+        }
+        total
+    }
+}
+
+/// A layer's level masks and each chunk's words.
 struct Masks {
     /// Per chunk, (word, mask) covering its rows.
     cws: Vec<Vec<(usize, u64)>>,
-    /// `+1` digits, `[j][n][words]`.
-    pos: Vec<u64>,
-    /// `-1` digits, `[j][n][words]`.
-    neg: Vec<u64>,
-    /// Non-zero digits, `[j][n][words]`.
-    nz: Vec<u64>,
-    words: usize,
+    levels: LevelMasks,
 }
 
 impl Masks {
-    fn new(digits: &[i8], j: usize, k: usize, n: usize, p: usize) -> Masks {
-        let (pos, neg) = digit_masks(digits, j, k, n);
-        let nz = pos.iter().zip(&neg).map(|(a, b)| a | b).collect();
+    fn new(levels: &[Level], j: usize, k: usize, n: usize, p: usize) -> Masks {
         Masks {
             cws: chunk_words(k, p),
-            pos,
-            neg,
-            nz,
-            words: k.div_ceil(64),
+            levels: LevelMasks::new(levels, j, k, n),
         }
-    }
-
-    /// The masks of plane `jj`, column `nn` (one of `pos`, `neg`, `nz`).
-    fn of<'a>(&self, m: &'a [u64], jj: usize, nn: usize, n: usize) -> &'a [u64] {
-        let at = (jj * n + nn) * self.words;
-        &m[at..at + self.words]
     }
 }
 
@@ -338,14 +439,13 @@ struct Groups {
 
 impl Groups {
     /// Skipping and ranges as the mapping designs them from the nominal
-    /// digits (calibrated ranges are filled in by [`Groups::calibrate`]).
+    /// levels (calibrated ranges are filled in by [`Groups::calibrate`]);
+    /// `full` is the range of `full`.
     fn design(
         masks: &Masks,
         mapping: &MappingSpec,
-        chunks: usize,
-        j: usize,
-        n: usize,
-        p: usize,
+        (chunks, j, n): (usize, usize, usize),
+        full: (f32, f32),
     ) -> Groups {
         let count = chunks * j * n;
         let mut g = Groups {
@@ -354,22 +454,19 @@ impl Groups {
             hi: vec![0.0; count],
             skipped: 0,
         };
-        let all = vec![u64::MAX; masks.words];
-        let full = p as f32;
+        let all = vec![u64::MAX; masks.levels.words];
         for c in 0..chunks {
             for jj in 0..j {
                 for nn in 0..n {
                     let at = (c * j + jj) * n + nn;
-                    let n_pos = popcount_and(masks.of(&masks.pos, jj, nn, n), &all, &masks.cws[c]);
-                    let n_neg = popcount_and(masks.of(&masks.neg, jj, nn, n), &all, &masks.cws[c]);
-                    if mapping.skip_zero_planes && n_pos + n_neg == 0 {
+                    let (pos, neg) = masks.levels.signed_sums(&all, jj, nn, &masks.cws[c]);
+                    if mapping.skip_zero_planes && pos + neg == 0 {
                         g.converted[at] = false;
                         g.skipped += 1;
                     }
                     (g.lo[at], g.hi[at]) = match mapping.adc_range {
-                        AdcRange::Full if mapping.signed_digits() => (-full, full),
-                        AdcRange::Full => (0.0, full),
-                        AdcRange::Adaptive => (-(n_neg as f32), n_pos as f32),
+                        AdcRange::Full => full,
+                        AdcRange::Adaptive => (-(neg as f32), pos as f32),
                         AdcRange::Calibrated => (0.0, 0.0),
                     };
                 }
@@ -412,7 +509,7 @@ fn clean_sums(
     calibrate: bool,
     counters: &mut Counters,
 ) -> Vec<Vec<f32>> {
-    let words = masks.words;
+    let words = masks.levels.words;
     let mut clean: Vec<Vec<f32>> = vec![Vec::new(); if calibrate { j } else { 0 }];
     for bb in 0..b {
         for c in 0..chunks {
@@ -424,13 +521,10 @@ fn clean_sums(
                     for nn in 0..n {
                         if active && converted[(c * j + jj) * n + nn] {
                             counters.conversions += 1;
-                            counters.active_reads +=
-                                popcount_and(xm, masks.of(&masks.nz, jj, nn, n), cw) as u64;
+                            counters.active_reads += masks.levels.nonzero(xm, jj, nn, cw) as u64;
                         }
                         if calibrate {
-                            let s = popcount_and(xm, masks.of(&masks.pos, jj, nn, n), cw) as i64
-                                - popcount_and(xm, masks.of(&masks.neg, jj, nn, n), cw) as i64;
-                            clean[jj].push(s as f32);
+                            clean[jj].push(masks.levels.sum(xm, jj, nn, cw) as f32);
                         }
                     }
                 }
@@ -518,28 +612,6 @@ pub fn chunk_words(k: usize, p: usize) -> Vec<Vec<(usize, u64)>> {
             out
         })
         .collect()
-}
-
-/// Digit bit masks over K: `(pos, neg)`, each `[j][n][words]`.
-pub fn digit_masks(digits: &[i8], j: usize, k: usize, n: usize) -> (Vec<u64>, Vec<u64>) {
-    let words = k.div_ceil(64);
-    let mut pos = vec![0u64; j * n * words];
-    let mut neg = vec![0u64; j * n * words];
-    for jj in 0..j {
-        for kk in 0..k {
-            let row = &digits[(jj * k + kk) * n..(jj * k + kk + 1) * n];
-            for (nn, &d) in row.iter().enumerate() {
-                let at = (jj * n + nn) * words + kk / 64;
-                let bit = 1u64 << (kk % 64);
-                if d > 0 {
-                    pos[at] |= bit;
-                } else if d < 0 {
-                    neg[at] |= bit;
-                }
-            }
-        }
-    }
-    (pos, neg)
 }
 
 /// Masked popcount of `a & b` over a chunk's words.
@@ -638,19 +710,27 @@ fn std_dev(v: &[i64]) -> f64 {
 
 impl Plan {
     /// Builds the plan of one mapping at one sweep point.
+    ///
+    /// # Panics
+    /// If the mapping cannot hold the layer's weights (a term-slots weight
+    /// with more terms than slots): callers refuse such input first, with
+    /// [`Layer::check_mapping`].
     pub fn new(params: &Params, layer: &Layer, mapping: &MappingSpec) -> Plan {
         let (k, n, b) = (layer.k, layer.n, layer.inputs);
         let coding = layer.coding;
         let xbits = coding.planes(layer.input_bits);
         let x = input_patterns(coding, layer.input_bits, &layer.x);
-        let planes = encode_planes(mapping.encoding, layer.weight_bits, &layer.w, k, n);
+        let planes = cell_planes(mapping, layer.weight_bits, &layer.w, k, n)
+            .unwrap_or_else(|e| panic!("mapping `{}`: {e}", mapping.name));
+        let bounds = mapping.level_bounds(layer.weight_bits);
         let j = planes.count();
         let p = params.parallelism;
         let chunks = k.div_ceil(p);
         let words = k.div_ceil(64);
         let masks = Masks::new(&planes.digits, j, k, n, p);
         let xmask = input_masks(&x, k, xbits);
-        let mut groups = Groups::design(&masks, mapping, chunks, j, n, p);
+        let full = full_range(&bounds, p);
+        let mut groups = Groups::design(&masks, mapping, (chunks, j, n), full);
         let row_active = active_rows(&xmask, b, k, p, xbits, mapping.skip_zero_inputs);
         let mut counters = Counters {
             skipped_groups: groups.skipped,
@@ -699,7 +779,7 @@ impl Plan {
             mapping: mapping.clone(),
             scales: planes.scales,
             digits: planes.digits,
-            sa1_digit: sa1_digits(&layer.w, mapping),
+            sa1_digit: sa1_levels(&layer.w, &bounds),
             x,
             xmask,
             read_sd: read_sds(&params.noise, params.adc_bits, &groups.lo, &groups.hi),
@@ -824,8 +904,7 @@ impl Plan {
                         for jj in 0..j {
                             for nn in 0..n {
                                 if self.converted[(c * j + jj) * n + nn] {
-                                    let nz = masks.of(&masks.nz, jj, nn, n);
-                                    reads += popcount_and(xm, nz, &masks.cws[c]) as u64;
+                                    reads += masks.levels.nonzero(xm, jj, nn, &masks.cws[c]) as u64;
                                 }
                             }
                         }

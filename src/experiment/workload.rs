@@ -5,7 +5,7 @@ use crate::experiment::{InputSource, LayerParams, Point, WeightSource};
 use crate::io::npy::{check_values, npy_err, read_npy_ints, read_weights};
 use crate::model::quantize::{permute_inputs, permute_rows, Quantizer};
 use crate::model::rng::{self, Address};
-use crate::model::InputCoding;
+use crate::model::{InputCoding, MappingSpec, TooManyTerms};
 
 /// An integer layer: `w` is `[k][n]`, `x` is `[inputs][k]`, values within
 /// `coding.range(input_bits)`.
@@ -26,6 +26,12 @@ impl Layer {
     /// Exact products `Y = X W`, `[inputs][n]`.
     pub fn exact(&self) -> Vec<i64> {
         exact_product(&self.x, &self.w, self.k, self.n)
+    }
+
+    /// Refuses a mapping that cannot hold this layer's weights: a weight with
+    /// more non-zero CSD digits than a term-slots mapping's slots.
+    pub fn check_mapping(&self, mapping: &MappingSpec) -> std::result::Result<(), TooManyTerms> {
+        mapping.check_weights(self.weight_bits, &self.w, self.n)
     }
 
     /// Builds the layer a sweep point describes. Synthetic layers depend only
@@ -132,6 +138,23 @@ impl Layers {
             of_point.push(at);
         }
         Ok(Layers { layers, of_point })
+    }
+
+    /// Refuses, before anything is simulated, a mapping that cannot hold the
+    /// weights of a layer (see [`Layer::check_mapping`]); `file` is the
+    /// experiment file the error names.
+    pub fn check_mappings(&self, mappings: &[MappingSpec], file: &std::path::Path) -> Result<()> {
+        for layer in &self.layers {
+            for m in mappings {
+                layer.check_mapping(m).map_err(|e| {
+                    crate::error::Error::config(
+                        file.display().to_string(),
+                        format!("mapping `{}`: {e}", m.name),
+                    )
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// The layer of point `i` (in sweep order).

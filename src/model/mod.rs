@@ -1,5 +1,5 @@
-//! The CIM model: how a mapping turns weights into digit planes, and what one
-//! ADC conversion does and costs. It knows no engine, screen or file.
+//! The CIM model: how a mapping turns weights into planes of cell levels, and
+//! what one ADC conversion does and costs. It knows no engine, screen or file.
 
 pub mod energy;
 pub mod quantize;
@@ -18,6 +18,9 @@ pub enum Encoding {
     /// Canonical signed digits (non-adjacent form) in {-1,0,+1}, Bw planes:
     /// the fewest non-zero digits per value.
     Csd,
+    /// A weight's non-zero CSD digits, largest first, one per term slot as
+    /// a level `±2^e` (scale 1); its digit planes are CSD's.
+    TermSlots,
 }
 
 impl Encoding {
@@ -27,6 +30,7 @@ impl Encoding {
             Encoding::TwosComplement => "twos-complement",
             Encoding::SignMagnitude => "sign-magnitude",
             Encoding::Csd => "csd",
+            Encoding::TermSlots => "term-slots",
         }
     }
 }
@@ -60,6 +64,13 @@ impl AdcRange {
 pub struct MappingSpec {
     pub name: String,
     pub encoding: Encoding,
+    /// Digits per cell (1..=4): each cell holds the level of `bits_per_cell`
+    /// consecutive digits (see [`MappingSpec::cell_scales`]).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub bits_per_cell: u32,
+    /// Term slots per weight (1..=8), for `term-slots` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u32>,
     /// Skip (chunk, column, plane) groups whose digits are all zero.
     pub skip_zero_planes: bool,
     /// Skip input bit planes that are all zero within a chunk.
@@ -78,6 +89,8 @@ impl MappingSpec {
         MappingSpec {
             name: name.into(),
             encoding,
+            bits_per_cell: 1,
+            slots: None,
             skip_zero_planes: skip,
             skip_zero_inputs: skip_inputs,
             adc_range,
@@ -106,9 +119,168 @@ impl MappingSpec {
         Self::presets().into_iter().find(|m| m.name == name)
     }
 
-    /// Whether digits may be negative (the ADC then spans negative sums).
+    /// Whether levels may be negative (the ADC then spans negative sums):
+    /// signed digits, or two's complement cells that hold the sign digit
+    /// with others.
     pub fn signed_digits(&self) -> bool {
-        self.encoding != Encoding::TwosComplement
+        self.encoding != Encoding::TwosComplement || self.bits_per_cell > 1
+    }
+
+    /// Planes of cells for `weight_bits`-bit weights: the term slots, or
+    /// the encoding's digit planes `bits_per_cell` at a time.
+    pub fn cells(&self, weight_bits: u32) -> usize {
+        match self.slots {
+            Some(k) if self.encoding == Encoding::TermSlots => k as usize,
+            _ => plane_count(self.encoding, weight_bits).div_ceil(self.bits_per_cell as usize),
+        }
+    }
+
+    /// The scale of each plane of cells: 1 for term slots; the encoding's
+    /// plane scales for one digit per cell; `2^(c j)` for slice `j` of `c`
+    /// digits per cell.
+    pub fn cell_scales(&self, weight_bits: u32) -> Vec<i32> {
+        let c = self.bits_per_cell;
+        match self.encoding {
+            Encoding::TermSlots => vec![1; self.cells(weight_bits)],
+            _ if c == 1 => scales(self.encoding, weight_bits),
+            _ => (0..self.cells(weight_bits))
+                .map(|j| 1i32 << (c as usize * j))
+                .collect(),
+        }
+    }
+
+    /// The lowest and highest level each plane of cells can hold, `[j]`:
+    /// `±2^(Bw-1)` for a term slot; for a slice, the sums of its digits'
+    /// smallest and largest contributions `d s_i / scale_j` over the
+    /// encoding's digits (`{0,1}` for two's complement, `{-1,0,1}` else).
+    pub fn level_bounds(&self, weight_bits: u32) -> Vec<(Level, Level)> {
+        if self.encoding == Encoding::TermSlots {
+            let top: Level = 1 << (weight_bits - 1);
+            return vec![(-top, top); self.cells(weight_bits)];
+        }
+        let low_digit = if self.encoding == Encoding::TwosComplement {
+            0
+        } else {
+            -1
+        };
+        let plane_scales = scales(self.encoding, weight_bits);
+        let c = self.bits_per_cell as usize;
+        self.cell_scales(weight_bits)
+            .iter()
+            .enumerate()
+            .map(|(j, &scale)| {
+                let planes = &plane_scales[c * j..(c * (j + 1)).min(plane_scales.len())];
+                planes.iter().fold((0, 0), |(lo, hi), &s| {
+                    let (a, b) = (low_digit * s / scale, s / scale);
+                    (lo + a.min(b) as Level, hi + a.max(b) as Level)
+                })
+            })
+            .collect()
+    }
+
+    /// The first weight of a `[k][n]` matrix `w` (`n` columns) this mapping
+    /// cannot hold, if any: a term-slots weight with more terms than slots.
+    pub fn check_weights(
+        &self,
+        weight_bits: u32,
+        w: &[i32],
+        n: usize,
+    ) -> std::result::Result<(), TooManyTerms> {
+        if self.encoding != Encoding::TermSlots {
+            return Ok(());
+        }
+        let slots = self.cells(weight_bits);
+        let mut digits = vec![0i8; plane_count(self.encoding, weight_bits)];
+        for (idx, &wv) in w.iter().enumerate() {
+            encode(self.encoding, weight_bits, wv, &mut digits);
+            let terms = digits.iter().filter(|&&d| d != 0).count();
+            if terms > slots {
+                return Err(TooManyTerms {
+                    row: idx / n.max(1),
+                    col: idx % n.max(1),
+                    w: wv,
+                    terms: terms as u32,
+                    slots: slots as u32,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The levels of one weight, one per plane of cells (`out.len() ==
+    /// cells`); `digits` is scratch for the encoding's digits. Fails for a
+    /// term-slots weight with more non-zero CSD digits than slots, giving
+    /// that count.
+    pub fn levels(
+        &self,
+        weight_bits: u32,
+        w: i32,
+        digits: &mut [i8],
+        out: &mut [Level],
+    ) -> std::result::Result<(), u32> {
+        encode(self.encoding, weight_bits, w, digits);
+        if self.encoding == Encoding::TermSlots {
+            let terms = digits.iter().filter(|&&d| d != 0).count() as u32;
+            if terms as usize > out.len() {
+                return Err(terms);
+            }
+            out.fill(0);
+            let largest_first = digits.iter().enumerate().rev().filter(|(_, &d)| d != 0);
+            for (slot, (e, &d)) in out.iter_mut().zip(largest_first) {
+                *slot = d as Level * (1 << e) as Level;
+            }
+            return Ok(());
+        }
+        let plane_scales = scales(self.encoding, weight_bits);
+        let c = self.bits_per_cell as usize;
+        for (j, (level, scale)) in out
+            .iter_mut()
+            .zip(self.cell_scales(weight_bits))
+            .enumerate()
+        {
+            let slice = c * j..(c * (j + 1)).min(digits.len());
+            let sum: i32 = slice.map(|i| digits[i] as i32 * plane_scales[i]).sum();
+            *level = (sum / scale) as Level;
+        }
+        Ok(())
+    }
+}
+
+/// `bits_per_cell`'s default.
+fn one() -> u32 {
+    1
+}
+
+fn is_one(v: &u32) -> bool {
+    *v == 1
+}
+
+/// A weight a term-slots mapping cannot hold: more non-zero CSD digits than
+/// slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooManyTerms {
+    /// Its row and column in the `K x N` weight matrix.
+    pub row: usize,
+    pub col: usize,
+    pub w: i32,
+    /// Its non-zero CSD digits.
+    pub terms: u32,
+    pub slots: u32,
+}
+
+impl std::fmt::Display for TooManyTerms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let TooManyTerms {
+            row,
+            col,
+            w,
+            terms,
+            slots,
+        } = *self;
+        write!(
+            f,
+            "weight (row {row}, column {col}) = {w} has {terms} non-zero CSD digits (terms), more than `slots = {slots}`; raise `slots` to {terms}, or round the weights to at most {slots} with `[quantize] terms = {slots}`"
+        )
     }
 }
 
@@ -195,13 +367,18 @@ impl InputCoding {
     }
 }
 
-/// The digit planes of a weight matrix under one encoding.
+/// A cell's signed integer level: a digit, the digits of a multi-level
+/// cell, or a term `±2^e` (up to `±2^(Bw-1)`).
+pub type Level = i16;
+
+/// The planes of a weight matrix: digit planes of an encoding, or the
+/// planes of cells of a mapping.
 #[derive(Clone, Debug)]
 pub struct Planes {
     /// Digital scale of each plane (a signed power of two).
     pub scales: Vec<i32>,
-    /// Digits in {-1,0,1}, laid out `[plane][k][n]`.
-    pub digits: Vec<i8>,
+    /// Levels (digits in {-1,0,1} for one digit per cell), laid out `[plane][k][n]`.
+    pub digits: Vec<Level>,
     pub k: usize,
     pub n: usize,
 }
@@ -214,20 +391,22 @@ impl Planes {
 
     /// Digit of plane `j` for weight row `k`, column `n`.
     #[inline]
-    pub fn digit(&self, j: usize, k: usize, n: usize) -> i8 {
+    pub fn digit(&self, j: usize, k: usize, n: usize) -> Level {
         self.digits[(j * self.k + k) * self.n + n]
     }
 }
 
-/// Number of planes an encoding uses for `weight_bits`-bit weights.
+/// Number of digit planes an encoding uses for `weight_bits`-bit weights
+/// (term slots: CSD's).
 pub fn plane_count(encoding: Encoding, weight_bits: u32) -> usize {
     match encoding {
-        Encoding::TwosComplement | Encoding::Csd => weight_bits as usize,
+        Encoding::TwosComplement | Encoding::Csd | Encoding::TermSlots => weight_bits as usize,
         Encoding::SignMagnitude => weight_bits as usize - 1,
     }
 }
 
-/// The digits of one weight, least significant plane first.
+/// The digits of one weight, least significant plane first (term slots:
+/// its CSD digits).
 pub fn encode(encoding: Encoding, weight_bits: u32, w: i32, out: &mut [i8]) {
     let planes = plane_count(encoding, weight_bits);
     debug_assert_eq!(out.len(), planes);
@@ -244,7 +423,7 @@ pub fn encode(encoding: Encoding, weight_bits: u32, w: i32, out: &mut [i8]) {
                 *d = s * ((m >> j) & 1) as i8;
             }
         }
-        Encoding::Csd => {
+        Encoding::Csd | Encoding::TermSlots => {
             // Non-adjacent form: at each step, an odd remainder takes the
             // digit (2 - (v mod 4)), which leaves an even remainder.
             let mut v = w as i64;
@@ -263,7 +442,7 @@ pub fn encode(encoding: Encoding, weight_bits: u32, w: i32, out: &mut [i8]) {
     }
 }
 
-/// Plane scales of an encoding.
+/// Digit plane scales of an encoding.
 pub fn scales(encoding: Encoding, weight_bits: u32) -> Vec<i32> {
     let planes = plane_count(encoding, weight_bits);
     (0..planes)
@@ -277,7 +456,7 @@ pub fn scales(encoding: Encoding, weight_bits: u32) -> Vec<i32> {
         .collect()
 }
 
-/// Encodes a `[k][n]` weight matrix into planes.
+/// Encodes a `[k][n]` weight matrix into digit planes.
 pub fn encode_planes(
     encoding: Encoding,
     weight_bits: u32,
@@ -286,12 +465,12 @@ pub fn encode_planes(
     n: usize,
 ) -> Planes {
     let count = plane_count(encoding, weight_bits);
-    let mut digits = vec![0i8; count * k * n];
+    let mut digits = vec![0; count * k * n];
     let mut buf = vec![0i8; count];
     for (idx, &wv) in w.iter().enumerate() {
         encode(encoding, weight_bits, wv, &mut buf);
         for (j, &d) in buf.iter().enumerate() {
-            digits[j * k * n + idx] = d;
+            digits[j * k * n + idx] = d as Level;
         }
     }
     Planes {
@@ -300,6 +479,43 @@ pub fn encode_planes(
         k,
         n,
     }
+}
+
+/// The planes of cells of a `[k][n]` weight matrix under `mapping`
+/// ([`MappingSpec::levels`] of every weight); with one digit per cell they
+/// are [`encode_planes`]'s. Fails on the first weight (in row order) that a
+/// term-slots mapping cannot hold.
+pub fn cell_planes(
+    mapping: &MappingSpec,
+    weight_bits: u32,
+    w: &[i32],
+    k: usize,
+    n: usize,
+) -> std::result::Result<Planes, TooManyTerms> {
+    let count = mapping.cells(weight_bits);
+    let mut levels = vec![0; count * k * n];
+    let mut digits = vec![0i8; plane_count(mapping.encoding, weight_bits)];
+    let mut buf = vec![0; count];
+    for (idx, &wv) in w.iter().enumerate() {
+        mapping
+            .levels(weight_bits, wv, &mut digits, &mut buf)
+            .map_err(|terms| TooManyTerms {
+                row: idx / n.max(1),
+                col: idx % n.max(1),
+                w: wv,
+                terms,
+                slots: count as u32,
+            })?;
+        for (j, &l) in buf.iter().enumerate() {
+            levels[j * k * n + idx] = l;
+        }
+    }
+    Ok(Planes {
+        scales: mapping.cell_scales(weight_bits),
+        digits: levels,
+        k,
+        n,
+    })
 }
 
 /// An ADC: `bits = None` is ideal (no quantisation).
@@ -428,6 +644,155 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A mapping of `encoding` with `c` digits per cell (or `slots` term slots).
+    fn cells(encoding: Encoding, c: u32, slots: Option<u32>) -> MappingSpec {
+        MappingSpec {
+            bits_per_cell: c,
+            slots,
+            ..MappingSpec::new("m", encoding, false, false, AdcRange::Adaptive)
+        }
+    }
+
+    /// The levels of `w`, or its term count when refused.
+    fn levels_of(m: &MappingSpec, bw: u32, w: i32) -> Result<Vec<Level>, u32> {
+        let mut digits = vec![0i8; plane_count(m.encoding, bw)];
+        let mut out = vec![0; m.cells(bw)];
+        m.levels(bw, w, &mut digits, &mut out).map(|()| out)
+    }
+
+    const DIGIT_ENCODINGS: [Encoding; 3] = [
+        Encoding::TwosComplement,
+        Encoding::SignMagnitude,
+        Encoding::Csd,
+    ];
+
+    #[test]
+    fn every_encoding_and_cell_size_reconstructs_every_weight_within_its_bounds() {
+        for enc in DIGIT_ENCODINGS {
+            for c in 1..=4u32 {
+                for bw in 2..=8u32 {
+                    let m = cells(enc, c, None);
+                    let (scales, bounds) = (m.cell_scales(bw), m.level_bounds(bw));
+                    assert_eq!(scales.len(), plane_count(enc, bw).div_ceil(c as usize));
+                    let q = (1i32 << (bw - 1)) - 1;
+                    for w in -q..=q {
+                        let l = levels_of(&m, bw, w).unwrap();
+                        let back: i64 = l
+                            .iter()
+                            .zip(&scales)
+                            .map(|(&l, &s)| l as i64 * s as i64)
+                            .sum();
+                        assert_eq!(back, w as i64, "{enc:?} c={c} Bw={bw} w={w}: {l:?}");
+                        for (j, (&l, &(lo, hi))) in l.iter().zip(&bounds).enumerate() {
+                            assert!(
+                                (lo..=hi).contains(&l),
+                                "{enc:?} c={c} Bw={bw} w={w} slice {j}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_digit_per_cell_is_the_encoding_itself() {
+        for enc in DIGIT_ENCODINGS {
+            for bw in 2..=8u32 {
+                let m = cells(enc, 1, None);
+                assert_eq!(m.cell_scales(bw), scales(enc, bw));
+                let w: Vec<i32> = (-3..=3).collect();
+                let p = cell_planes(&m, bw, &w, 7, 1).unwrap();
+                assert_eq!(p.digits, encode_planes(enc, bw, &w, 7, 1).digits);
+                let want = if enc == Encoding::TwosComplement {
+                    (0, 1)
+                } else {
+                    (-1, 1)
+                };
+                assert!(m.level_bounds(bw).iter().all(|&b| b == want), "{enc:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn hand_worked_levels() {
+        use Encoding::*;
+        // 7 = 0b111 in three sign-magnitude planes: slices (1, 1) and (1): 3 and 1.
+        assert_eq!(
+            levels_of(&cells(SignMagnitude, 2, None), 4, 7),
+            Ok(vec![3, 1])
+        );
+        assert_eq!(cells(SignMagnitude, 2, None).cell_scales(4), vec![1, 4]);
+        assert_eq!(
+            levels_of(&cells(SignMagnitude, 2, None), 4, -7),
+            Ok(vec![-3, -1])
+        );
+        // -3 in 4-bit two's complement is 1101: slices 01 -> 1 and 11 with
+        // scales 4 and -8 -> 1 - 2 = -1; levels -2..=1 in the top slice.
+        let tc = cells(TwosComplement, 2, None);
+        assert_eq!(levels_of(&tc, 4, -3), Ok(vec![1, -1]));
+        assert_eq!(tc.level_bounds(4), vec![(0, 3), (-2, 1)]);
+        assert!(tc.signed_digits());
+        // CSD of 7 is 8 - 1: its terms, largest first.
+        let ts = cells(TermSlots, 1, Some(2));
+        assert_eq!(levels_of(&ts, 8, 7), Ok(vec![8, -1]));
+        assert_eq!(levels_of(&ts, 8, -7), Ok(vec![-8, 1]));
+        assert_eq!(levels_of(&ts, 8, 0), Ok(vec![0, 0]));
+        assert_eq!(levels_of(&ts, 8, 64), Ok(vec![64, 0]));
+        assert_eq!(levels_of(&ts, 8, 127), Ok(vec![128, -1]));
+        assert_eq!(ts.cell_scales(8), vec![1, 1]);
+        assert_eq!(ts.level_bounds(8), vec![(-128, 128); 2]);
+        // 85 = 0b1010101 has four non-zero CSD digits.
+        assert_eq!(levels_of(&ts, 8, 85), Err(4));
+    }
+
+    #[test]
+    fn term_slots_hold_every_weight_with_at_most_k_terms_and_refuse_the_rest() {
+        for bw in 2..=8u32 {
+            let q = (1i32 << (bw - 1)) - 1;
+            for k in 1..=4u32 {
+                let m = cells(Encoding::TermSlots, 1, Some(k));
+                for w in -q..=q {
+                    let mut d = vec![0i8; bw as usize];
+                    encode(Encoding::Csd, bw, w, &mut d);
+                    let terms = d.iter().filter(|&&d| d != 0).count() as u32;
+                    match levels_of(&m, bw, w) {
+                        Ok(l) => {
+                            assert!(terms <= k, "Bw={bw} k={k} w={w}");
+                            assert_eq!(l.iter().map(|&l| l as i32).sum::<i32>(), w);
+                            // Powers of two, largest first, then zeros.
+                            let nz: Vec<i32> =
+                                l.iter().map(|&l| l as i32).filter(|&l| l != 0).collect();
+                            assert_eq!(nz.len() as u32, terms);
+                            assert!(nz.iter().all(|l| l.unsigned_abs().is_power_of_two()));
+                            assert!(
+                                nz.windows(2).all(|p| p[0].abs() > p[1].abs()),
+                                "w={w}: {l:?}"
+                            );
+                            assert!(l[nz.len()..].iter().all(|&l| l == 0));
+                        }
+                        Err(t) => assert!(t == terms && terms > k, "Bw={bw} k={k} w={w}"),
+                    }
+                }
+            }
+        }
+        let m = cells(Encoding::TermSlots, 1, Some(2));
+        let e = cell_planes(&m, 8, &[1, 2, 3, 85], 2, 2).unwrap_err();
+        assert_eq!((e.row, e.col, e.w, e.terms, e.slots), (1, 1, 85, 4, 2));
+        assert_eq!(m.check_weights(8, &[1, 2, 3, 85], 2), Err(e));
+        let msg = e.to_string();
+        for part in [
+            "row 1, column 1",
+            "= 85",
+            "4 non-zero CSD digits",
+            "`slots = 2`",
+            "`[quantize] terms = 2`",
+        ] {
+            assert!(msg.contains(part), "{msg}");
+        }
+        assert_eq!(m.check_weights(8, &[1, 2, 3, 5], 2), Ok(()));
     }
 
     #[test]

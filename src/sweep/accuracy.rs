@@ -246,6 +246,10 @@ impl SimNetwork {
         mapping: &MappingSpec,
         calibration_images: usize,
     ) -> Result<SimNetwork> {
+        w.net
+            .matrices()
+            .iter()
+            .try_for_each(|m| check_matrix(m, mapping))?;
         let calib = calibration_images.min(w.count).max(1);
         let mut inputs: Vec<Vec<i32>> = Vec::new();
         w.net.forward(
@@ -363,6 +367,16 @@ impl SimNetwork {
 /// Images per clean pass of [`SimNetwork::clean_cost`] (bounds its memory).
 const COST_BATCH: usize = 64;
 
+/// Refuses a mapping that cannot hold a network layer's (8-bit) weights.
+fn check_matrix(m: &crate::network::MatrixLayer, mapping: &MappingSpec) -> Result<()> {
+    mapping.check_weights(8, &m.kn(), m.outputs).map_err(|e| {
+        Error::config(
+            format!("network layer `{}`", m.name),
+            format!("mapping `{}`: {e}", mapping.name),
+        )
+    })
+}
+
 /// Each layer's seed: the experiment's seed and the layer's name, hashed.
 pub fn layer_seed(seed: u64, name: &str) -> u64 {
     stable_hash(&format!("{seed}/{name}"))
@@ -462,6 +476,12 @@ pub(crate) fn key(
 pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
     let net = exp.network.as_ref().expect("an accuracy experiment");
     let work = Workload::load(net)?;
+    for m in &exp.mappings {
+        work.net
+            .matrices()
+            .iter()
+            .try_for_each(|layer| check_matrix(layer, m))?;
+    }
     let inputs = inputs_hash(net)?;
     let lock = OutputLock::acquire(&opts.out_dir, &exp.name)?;
     let (csv, trials_csv) = result_files(&opts.out_dir, &exp.name);

@@ -6,7 +6,6 @@ use crate::engine::stats::KEPT_TRIALS;
 use crate::error::Result;
 use crate::experiment::{Experiment, InputSource, NetworkParams, WeightSource};
 use crate::io::dataset::image_count;
-use crate::model::plane_count;
 use crate::network::{matmul, Network};
 use crate::sweep::run::MAX_BATCH;
 use std::path::PathBuf;
@@ -72,7 +71,7 @@ fn layer_estimate(exp: &Experiment, threads: usize) -> Result<Estimate> {
         let planes = exp
             .mappings
             .iter()
-            .map(|m| plane_count(m.encoding, l.weight_bits))
+            .map(|m| m.cells(l.weight_bits))
             .max()
             .unwrap_or(8);
         if layers.insert(format!("{:?}/{}", l, p.params.seed)) {
@@ -109,10 +108,10 @@ fn layer_estimate(exp: &Experiment, threads: usize) -> Result<Estimate> {
 
 /// The estimate for one point of a K x N layer with B input vectors, J
 /// digit planes, parallelism P and T trials: the layer (weights as read
-/// and as i32, inputs, exact products), the plan (digits, masks, per-group
-/// ranges), the CPU engine's trial-invariant buffers and each thread's
-/// per-chip cell values (a cell's noisy weight, draw and digit: 9 bytes per
-/// plane; a static-noise run of a 2048 x 2048 layer measured 70 bytes per
+/// and as i32, inputs, exact products), the plan (levels and stuck-at
+/// levels as i16, masks, per-group ranges), the CPU engine's trial-invariant
+/// buffers and each thread's per-chip cell values (a cell's noisy weight,
+/// draw and level: 10 bytes per plane; a static-noise run of a 2048 x 2048 layer measured 70 bytes per
 /// cell per thread with 8 planes, and about 48 bytes per cell besides) and
 /// outputs, and what trials keep: each trial's sum of squares up to
 /// [`KEPT_TRIALS`] (later ones go to a temporary file) and the moments of
@@ -137,7 +136,7 @@ pub fn point_bytes(
     let chunks = (k / p.max(1) as f64).ceil();
     let kn = k * n;
     let bytes = kn * (8.0 + 4.0 + 8.0)
-        + j * kn * (1.0 + 0.25 + 8.0 + 9.0 * th)
+        + j * kn * (4.0 + 0.25 + 8.0 + 10.0 * th)
         + b * k * (8.0 + 4.0 + 1.0)
         + b * n * (8.0 + 8.0 + 8.0 * th)
         + chunks * j * n * 9.0
@@ -154,10 +153,10 @@ pub fn point_bytes(
 /// bit patterns (8), the eight input bit masks (8 words of 64 inputs) and
 /// active-row flags (one per chunk and bit), and the outputs as f64 (the
 /// engine's and the sums handed back: 16 bytes per output) with the next
-/// activation as i16 (2); and the layer's per-chip cell values (13 bytes
+/// activation as i16 (2); and the layer's per-chip cell values (14 bytes
 /// per cell and plane). Held once besides: the dataset's pixels and labels,
 /// the weights (8 bytes per weight: as stored and as i32) and every layer's
-/// plan (digits and masks, 10 bytes per cell and plane, and the
+/// plan (levels and masks, 13 bytes per cell and plane, and the
 /// calibration images' inputs and products).
 fn network_estimate(exp: &Experiment, net: &NetworkParams, threads: usize) -> Result<Estimate> {
     let model = Network::load(&net.model)?;
@@ -173,12 +172,7 @@ fn network_estimate(exp: &Experiment, net: &NetworkParams, threads: usize) -> Re
     let dataset = (available * (model.image_size() + 1)) as f64;
     let mut worst = (0, 0f64, String::new(), 0);
     for p in &exp.points {
-        let j = exp
-            .mappings
-            .iter()
-            .map(|m| plane_count(m.encoding, 8))
-            .max()
-            .unwrap_or(8) as f64;
+        let j = exp.mappings.iter().map(|m| m.cells(8)).max().unwrap_or(8) as f64;
         let chips = threads.clamp(1, (p.params.trials as usize).max(1));
         let mut held = dataset;
         let mut chip = (0f64, String::new());
@@ -186,11 +180,11 @@ fn network_estimate(exp: &Experiment, net: &NetworkParams, threads: usize) -> Re
             let (kf, nf, vf) = (*k as f64, *n as f64, *v as f64);
             let chunks = (kf / p.params.parallelism.max(1) as f64).ceil();
             let per_vector = kf * 12.0 + 8.0 * 8.0 * (kf / 64.0).ceil() + 8.0 * chunks + nf * 18.0;
-            let bytes = images as f64 * vf * per_vector + j * kf * nf * 13.0;
+            let bytes = images as f64 * vf * per_vector + j * kf * nf * 14.0;
             if bytes > chip.0 {
                 chip = (bytes, name.clone());
             }
-            held += kf * nf * 8.0 + j * kf * nf * 10.0 + calib * vf * (kf * 9.0 + nf * 8.0);
+            held += kf * nf * 8.0 + j * kf * nf * 13.0 + calib * vf * (kf * 9.0 + nf * 8.0);
         }
         let bytes = held + chips as f64 * chip.0;
         if bytes > worst.1 {

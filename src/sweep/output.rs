@@ -649,6 +649,13 @@ pub fn point_key(params: &Params, mapping: &MappingSpec) -> String {
             text.push_str(&format!("\u{1f}{name}={v}"));
         }
     }
+    // Cell formats beyond one digit per cell, likewise only when used.
+    if mapping.bits_per_cell != 1 {
+        text.push_str(&format!("\u{1f}bits_per_cell={}", mapping.bits_per_cell));
+    }
+    if let Some(k) = mapping.slots {
+        text.push_str(&format!("\u{1f}slots={k}"));
+    }
     format!("{:016x}", crate::experiment::stable_hash(&text))
 }
 
@@ -708,6 +715,45 @@ mod tests {
         for (i, k) in quantized.iter().enumerate() {
             assert_ne!(k, &key_of(base, "zebra"), "quantiser {i}");
             assert!(quantized[..i].iter().all(|o| o != k), "quantiser {i}");
+        }
+    }
+
+    #[test]
+    fn cell_formats_enter_the_key_only_beyond_one_digit_per_cell() {
+        use crate::model::Encoding;
+        let text = "version = 1\nseed = 7\n[layer]\nk = 64\nn = 8\n";
+        let exp = Experiment::parse(text, Path::new("k.toml"), Overrides::default()).unwrap();
+        let params = &exp.points[0].params;
+        let zebra = MappingSpec::preset("zebra").unwrap();
+        let key = |m: &MappingSpec| point_key(params, m);
+        assert_eq!(
+            key(&zebra),
+            key_of("seed = 7\n[layer]\nk = 64\nn = 8\n", "zebra")
+        );
+        let two = MappingSpec {
+            bits_per_cell: 2,
+            ..zebra.clone()
+        };
+        let three = MappingSpec {
+            bits_per_cell: 3,
+            ..zebra.clone()
+        };
+        let slots = |k| MappingSpec {
+            encoding: Encoding::TermSlots,
+            slots: Some(k),
+            ..zebra.clone()
+        };
+        let keys = [
+            key(&zebra),
+            key(&two),
+            key(&three),
+            key(&slots(2)),
+            key(&slots(3)),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
         }
     }
 }

@@ -67,6 +67,7 @@ pub struct Prepared {
 pub fn prepare(exp: &Experiment, opts: &RunOptions) -> Result<Prepared> {
     // Every layer must build (files exist, shapes and values fit) before any result is touched.
     let layers = Layers::build(&exp.points)?;
+    layers.check_mappings(&exp.mappings, &exp.file)?;
     let lock = OutputLock::acquire(&opts.out_dir, &exp.name)?;
     let (csv, hist) = result_files(&opts.out_dir, &exp.name);
     let keys: Vec<String> = exp

@@ -384,6 +384,7 @@ impl ShardWork<'_> {
     /// The units of a layer experiment.
     fn layers(&mut self, mut engine: Box<dyn Engine + Send>) -> Result<()> {
         let layers = Layers::build(&self.exp.points)?;
+        layers.check_mappings(&self.exp.mappings, &self.exp.file)?;
         for u in units(self.exp, self.shard) {
             let point = &self.exp.points[u.point];
             let mapping = &self.exp.mappings[u.mapping];

@@ -60,7 +60,8 @@ pub const F32_U: f64 = 1.0 / 16_777_216.0;
 /// step`).
 ///
 /// A conversion of `m` active rows adds at most `m + 1` terms (cells and
-/// read noise) of magnitude at most `w_max (1 + sigma Z_MAX)` and
+/// read noise) of magnitude at most `w_max (1 + sigma Z_MAX)` (`w_max` the
+/// largest cell weight, [`largest_weight`]) and
 /// `read Z_MAX`; each term is formed with at most 3 roundings and the sum
 /// with `m` more, so the error is at most `gamma_(m + 4) S`, `gamma_q = q u
 /// / (1 - q u)`, with `S` the sum of the terms' magnitudes (Higham,
@@ -71,7 +72,7 @@ pub fn f32_sum_bounds(plan: &Plan) -> Vec<(f64, f64, f64)> {
     let (n, xbits, chunks) = (plan.n, plan.xbits, plan.chunks);
     let sigma = plan.noise.cell_sigma as f64;
     let read = plan.noise.read_sigma as f64;
-    let w_max = 1f64.max(plan.noise.leak as f64);
+    let w_max = largest_weight(plan);
     let mut out = vec![(0f64, 0f64, 0f64); plan.b * n];
     for b in 0..plan.b {
         for c in 0..chunks {
@@ -84,7 +85,8 @@ pub fn f32_sum_bounds(plan: &Plan) -> Vec<(f64, f64, f64)> {
                     .clone()
                     .filter(|&k| plan.x[b * plan.k + k] >> i & 1 == 1)
                     .count() as f64;
-                let s = m * w_max * (1.0 + sigma * Z_MAX) + (read + sigma * m.sqrt()) * Z_MAX;
+                let s =
+                    m * w_max * (1.0 + sigma * Z_MAX) + (read + sigma * w_max * m.sqrt()) * Z_MAX;
                 let q = (m + 4.0) * F32_U;
                 let err_a = q / (1.0 - q) * s;
                 for j in 0..plan.j {
@@ -116,6 +118,20 @@ pub fn f32_sum_bounds(plan: &Plan) -> Vec<(f64, f64, f64)> {
     out
 }
 
+/// The largest nominal cell weight of a plan: 1 (a digit), the leak, or
+/// the largest level magnitude of multi-level cells (stuck-at-1 levels
+/// included).
+pub fn largest_weight(plan: &Plan) -> f64 {
+    let level = plan
+        .digits
+        .iter()
+        .chain(&plan.sa1_digit)
+        .map(|d| d.unsigned_abs())
+        .max()
+        .unwrap_or(0);
+    1f64.max(plan.noise.leak as f64).max(level as f64)
+}
+
 /// Per-entry comparison of raw errors `[trial][b][n]` of two engines, the
 /// tolerance of `tests/gpu.rs`: equal up to f32 accumulation rounding
 /// (`2e-6` of the largest magnitude a column's f32 sums pass through, plus
@@ -133,6 +149,7 @@ pub fn compare_within_steps(plan: &Plan, want: &[f32], got: &[f32], what: &str) 
         .map(|w| w.abs())
         .max()
         .unwrap_or(0) as f64;
+    let w_max = largest_weight(plan);
     let mut mag = vec![0f64; n];
     let mut step = vec![0f64; n];
     for c in 0..plan.chunks {
@@ -144,7 +161,7 @@ pub fn compare_within_steps(plan: &Plan, want: &[f32], got: &[f32], what: &str) 
                     Some(b) => ((hi - lo) / ((1u64 << b) - 1) as f64).max(1.0),
                     None => 0.0,
                 };
-                let range = lo.abs().max(hi.abs()).max(plan.p as f64 * 2.0);
+                let range = lo.abs().max(hi.abs()).max(plan.p as f64 * 2.0 * w_max);
                 let w = plan.scales[j].unsigned_abs() as f64;
                 mag[col] += w * range * x_sum;
                 step[col] = step[col].max(w * x_max * s);
@@ -187,9 +204,9 @@ pub fn f32_engine_bounds(plan: &Plan) -> Vec<f64> {
     let n = plan.n;
     let sigma = plan.noise.cell_sigma as f64;
     let read = plan.noise.read_sigma as f64;
-    let w_max = 1f64.max(plan.noise.leak as f64);
+    let w_max = largest_weight(plan);
     let analog_max = plan.p as f64 * w_max * (1.0 + sigma * Z_MAX)
-        + (read + sigma * (plan.p as f64).sqrt()) * Z_MAX;
+        + (read + sigma * w_max * (plan.p as f64).sqrt()) * Z_MAX;
     let mut out = Vec::with_capacity(plan.b * n);
     for b in 0..plan.b {
         for col in 0..n {
