@@ -889,23 +889,35 @@ impl Plan {
     /// out, at the cost of one pass of popcounts.
     pub fn active_reads(&self) -> u64 {
         use rayon::prelude::*;
-        let masks = Masks::new(&self.digits, self.j, self.k, self.n, self.p);
-        let (words, xbits, j, n) = (self.words, self.xbits, self.j, self.n);
+        let (k, n, j, p) = (self.k, self.n, self.j, self.p);
+        // Each row's non-zero cells in the converted groups of its chunk:
+        // a driven row reads them all.
+        let mut cells = vec![0u64; k];
+        for jj in 0..j {
+            for (kk, c) in cells.iter_mut().enumerate() {
+                let groups = &self.converted[((kk / p) * j + jj) * n..][..n];
+                let levels = &self.digits[(jj * k + kk) * n..][..n];
+                *c += groups
+                    .iter()
+                    .zip(levels)
+                    .filter(|(&g, &l)| g && l != 0)
+                    .count() as u64;
+            }
+        }
+        let (words, xbits) = (self.words, self.xbits);
         (0..self.b)
             .into_par_iter()
             .map(|bb| {
                 let mut reads = 0u64;
-                for c in 0..self.chunks {
-                    for i in 0..xbits {
-                        if !self.row_active[(bb * self.chunks + c) * xbits + i] {
-                            continue;
-                        }
-                        let xm = &self.xmask[(bb * xbits + i) * words..][..words];
-                        for jj in 0..j {
-                            for nn in 0..n {
-                                if self.converted[(c * j + jj) * n + nn] {
-                                    reads += masks.levels.nonzero(xm, jj, nn, &masks.cws[c]) as u64;
-                                }
+                for i in 0..xbits {
+                    let xm = &self.xmask[(bb * xbits + i) * words..][..words];
+                    for (w, &word) in xm.iter().enumerate() {
+                        let mut bits = word;
+                        while bits != 0 {
+                            let kk = w * 64 + bits.trailing_zeros() as usize;
+                            bits &= bits - 1;
+                            if self.row_active[(bb * self.chunks + kk / p) * xbits + i] {
+                                reads += cells[kk];
                             }
                         }
                     }

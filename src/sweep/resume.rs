@@ -362,7 +362,7 @@ mod tests {
         assert_eq!(slots, &[0]);
         for (c, name) in file.columns.iter().enumerate() {
             let want = if ADDED_PARAMETERS.contains(&name.as_str()) {
-                "0".to_string()
+                file.defaults[c].clone()
             } else if c == key {
                 "k1".to_string()
             } else {
@@ -370,6 +370,8 @@ mod tests {
             };
             assert_eq!(row[c], want, "column {name}");
         }
+        assert_eq!(row[file.col("fs_sigma")], "0");
+        assert_eq!(row[file.col("quantize")], "none");
         // Without another column (here `seed`), it is refused.
         let seed = file.col("seed");
         write(
