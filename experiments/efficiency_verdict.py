@@ -7,8 +7,9 @@ takes the cheapest configuration (mapping, parallelism, model variant) of
 each family whose mean accuracy over the simulated chips is within
 `--within` points of the reference clean accuracy (default: the largest
 clean accuracy in the files, the unquantised int8 model's). Prints one
-Markdown table: the cheapest dense-family (dense, dense-cal) and
-ZEBRA-family (every other mapping) energy per MAC and their ratio.
+Markdown table: the cheapest of each family (dense: dense, dense-cal;
+ZEBRA: zebra, csd; term slots: the term-slots mappings) within the
+accuracy floor, and the ratios of dense's energy per MAC to the others'.
 
     python3 experiments/efficiency_verdict.py [CSV ...] [--within 1.0]
 """
@@ -18,7 +19,13 @@ import csv
 import glob
 import os
 
-DENSE = {"dense", "dense-cal"}
+FAMILIES = ("dense", "zebra", "term slots")
+
+
+def family(mapping):
+    if mapping in ("dense", "dense-cal"):
+        return "dense"
+    return "term slots" if mapping.startswith("term-slots") else "zebra"
 
 
 def rows_of(paths):
@@ -43,8 +50,9 @@ def main():
     floor = clean - args.within / 100.0
     print(f"reference clean accuracy {100 * clean:.2f}%, floor {100 * floor:.2f}% "
           f"(mean over chips); files: {', '.join(os.path.basename(p) for p in paths)}\n")
-    print("| ADC model | scaling | cheapest dense (fJ/MAC) | cheapest ZEBRA-like (fJ/MAC) | ratio |")
-    print("|---|---|---|---|---|")
+    print("| ADC model | scaling | " + " | ".join(f"cheapest {f} (fJ/MAC)" for f in FAMILIES)
+          + " | dense / zebra | dense / term slots |")
+    print("|---|---|---|---|---|---|---|")
     keys = sorted({(r["energy_model"], r["adc_scaling"]) for r in rows})
     for model, scaling in keys:
         best = {}
@@ -53,16 +61,15 @@ def main():
                 continue
             if float(r["mean_accuracy"]) < floor:
                 continue
-            fam = "dense" if r["mapping"] in DENSE else "zebra"
+            fam = family(r["mapping"])
             e = float(r["energy_fj_per_mac"])
             if fam not in best or e < best[fam][0]:
-                best[fam] = (e, f"{r['mapping']}, P = {r['parallelism']}, {r['file']}, "
-                                f"{100 * float(r['mean_accuracy']):.2f}%")
-        cells = []
-        for fam in ("dense", "zebra"):
-            cells.append(f"{best[fam][0]:.1f} ({best[fam][1]})" if fam in best else "none within")
-        ratio = f"{best['dense'][0] / best['zebra'][0]:.2f}" if len(best) == 2 else "-"
-        print(f"| {model} | {scaling} | {cells[0]} | {cells[1]} | {ratio} |")
+                best[fam] = (e, f"{r['mapping']}, P = {r['parallelism']}, "
+                                f"{r['file'].removesuffix('.csv')}, {100 * float(r['mean_accuracy']):.2f}%")
+        cells = [f"{best[f][0]:.1f} ({best[f][1]})" if f in best else "none within" for f in FAMILIES]
+        ratios = [f"{best['dense'][0] / best[f][0]:.2f}" if "dense" in best and f in best else "-"
+                  for f in FAMILIES[1:]]
+        print(f"| {model} | {scaling} | " + " | ".join(cells + ratios) + " |")
 
 
 if __name__ == "__main__":

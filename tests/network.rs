@@ -238,8 +238,17 @@ fn model_experiment(model: &str, extra: &str) -> zebra_cim::experiment::Experime
 /// reference computed (experiments/export_pytorch.py, first 100 test images).
 #[test]
 fn shipped_models_match_the_exporters_int8_reference() {
-    for model in ["fmnist_cnn", "fmnist_resnet"] {
+    for model in ["fmnist_cnn", "fmnist_resnet", "fmnist_resnet_t2"] {
         matches_reference(&format!("models/{model}"));
+    }
+    // The term-budget variant holds at most 2 CSD terms per weight.
+    let t2 = Network::load(Path::new("models/fmnist_resnet_t2/model.toml")).unwrap();
+    for m in t2.matrices() {
+        let most = m
+            .weights
+            .iter()
+            .map(|&w| zebra_cim::model::quantize::term_count(w));
+        assert!(most.max().unwrap() <= 2, "{}", m.name);
     }
 }
 
@@ -641,10 +650,10 @@ fn network_cost_counts_the_clean_activations() {
         assert_eq!(cols.macs_per_image, macs as u64);
         assert_eq!(cols.energy_model, "neurosim-sar");
         let e = cols.energy_fj_per_mac.unwrap();
-        let parts = cols.adc_fj_per_mac.unwrap()
-            + cols.cell_fj_per_mac.unwrap()
-            + cols.add_fj_per_mac.unwrap()
-            + cols.check_fj_per_mac.unwrap();
+        let parts = cols.parts.adc_fj_per_mac.unwrap()
+            + cols.parts.cell_fj_per_mac.unwrap()
+            + cols.parts.add_fj_per_mac.unwrap()
+            + cols.parts.check_fj_per_mac.unwrap();
         assert!((e - parts).abs() <= 1e-9 * e, "{}: {e} vs {parts}", m.name);
         per_mac.push((m.name.clone(), cols.conversions_per_mac));
         // The first layer's active reads, by plan and by popcount.

@@ -320,6 +320,33 @@ impl ErrorColumns {
     }
 }
 
+/// The parts of the energy per MAC: ADC, cell reads, shift-and-add, zero
+/// checks; empty where the model has no figure.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EnergyParts {
+    #[serde(serialize_with = "fmt::sci_opt")]
+    pub adc_fj_per_mac: Option<f64>,
+    #[serde(serialize_with = "fmt::sci_opt")]
+    pub cell_fj_per_mac: Option<f64>,
+    #[serde(serialize_with = "fmt::sci_opt")]
+    pub add_fj_per_mac: Option<f64>,
+    #[serde(serialize_with = "fmt::sci_opt")]
+    pub check_fj_per_mac: Option<f64>,
+}
+
+impl EnergyParts {
+    /// The parts of `energy` over `macs` multiply-accumulates.
+    fn new(energy: Option<&crate::model::energy::Energy>, macs: u64) -> Self {
+        let per_mac = |v: f64| v / macs.max(1) as f64;
+        EnergyParts {
+            adc_fj_per_mac: energy.map(|e| per_mac(e.adc_fj)),
+            cell_fj_per_mac: energy.map(|e| per_mac(e.cells_fj)),
+            add_fj_per_mac: energy.map(|e| per_mac(e.digital_fj)),
+            check_fj_per_mac: energy.map(|e| per_mac(e.checks_fj)),
+        }
+    }
+}
+
 /// Cost counters per trial, digit statistics and the energy proxy.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CostColumns {
@@ -350,15 +377,8 @@ pub struct CostColumns {
     /// `[energy] model` and `adc_scaling` (docs/MODEL.md, Energy and area models).
     pub energy_model: String,
     pub adc_scaling: String,
-    /// The parts of `energy_fj_per_mac`: ADC, cell reads, shift-and-add, zero checks.
-    #[serde(serialize_with = "fmt::sci_opt")]
-    pub adc_fj_per_mac: Option<f64>,
-    #[serde(serialize_with = "fmt::sci_opt")]
-    pub cell_fj_per_mac: Option<f64>,
-    #[serde(serialize_with = "fmt::sci_opt")]
-    pub add_fj_per_mac: Option<f64>,
-    #[serde(serialize_with = "fmt::sci_opt")]
-    pub check_fj_per_mac: Option<f64>,
+    /// The parts of `energy_fj_per_mac`.
+    pub parts: EnergyParts,
     /// Mean bits a conversion's range needs (capped at the ADC's).
     #[serde(serialize_with = "fixed3")]
     pub mean_effective_bits: f64,
@@ -379,7 +399,6 @@ impl CostColumns {
         let density = &plan.plane_density;
         let energy = crate::model::energy::energy(&p.energy, p.adc_bits, &c.activity());
         let area = crate::model::energy::area(&p.energy, p.adc_bits, &plan.layout(mapping));
-        let per_mac = |v: f64| v / c.macs as f64;
         let by_bits = &c.conversions_by_bits;
         CostColumns {
             adc_conversions: c.conversions,
@@ -403,10 +422,7 @@ impl CostColumns {
             energy_adc_share: energy.map(|e| e.adc_share()),
             energy_model: p.energy.model.label().into(),
             adc_scaling: p.energy.adc_scaling.label().into(),
-            adc_fj_per_mac: energy.map(|e| per_mac(e.adc_fj)),
-            cell_fj_per_mac: energy.map(|e| per_mac(e.cells_fj)),
-            add_fj_per_mac: energy.map(|e| per_mac(e.digital_fj)),
-            check_fj_per_mac: energy.map(|e| per_mac(e.checks_fj)),
+            parts: EnergyParts::new(energy.as_ref(), c.macs),
             mean_effective_bits: mean_bits(by_bits),
             conversions_by_bits: by_bits
                 .iter()
@@ -448,14 +464,7 @@ pub struct NetworkCostColumns {
     pub mean_effective_bits: f64,
     #[serde(serialize_with = "fmt::sci_opt")]
     pub energy_fj_per_mac: Option<f64>,
-    #[serde(serialize_with = "fmt::sci_opt")]
-    pub adc_fj_per_mac: Option<f64>,
-    #[serde(serialize_with = "fmt::sci_opt")]
-    pub cell_fj_per_mac: Option<f64>,
-    #[serde(serialize_with = "fmt::sci_opt")]
-    pub add_fj_per_mac: Option<f64>,
-    #[serde(serialize_with = "fmt::sci_opt")]
-    pub check_fj_per_mac: Option<f64>,
+    pub parts: EnergyParts,
     /// All matrix layers' arrays (um^2) and the ADCs' share.
     #[serde(serialize_with = "fmt::sci_opt")]
     pub area_um2: Option<f64>,
@@ -482,10 +491,7 @@ impl NetworkCostColumns {
             reads_per_mac: per_mac(c.active_reads as f64),
             mean_effective_bits: mean_bits(&c.conversions_by_bits),
             energy_fj_per_mac: energy.map(|e| e.fj_per_mac(c.macs)),
-            adc_fj_per_mac: energy.map(|e| per_mac(e.adc_fj)),
-            cell_fj_per_mac: energy.map(|e| per_mac(e.cells_fj)),
-            add_fj_per_mac: energy.map(|e| per_mac(e.digital_fj)),
-            check_fj_per_mac: energy.map(|e| per_mac(e.checks_fj)),
+            parts: EnergyParts::new(energy.as_ref(), c.macs),
             area_um2: area.map(|a| a.total_um2()),
             area_adc_share: area.map(|a| adc_share(&a)),
         }
