@@ -7,6 +7,21 @@ use std::path::{Path, PathBuf};
 use zebra_cim::io::csv::columns;
 use zebra_cim::sweep::output::ResultRow;
 
+/// Runs `args` twice: the first run computes `rows` rows, the second
+/// resumes them all.
+fn computes_then_resumes(args: &[&str], rows: usize) {
+    for want in [
+        format!("{rows} computed, 0 resumed"),
+        format!("0 computed, {rows} resumed"),
+    ] {
+        zebra()
+            .args(args)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(want));
+    }
+}
+
 fn zebra() -> Command {
     Command::cargo_bin("zebra").unwrap()
 }
@@ -154,20 +169,7 @@ fn signed_input_experiments_run_exactly_and_resume() {
             "--engine",
             "cpu",
         ];
-        zebra()
-            .args(args)
-            .assert()
-            .success()
-            .stdout(predicate::str::contains(format!(
-                "{rows} computed, 0 resumed"
-            )));
-        zebra()
-            .args(args)
-            .assert()
-            .success()
-            .stdout(predicate::str::contains(format!(
-                "0 computed, {rows} resumed"
-            )));
+        computes_then_resumes(&args, rows);
         let (header, body) = zebra_cim::io::csv::read_csv(&out.join(format!("{name}.csv")))
             .unwrap()
             .unwrap();
@@ -220,16 +222,7 @@ fn multi_level_mappings_run_exactly_and_resume() {
         "--engine",
         "cpu",
     ];
-    zebra()
-        .args(args)
-        .assert()
-        .success()
-        .stdout(predicate::str::contains("3 computed, 0 resumed"));
-    zebra()
-        .args(args)
-        .assert()
-        .success()
-        .stdout(predicate::str::contains("0 computed, 3 resumed"));
+    computes_then_resumes(&args, 3);
     let (header, body) = zebra_cim::io::csv::read_csv(&out.join("levels.csv"))
         .unwrap()
         .unwrap();
