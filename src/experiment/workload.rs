@@ -104,10 +104,17 @@ impl Layer {
     /// the exact product as it is).
     pub fn quantized(mut self, q: &Quantizer) -> Layer {
         q.apply(&mut self.w, self.k, self.n, self.weight_bits);
-        if let Some(perm) = q.row_permutation(&self.w, self.k, self.n) {
-            self.w = permute_rows(&self.w, self.n, &perm);
-            self.x = permute_inputs(&self.x, &perm);
+        match q.row_permutation(&self.w, self.k, self.n) {
+            Some(perm) => self.permuted(&perm),
+            None => self,
         }
+    }
+
+    /// The layer with array row `r` holding row `perm[r]` of the weights,
+    /// and the inputs permuted to meet them.
+    pub fn permuted(mut self, perm: &[usize]) -> Layer {
+        self.w = permute_rows(&self.w, self.n, perm);
+        self.x = permute_inputs(&self.x, perm);
         self
     }
 }

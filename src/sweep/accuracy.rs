@@ -205,6 +205,34 @@ impl Workload {
     }
 }
 
+/// The workloads of a run's quantisers: the base workload, and each
+/// quantiser that changes weight values applied to it once (its network,
+/// its clean inference and its copy of the images), not once per row.
+pub(crate) struct Workloads<'a> {
+    base: &'a Workload,
+    quantized: HashMap<Quantizer, Workload>,
+}
+
+impl<'a> Workloads<'a> {
+    pub(crate) fn new(base: &'a Workload) -> Self {
+        Workloads {
+            base,
+            quantized: HashMap::new(),
+        }
+    }
+
+    /// The workload under `q`.
+    pub(crate) fn get(&mut self, q: &Quantizer) -> &Workload {
+        if !q.changes_values() {
+            return self.base;
+        }
+        let base = self.base;
+        self.quantized
+            .entry(*q)
+            .or_insert_with(|| base.quantized(q).expect("q changes weight values"))
+    }
+}
+
 /// The exact int8 accuracy of `net` on the first `count` images of `data`.
 fn clean_accuracy(net: &Network, data: &Dataset, count: usize) -> f64 {
     let size = net.image_size();
@@ -274,7 +302,7 @@ impl SimNetwork {
             .map(|(m, x)| {
                 let w = m.kn();
                 let perm = rows_only.row_permutation(&w, m.inputs, m.outputs);
-                let layer = Layer {
+                let mut layer = Layer {
                     k: m.inputs,
                     n: m.outputs,
                     inputs: x.len() / m.inputs,
@@ -287,8 +315,10 @@ impl SimNetwork {
                     } else {
                         InputCoding::Unsigned
                     },
+                };
+                if let Some(perm) = &perm {
+                    layer = layer.permuted(perm);
                 }
-                .quantized(&rows_only);
                 let p = Params {
                     seed: layer_seed(params.seed, &m.name),
                     ..params.clone()
@@ -476,11 +506,18 @@ pub(crate) fn key(
 pub fn prepare(exp: &Experiment, opts: &Options) -> Result<Prepared> {
     let net = exp.network.as_ref().expect("an accuracy experiment");
     let work = Workload::load(net)?;
-    for m in &exp.mappings {
-        work.net
-            .matrices()
-            .iter()
-            .try_for_each(|layer| check_matrix(layer, m))?;
+    // Each mapping must hold the weights its points' quantisers leave.
+    let mut quantizers: Vec<Quantizer> =
+        exp.points.iter().map(|p| p.params.layer.quantize).collect();
+    quantizers.sort_by_key(|q| q.label());
+    quantizers.dedup();
+    for q in &quantizers {
+        let quantized = q.changes_values().then(|| work.net.quantized(q));
+        for layer in quantized.as_ref().unwrap_or(&work.net).matrices() {
+            exp.mappings
+                .iter()
+                .try_for_each(|m| check_matrix(layer, m))?;
+        }
     }
     let inputs = inputs_hash(net)?;
     let lock = OutputLock::acquire(&opts.out_dir, &exp.name)?;
@@ -584,6 +621,7 @@ pub fn run(
     // Chip accuracies, their time and the clean cost by the key of the
     // point with the default `[energy]`: they do not depend on it.
     let mut simulated: HashMap<String, (Vec<f64>, f64, NetworkCost)> = HashMap::new();
+    let mut workloads = Workloads::new(&prep.work);
     let mut slot = 0;
     for point in &exp.points {
         for mapping in &exp.mappings {
@@ -592,7 +630,8 @@ pub fn run(
             if prep.rows.rows(s) > 0 {
                 resumed += 1;
                 if let Some(row) = prep.costless[s].take() {
-                    let row = with_cost(&prep, row, point, mapping, net)?;
+                    let work = workloads.get(&point.params.layer.quantize);
+                    let row = with_cost(&prep.csv, work, row, point, mapping, net)?;
                     prep.rows.set(s, [row])?;
                 }
                 continue;
@@ -600,8 +639,7 @@ pub fn run(
             if let Some(b) = &bar {
                 b.set_message(crate::sweep::run::progress_message(point, mapping));
             }
-            let quantized = prep.work.quantized(&point.params.layer.quantize);
-            let work = quantized.as_ref().unwrap_or(&prep.work);
+            let work = workloads.get(&point.params.layer.quantize);
             // Points that differ only in `[energy]` share their chips.
             let same = Point {
                 params: Params {
@@ -679,18 +717,17 @@ pub fn run(
 /// A finished row `row` (columns of [`AccuracyRow`]) with its cost columns
 /// computed.
 fn with_cost(
-    prep: &Prepared,
+    csv: &ResultFile,
+    work: &Workload,
     mut row: Vec<String>,
     point: &Point,
     mapping: &MappingSpec,
     net: &NetworkParams,
 ) -> Result<Vec<String>> {
-    let quantized = prep.work.quantized(&point.params.layer.quantize);
-    let work = quantized.as_ref().unwrap_or(&prep.work);
     let sim = SimNetwork::new(work, &point.params, mapping, net.calibration_images)?;
     let cost = NetworkCostColumns::new(&point.params, &sim.clean_cost(work)?);
     for (name, v) in columns::<NetworkCostColumns>().iter().zip(record(&cost)) {
-        row[prep.csv.col(name)] = v;
+        row[csv.col(name)] = v;
     }
     Ok(row)
 }

@@ -441,6 +441,7 @@ impl ShardWork<'_> {
         } else {
             vec![engine]
         };
+        let mut workloads = accuracy::Workloads::new(&work);
         for u in units(self.exp, self.shard) {
             let point = &self.exp.points[u.point];
             let mapping = &self.exp.mappings[u.mapping];
@@ -448,8 +449,8 @@ impl ShardWork<'_> {
             if self.resume(&key, &u) {
                 continue;
             }
-            let quantized = work.quantized(&point.params.layer.quantize);
-            let w = quantized.as_ref().unwrap_or(&work);
+            let q = &point.params.layer.quantize;
+            let w = workloads.get(q);
             let sim = SimNetwork::new(w, &point.params, mapping, net.calibration_images)?;
             let start = Instant::now();
             let accs = accuracy::chip_accuracies(&sim, w, u.first..u.end, &mut engines, &|| {})?;
@@ -470,7 +471,7 @@ impl ShardWork<'_> {
                     .collect(),
                 hist: Vec::new(),
                 facts: None,
-                clean_accuracy: quantized.as_ref().map(|q| q.clean_accuracy),
+                clean_accuracy: q.changes_values().then_some(w.clean_accuracy),
                 cost,
                 engine: name.into(),
                 device: device.clone(),
