@@ -54,7 +54,13 @@ cleanup() {
         [ -f "$work/$f.pid" ] && kill "$(cat "$work/$f.pid")" 2>/dev/null || true
     done
     [ -f "$work/munge/munged.pid" ] && kill "$(cat "$work/munge/munged.pid")" 2>/dev/null || true
-    if [ "${keep:-0}" = 1 ]; then echo "logs kept in $work" >&2; else rm -rf "$work"; fi
+    # The daemons write their state as they stop: give them a few seconds,
+    # and never fail a finished check on a leftover temporary folder.
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        pgrep -f "$work" >/dev/null || break
+        sleep 0.5
+    done
+    if [ "${keep:-0}" = 1 ]; then echo "logs kept in $work" >&2; else rm -rf "$work" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 runuser -u munge -- munged --socket="$socket" --pid-file="$work/munge/munged.pid" \
