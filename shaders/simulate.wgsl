@@ -15,6 +15,10 @@ struct Params {
     path: u32, adc_bits: u32, has_faults: u32, static_noise: u32,
     sigma: f32, read_sigma: f32, leak: f32, p_sa0: f32,
     p_sa01: f32, top: f32, fs_sigma: f32, adc_sigma_lsb: f32,
+    // Row of the first input vector in the random-number addresses (a
+    // network's batch of images starts past the rows of the images before
+    // it); words of `xin` and `row_active` per trial (0: shared by all).
+    b_offset: u32, x_stride: u32, active_stride: u32, pad0: u32,
     // The digital weight of each input plane (plan.input_weights), four per vec4.
     xweight: array<vec4<f32>, MAX_INPUT_PLANES / 4u>,
 }
@@ -144,13 +148,14 @@ fn bits_hi(x: u32) -> vec4<f32> {
 // input planes from `g0`: analog sums `lo` (planes g0..g0+3) and `hi`
 // (g0+4..g0+7), summed squared weights `slo`/`shi` for the aggregated path;
 // returns the shift-and-add contribution.
-fn convert_vector(lo: vec4<f32>, hi: vec4<f32>, slo: vec4<f32>, shi: vec4<f32>, zlo: vec4<f32>, zhi: vec4<f32>, bb: u32, c: u32, jj: u32, nn: u32, t: u32, grp: vec4<f32>, g0: u32) -> f32 {
+fn convert_vector(lo: vec4<f32>, hi: vec4<f32>, slo: vec4<f32>, shi: vec4<f32>, zlo: vec4<f32>, zhi: vec4<f32>, bb: u32, c: u32, jj: u32, nn: u32, tl: u32, grp: vec4<f32>, g0: u32) -> f32 {
+    let t = P.trial0 + tl;
     var out = 0.0;
     let lane = nn % 4u;
     let blk = nn / 4u;
     for (var li = 0u; li < INPUT_GROUP && g0 + li < P.xbits; li = li + 1u) {
         let i = g0 + li;
-        if (row_active[(bb * P.chunks + c) * P.xbits + i] == 0u) {
+        if (row_active[tl * P.active_stride + (bb * P.chunks + c) * P.xbits + i] == 0u) {
             continue;
         }
         var a = hi[li % 4u];
@@ -169,7 +174,7 @@ fn convert_vector(lo: vec4<f32>, hi: vec4<f32>, slo: vec4<f32>, shi: vec4<f32>, 
             a = a + P.leak * z;
             s2 = s2 + P.leak * P.leak * z;
         }
-        let index = read_block(blocks(), bb, c, i, jj, blk);
+        let index = read_block(blocks(), P.b_offset + bb, c, i, jj, blk);
         let rs = read_sd(grp.x, grp.y);
         if (P.path == PATH_AGGREGATED) {
             let sd = sqrt(P.sigma * P.sigma * s2 + rs * rs);
@@ -198,7 +203,7 @@ fn simulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let nn = id % P.n;
     let b0 = ((id / P.n) % bblocks) * 4u;
     let tl = id / (P.n * bblocks);
-    let t = P.trial0 + tl;
+    let xo = tl * P.x_stride;
     // Vectors past the end repeat the last one and are not stored.
     let b1 = min(b0 + 1u, P.b - 1u);
     let b2 = min(b0 + 2u, P.b - 1u);
@@ -233,8 +238,8 @@ fn simulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
                 var zl3 = vec4<f32>(0.0); var zh3 = vec4<f32>(0.0);
                 for (var kk = k0; kk < k1; kk = kk + 1u) {
                     let w = weights[(wbase + kk) * P.n + nn];
-                    let x0 = xin[b0 * P.k + kk] >> g0; let x1 = xin[b1 * P.k + kk] >> g0;
-                    let x2 = xin[b2 * P.k + kk] >> g0; let x3 = xin[b3 * P.k + kk] >> g0;
+                    let x0 = xin[xo + b0 * P.k + kk] >> g0; let x1 = xin[xo + b1 * P.k + kk] >> g0;
+                    let x2 = xin[xo + b2 * P.k + kk] >> g0; let x3 = xin[xo + b3 * P.k + kk] >> g0;
                     if (digit_sums && w == P.leak) {
                         // A zero level: counted, its leak added per conversion
                         // (a level equal to the leak, 1, adds the same).
@@ -260,10 +265,10 @@ fn simulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
                         sl3 = sl3 + w2 * f3l; sh3 = sh3 + w2 * f3h;
                     }
                 }
-                y0 = y0 + convert_vector(l0, h0, sl0, sh0, zl0, zh0, b0, c, jj, nn, t, grp, g0);
-                if (b0 + 1u < P.b) { y1 = y1 + convert_vector(l1, h1, sl1, sh1, zl1, zh1, b1, c, jj, nn, t, grp, g0); }
-                if (b0 + 2u < P.b) { y2 = y2 + convert_vector(l2, h2, sl2, sh2, zl2, zh2, b2, c, jj, nn, t, grp, g0); }
-                if (b0 + 3u < P.b) { y3 = y3 + convert_vector(l3, h3, sl3, sh3, zl3, zh3, b3, c, jj, nn, t, grp, g0); }
+                y0 = y0 + convert_vector(l0, h0, sl0, sh0, zl0, zh0, b0, c, jj, nn, tl, grp, g0);
+                if (b0 + 1u < P.b) { y1 = y1 + convert_vector(l1, h1, sl1, sh1, zl1, zh1, b1, c, jj, nn, tl, grp, g0); }
+                if (b0 + 2u < P.b) { y2 = y2 + convert_vector(l2, h2, sl2, sh2, zl2, zh2, b2, c, jj, nn, tl, grp, g0); }
+                if (b0 + 3u < P.b) { y3 = y3 + convert_vector(l3, h3, sl3, sh3, zl3, zh3, b3, c, jj, nn, tl, grp, g0); }
             }
         }
     }
@@ -310,7 +315,7 @@ fn simulate_dynamic(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
                     continue;
                 }
                 for (var kk = k0; kk < k1; kk = kk + 1u) {
-                    let xv = xin[bb * P.k + kk] >> g0;
+                    let xv = xin[tl * P.x_stride + bb * P.k + kk] >> g0;
                     if (xv == 0u) {
                         continue;
                     }
@@ -325,7 +330,7 @@ fn simulate_dynamic(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
                                 continue;
                             }
                             let r = draw_rank[(jj * P.k + kk) * P.n + nn];
-                            let index = dynamic_block(blocks(), bb, g0 + li, kk, jj, r / 4u);
+                            let index = dynamic_block(blocks(), P.b_offset + bb, g0 + li, kk, jj, r / 4u);
                             let z = gaussian(seed(), t, STREAM_CELL_DYNAMIC, index.x, index.y, r % 4u);
                             acc[li] = acc[li] + (w + w * P.sigma * z);
                         } else {
@@ -336,11 +341,11 @@ fn simulate_dynamic(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
                 }
                 for (var li = 0u; li < planes; li = li + 1u) {
                     let i = g0 + li;
-                    if (row_active[(bb * P.chunks + c) * P.xbits + i] == 0u) {
+                    if (row_active[tl * P.active_stride + (bb * P.chunks + c) * P.xbits + i] == 0u) {
                         continue;
                     }
                     var a = acc[li];
-                    let index = read_block(blocks(), bb, c, i, jj, blk);
+                    let index = read_block(blocks(), P.b_offset + bb, c, i, jj, blk);
                     let rs = read_sd(grp.x, grp.y);
                     if (P.path == PATH_AGGREGATED) {
                         let sd = sqrt(P.sigma * P.sigma * var_[li] + rs * rs);

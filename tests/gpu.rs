@@ -6,8 +6,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use zebra_cim::engine::cpu::CpuEngine;
+use zebra_cim::engine::gpu::net::NetParams;
 use zebra_cim::engine::gpu::{BlockProbe, GpuEngine, Params};
-use zebra_cim::engine::wgsl::{self, Access, BINDINGS};
+use zebra_cim::engine::wgsl::{self, Access, BINDINGS, NET_BINDINGS};
 use zebra_cim::engine::{stats, Engine};
 use zebra_cim::experiment::plan::{NoisePath, Plan};
 use zebra_cim::model::rng::{stream, Address, BlockLayout};
@@ -43,24 +44,33 @@ fn every_shader_parses_and_validates_with_naga() {
 
 #[test]
 fn params_struct_matches_wgsl_size() {
-    let src = wgsl::shader_sources()
-        .into_iter()
-        .find(|(n, _)| *n == "simulate.wgsl")
-        .unwrap()
-        .1;
-    let module = naga::front::wgsl::parse_str(&src).unwrap();
-    let size = module
-        .types
-        .iter()
-        .find_map(|(_, t)| match (&t.name, &t.inner) {
-            (Some(n), naga::TypeInner::Struct { span, .. }) if n == "Params" => {
-                Some(*span as usize)
-            }
-            _ => None,
-        })
-        .expect("struct Params in simulate.wgsl");
-    assert_eq!(size, std::mem::size_of::<Params>());
-    assert_eq!(size % 16, 0, "uniform structs are 16-byte aligned");
+    for (file, name, rust) in [
+        ("simulate.wgsl", "Params", std::mem::size_of::<Params>()),
+        (
+            "network.wgsl",
+            "NetParams",
+            std::mem::size_of::<NetParams>(),
+        ),
+    ] {
+        let src = wgsl::shader_sources()
+            .into_iter()
+            .find(|(n, _)| *n == file)
+            .unwrap()
+            .1;
+        let module = naga::front::wgsl::parse_str(&src).unwrap();
+        let size = module
+            .types
+            .iter()
+            .find_map(|(_, t)| match (&t.name, &t.inner) {
+                (Some(n), naga::TypeInner::Struct { span, .. }) if n == name => {
+                    Some(*span as usize)
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("struct {name} in {file}"));
+        assert_eq!(size, rust, "{name}");
+        assert_eq!(size % 16, 0, "uniform structs are 16-byte aligned");
+    }
 }
 
 /// The module-scope constants of a WGSL source as naga evaluates them.
@@ -120,8 +130,28 @@ fn prelude_constants_are_the_rust_values() {
 
 #[test]
 fn engine_bindings_are_declared_from_the_rust_table_only() {
-    let src = wgsl::simulate_source();
-    let module = naga::front::wgsl::parse_str(&src).unwrap();
+    for (src, table) in [
+        (wgsl::simulate_source(), &BINDINGS[..]),
+        (wgsl::network_source(), &NET_BINDINGS[..]),
+    ] {
+        bindings_match(&src, table);
+    }
+    // The hand-written files declare no engine binding (the probe keeps its own).
+    for (file, text) in [
+        ("simulate.wgsl", wgsl::SIMULATE_WGSL),
+        ("network.wgsl", wgsl::NETWORK_WGSL),
+        ("rng.wgsl", wgsl::RNG_WGSL),
+    ] {
+        assert!(
+            !text.contains("@binding"),
+            "{file} declares a binding by hand"
+        );
+    }
+}
+
+/// The bindings `src` declares are those of `table`, slot, name and access.
+fn bindings_match(src: &str, table: &[wgsl::Binding]) {
+    let module = naga::front::wgsl::parse_str(src).unwrap();
     let mut declared: Vec<(u32, String, Access)> = module
         .global_variables
         .iter()
@@ -142,21 +172,11 @@ fn engine_bindings_are_declared_from_the_rust_table_only() {
         })
         .collect();
     declared.sort_by_key(|d| d.0);
-    let table: Vec<(u32, String, Access)> = BINDINGS
+    let table: Vec<(u32, String, Access)> = table
         .iter()
         .map(|b| (b.slot, b.name.to_string(), b.access))
         .collect();
     assert_eq!(declared, table);
-    // The hand-written files declare no engine binding (the probe keeps its own).
-    for (file, text) in [
-        ("simulate.wgsl", wgsl::SIMULATE_WGSL),
-        ("rng.wgsl", wgsl::RNG_WGSL),
-    ] {
-        assert!(
-            !text.contains("@binding"),
-            "{file} declares a binding by hand"
-        );
-    }
 }
 
 /// An adapter, or None (with a note) where there is none and none is required.

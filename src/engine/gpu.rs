@@ -3,7 +3,12 @@
 //! and reduces errors to moments and histogram bins on the device, so only
 //! summaries cross the bus unless raw errors are asked for.
 
-use super::wgsl::{self, binding, Access, BINDINGS, MAX_INPUT_PLANES, MAX_PLANES, WORKGROUP_SIZE};
+pub mod net;
+
+use super::wgsl::{
+    self, binding, Access, Binding, BINDINGS, MAX_INPUT_PLANES, MAX_PLANES, NET_BINDINGS,
+    WORKGROUP_SIZE,
+};
 use super::{block_layout, Engine};
 use crate::engine::stats::{Batch, TrialMoments, BINS};
 use crate::error::{Error, Result};
@@ -41,6 +46,13 @@ pub struct Params {
     pub top: f32,
     pub fs_sigma: f32,
     pub adc_sigma_lsb: f32,
+    /// Row of the first input vector in the random-number addresses.
+    pub b_offset: u32,
+    /// Words of `xin` per trial (0: every trial reads the same inputs).
+    pub x_stride: u32,
+    /// Words of `row_active` per trial (0: shared).
+    pub active_stride: u32,
+    pub pad0: u32,
     /// The digital weight of each input plane (`plan.input_weights`), zero
     /// past the plan's planes.
     pub xweight: [[f32; 4]; MAX_INPUT_PLANES / 4],
@@ -210,9 +222,10 @@ fn choose_adapter<'a>(
     })
 }
 
-/// The engine's bind group layout, one entry per [`BINDINGS`] slot.
-fn bind_group_layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
-    let entries: Vec<wgpu::BindGroupLayoutEntry> = BINDINGS
+/// A bind group layout with one entry per slot of `table` ([`BINDINGS`]
+/// or [`NET_BINDINGS`]).
+fn bind_group_layout(device: &wgpu::Device, table: &[Binding]) -> wgpu::BindGroupLayout {
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = table
         .iter()
         .map(|b| wgpu::BindGroupLayoutEntry {
             binding: b.slot,
@@ -248,6 +261,12 @@ pub struct GpuEngine {
     params: wgpu::Buffer,
     work: Option<Work>,
     loaded: Option<Loaded>,
+    /// The network kernels (`shaders/network.wgsl`) and their layout.
+    net: net::Kernels,
+    /// The images of the network workload uploaded last, by content hash.
+    images: Option<(u64, wgpu::Buffer)>,
+    /// The adapter's largest buffer.
+    max_buffer: u64,
 }
 
 /// Buffers sized for a trial batch; grown when a plan needs more.
@@ -291,7 +310,8 @@ impl GpuEngine {
             ..Default::default()
         }))
         .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", info.name)))?;
-        let layout = bind_group_layout(&device);
+        let layout = bind_group_layout(&device, &BINDINGS);
+        let net = net::Kernels::new(&device, bind_group_layout(&device, &NET_BINDINGS));
         let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("zebra"),
             bind_group_layouts: &[Some(&layout)],
@@ -332,6 +352,9 @@ impl GpuEngine {
             params,
             work: None,
             loaded: None,
+            net,
+            images: None,
+            max_buffer: chosen.limits().max_buffer_size,
         })
     }
 
@@ -530,7 +553,7 @@ impl GpuEngine {
 
     /// Trials per dispatch for `plan` when up to `max_trials` are wanted.
     fn batch(&self, plan: &Plan, max_trials: u32) -> Result<u32> {
-        check_limits(plan)?;
+        check_limits(plan, plan.b)?;
         let limit = (self.info.max_storage_binding).min(1 << 30);
         let (per_trial_w, per_trial_y) = per_trial_bytes(plan);
         // The digits buffer is as large as one trial's weights.
@@ -582,56 +605,7 @@ impl GpuEngine {
             batch,
         );
 
-        let digits: Vec<i32> = plan.digits.iter().map(|&d| d as i32).collect();
-        let sa1: Vec<i32> = plan.sa1_digit.iter().map(|&d| d as i32).collect();
-        let groups: Vec<[f32; 4]> = (0..plan.lo.len())
-            .map(|g| {
-                [
-                    plan.lo[g],
-                    plan.hi[g],
-                    if plan.converted[g] { 1.0 } else { 0.0 },
-                    0.0,
-                ]
-            })
-            .collect();
-        let active: Vec<u32> = plan.row_active.par_iter().map(|&a| a as u32).collect();
-        let scales: Vec<f32> = plan.scales.iter().map(|&s| s as f32).collect();
-        let exact: Vec<f32> = plan.exact.par_iter().map(|&e| e as f32).collect();
-        let rank = plan.draw_rank();
-        let buffers = vec![
-            (
-                binding::DIGITS,
-                self.storage_buffer("digits", bytemuck::cast_slice(&digits)),
-            ),
-            (
-                binding::SA1_DIGIT,
-                self.storage_buffer("sa1", bytemuck::cast_slice(&sa1)),
-            ),
-            (
-                binding::X,
-                self.storage_buffer("x", bytemuck::cast_slice(&plan.x)),
-            ),
-            (
-                binding::GROUPS,
-                self.storage_buffer("groups", bytemuck::cast_slice(&groups)),
-            ),
-            (
-                binding::ROW_ACTIVE,
-                self.storage_buffer("row_active", bytemuck::cast_slice(&active)),
-            ),
-            (
-                binding::SCALES,
-                self.storage_buffer("scales", bytemuck::cast_slice(&scales)),
-            ),
-            (
-                binding::EXACT,
-                self.storage_buffer("exact", bytemuck::cast_slice(&exact)),
-            ),
-            (
-                binding::DRAW_RANK,
-                self.storage_buffer("draw_rank", bytemuck::cast_slice(&rank)),
-            ),
-        ];
+        let buffers = self.plan_buffers(plan, Some(&plan.exact));
         let work = self.work.as_ref().expect("work buffers");
         let shared = [
             (binding::PARAMS, &self.params),
@@ -663,6 +637,67 @@ impl GpuEngine {
         Ok(())
     }
 
+    /// A plan's own buffers, by binding slot: its digits, fault levels,
+    /// conversion groups, scales and draw ranks, and with `exact` its
+    /// inputs, active planes and exact products (as f32).
+    fn plan_buffers(&self, plan: &Plan, exact: Option<&[i64]>) -> Vec<(u32, wgpu::Buffer)> {
+        let digits: Vec<i32> = plan.digits.iter().map(|&d| d as i32).collect();
+        let sa1: Vec<i32> = plan.sa1_digit.iter().map(|&d| d as i32).collect();
+        let groups: Vec<[f32; 4]> = (0..plan.lo.len())
+            .map(|g| {
+                [
+                    plan.lo[g],
+                    plan.hi[g],
+                    if plan.converted[g] { 1.0 } else { 0.0 },
+                    0.0,
+                ]
+            })
+            .collect();
+        let scales: Vec<f32> = plan.scales.iter().map(|&s| s as f32).collect();
+        let rank = plan.draw_rank();
+        let mut out = vec![
+            (
+                binding::DIGITS,
+                self.storage_buffer("digits", bytemuck::cast_slice(&digits)),
+            ),
+            (
+                binding::SA1_DIGIT,
+                self.storage_buffer("sa1", bytemuck::cast_slice(&sa1)),
+            ),
+            (
+                binding::GROUPS,
+                self.storage_buffer("groups", bytemuck::cast_slice(&groups)),
+            ),
+            (
+                binding::SCALES,
+                self.storage_buffer("scales", bytemuck::cast_slice(&scales)),
+            ),
+            (
+                binding::DRAW_RANK,
+                self.storage_buffer("draw_rank", bytemuck::cast_slice(&rank)),
+            ),
+        ];
+        if let Some(exact) = exact {
+            let active: Vec<u32> = plan.row_active.par_iter().map(|&a| a as u32).collect();
+            let exact: Vec<f32> = exact.par_iter().map(|&e| e as f32).collect();
+            out.extend([
+                (
+                    binding::X,
+                    self.storage_buffer("x", bytemuck::cast_slice(&plan.x)),
+                ),
+                (
+                    binding::ROW_ACTIVE,
+                    self.storage_buffer("row_active", bytemuck::cast_slice(&active)),
+                ),
+                (
+                    binding::EXACT,
+                    self.storage_buffer("exact", bytemuck::cast_slice(&exact)),
+                ),
+            ]);
+        }
+        out
+    }
+
     fn params(plan: &Plan, trial0: u32, trials: u32) -> Params {
         Params {
             k: plan.k as u32,
@@ -690,6 +725,7 @@ impl GpuEngine {
             fs_sigma: plan.noise.fs_sigma,
             adc_sigma_lsb: plan.noise.adc_sigma_lsb,
             xweight: input_weights(plan),
+            ..Params::default()
         }
     }
 
@@ -728,16 +764,24 @@ fn input_weights(plan: &Plan) -> [[f32; 4]; MAX_INPUT_PLANES / 4] {
 
 /// Refuses a plan beyond what the kernels hold: more digit planes than
 /// their register arrays, more input planes than `Params` has weights for,
-/// or random rows numbered past 32 bits (the WGSL block-index formulas
+/// or random rows of `b` input vectors numbered past 32 bits (the WGSL block-index formulas
 /// number rows in 32 bits).
-fn check_limits(plan: &Plan) -> Result<()> {
+fn check_limits(plan: &Plan, b: usize) -> Result<()> {
     if plan.j > MAX_PLANES || plan.xbits > MAX_INPUT_PLANES {
         return Err(Error::Gpu(format!(
             "the GPU kernels handle at most {MAX_PLANES} digit planes and {MAX_INPUT_PLANES} input planes, this plan has {} and {}; use --engine cpu",
             plan.j, plan.xbits
         )));
     }
-    let rows = block_layout(plan).rows(plan.b);
+    // Per-cell dynamic draws number rows by (vector, input bit, array row,
+    // plane); the other paths only by plane and row, or by conversion.
+    let l = block_layout(plan);
+    let rows = if plan.path == NoisePath::PerCellDynamic {
+        l.rows(b)
+    } else {
+        let (b, j) = (b as u64, l.j as u64);
+        (j * l.k as u64).max(b * (l.chunks * l.xbits) as u64 * j)
+    };
     if rows > 1 << 32 {
         return Err(Error::Gpu(format!(
             "this plan numbers {rows} rows of random blocks, more than the GPU kernels' 2^32; use --engine cpu"
@@ -808,6 +852,10 @@ impl Engine for GpuEngine {
             out.raw = Some(raw_out);
         }
         Ok(out)
+    }
+
+    fn as_gpu(&mut self) -> Option<&mut GpuEngine> {
+        Some(self)
     }
 
     fn outputs(&mut self, plan: &Plan, trial: u32) -> Result<Vec<f64>> {

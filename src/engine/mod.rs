@@ -29,6 +29,12 @@ pub trait Engine {
     /// network's next layer. No statistics are gathered, and the plan's
     /// `exact` may be empty (see [`Plan::with_inputs`]).
     fn outputs(&mut self, plan: &Plan, trial: u32) -> Result<Vec<f64>>;
+
+    /// The GPU engine behind this one, for work that runs whole on the
+    /// device (a network's forward pass, [`gpu::net`]).
+    fn as_gpu(&mut self) -> Option<&mut gpu::GpuEngine> {
+        None
+    }
 }
 
 /// Where a plan's rows of random blocks start, for both engines.

@@ -14,6 +14,8 @@ use std::fmt::Write;
 pub const RNG_WGSL: &str = include_str!("../../shaders/rng.wgsl");
 /// The simulation kernels.
 pub const SIMULATE_WGSL: &str = include_str!("../../shaders/simulate.wgsl");
+/// A network's forward pass around the simulation kernels.
+pub const NETWORK_WGSL: &str = include_str!("../../shaders/network.wgsl");
 /// The probes used by the parity tests.
 pub const PROBE_WGSL: &str = include_str!("../../shaders/probe.wgsl");
 
@@ -142,6 +144,62 @@ pub const BINDINGS: [Binding; 13] = {
     ]
 };
 
+/// Binding numbers of the network kernels' bind group (group 0 of
+/// `shaders/network.wgsl`), from [`NET_BINDINGS`].
+pub mod net_binding {
+    pub const PARAMS: u32 = 0;
+    pub const IMAGES: u32 = 1;
+    pub const SRC_A: u32 = 2;
+    pub const SRC_B: u32 = 3;
+    pub const DST: u32 = 4;
+    pub const PERM: u32 = 5;
+    pub const X: u32 = 6;
+    pub const ACTIVE: u32 = 7;
+    pub const Y: u32 = 8;
+    pub const CHAN: u32 = 9;
+    pub const LOGITS: u32 = 10;
+    pub const PREDS: u32 = 11;
+}
+
+/// The network kernels' bindings, in slot order. `xout`, `active_out` and
+/// `ysum` are the simulation kernels' `xin`, `row_active` and `y` buffers.
+pub const NET_BINDINGS: [Binding; 12] = {
+    use net_binding::*;
+    use Access::*;
+    [
+        bind(PARAMS, "NP", Uniform, "NetParams", "step parameters"),
+        bind(
+            IMAGES,
+            "images",
+            Read,
+            "array<u32>",
+            "[image][c][h][w] bytes, four to a word",
+        ),
+        bind(SRC_A, "src_a", Read, "array<i32>", "[t][img][c][h][w]"),
+        bind(SRC_B, "src_b", Read, "array<i32>", "[t][img][c][h][w]"),
+        bind(DST, "dst", ReadWrite, "array<i32>", "[t][img][c][h][w]"),
+        bind(PERM, "perm", Read, "array<u32>", "[k]: array row -> input"),
+        bind(
+            X,
+            "xout",
+            ReadWrite,
+            "array<u32>",
+            "[t][b][k] input patterns",
+        ),
+        bind(
+            ACTIVE,
+            "active_out",
+            ReadWrite,
+            "array<u32>",
+            "[t][b][c][i] converted planes",
+        ),
+        bind(Y, "ysum", Read, "array<f32>", "[t][b][n] simulated sums"),
+        bind(CHAN, "chan", Read, "array<vec2<f32>>", "[n]: scale, bias"),
+        bind(LOGITS, "logits", ReadWrite, "array<f32>", "[t][img][n]"),
+        bind(PREDS, "preds", ReadWrite, "array<u32>", "[t][img]"),
+    ]
+};
+
 /// A WGSL f32 literal of `v` written with every digit of the f64 (the
 /// shortest decimal that round-trips it); WGSL rounds it once, to `v as
 /// f32` (`tests/gpu.rs` parses the prelude back to check).
@@ -194,8 +252,13 @@ pub fn prelude() -> String {
 
 /// The declarations of the engine's bindings, from [`BINDINGS`].
 pub fn bindings() -> String {
-    let mut out = String::from("// Generated from engine::wgsl::BINDINGS.\n");
-    for b in &BINDINGS {
+    declarations("BINDINGS", &BINDINGS)
+}
+
+/// The WGSL declarations of binding table `table` (named `name`).
+fn declarations(name: &str, table: &[Binding]) -> String {
+    let mut out = format!("// Generated from engine::wgsl::{name}.\n");
+    for b in table {
         let space = match b.access {
             Access::Uniform => "uniform",
             Access::Read => "storage, read",
@@ -216,6 +279,15 @@ pub fn simulate_source() -> String {
     format!("{}\n{RNG_WGSL}\n{}\n{SIMULATE_WGSL}", prelude(), bindings())
 }
 
+/// What the engine compiles for the network kernels.
+pub fn network_source() -> String {
+    format!(
+        "{}\n{}\n{NETWORK_WGSL}",
+        prelude(),
+        declarations("NET_BINDINGS", &NET_BINDINGS)
+    )
+}
+
 /// What the engine compiles for the parity probes.
 pub fn probe_source() -> String {
     format!("{}\n{RNG_WGSL}\n{PROBE_WGSL}", prelude())
@@ -228,6 +300,7 @@ pub fn shader_sources() -> Vec<(&'static str, String)> {
         ("rng.wgsl", format!("{}\n{RNG_WGSL}", prelude())),
         ("simulate.wgsl", simulate_source()),
         ("probe.wgsl", probe_source()),
+        ("network.wgsl", network_source()),
     ]
 }
 
@@ -238,6 +311,9 @@ mod tests {
     #[test]
     fn bindings_are_in_slot_order_without_gaps() {
         for (i, b) in BINDINGS.iter().enumerate() {
+            assert_eq!(b.slot as usize, i, "{}", b.name);
+        }
+        for (i, b) in NET_BINDINGS.iter().enumerate() {
             assert_eq!(b.slot as usize, i, "{}", b.name);
         }
     }

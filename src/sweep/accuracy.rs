@@ -262,7 +262,7 @@ pub struct SimNetwork {
     pub plans: Vec<Plan>,
     /// Each matrix layer's row order on its arrays (`[quantize] row_order`):
     /// array row `r` holds input `perm[r]`; `None` in the natural order.
-    perms: Vec<Option<Vec<usize>>>,
+    pub(crate) perms: Vec<Option<Vec<usize>>>,
 }
 
 impl SimNetwork {
@@ -742,8 +742,26 @@ pub(crate) fn chip_accuracies(
     engines: &mut [Box<dyn Engine + Send>],
     tick: &(dyn Fn() + Sync),
 ) -> Result<Vec<f64>> {
+    let invariant = sim.plans.iter().all(|p| p.trial_invariant());
+    // On a GPU the whole network stays on the device, many chips at once.
+    if crate::sweep::device::resident()? {
+        if let Some(gpu) = engines.first_mut().and_then(|e| e.as_gpu()) {
+            if invariant && !trials.is_empty() {
+                let a = crate::sweep::device::chip_accuracies(
+                    sim,
+                    work,
+                    trials.start..trials.start + 1,
+                    gpu,
+                    &|| {},
+                )?;
+                trials.clone().for_each(|_| tick());
+                return Ok(vec![a[0]; trials.len()]);
+            }
+            return crate::sweep::device::chip_accuracies(sim, work, trials, gpu, tick);
+        }
+    }
     // Without draws every chip is the same chip: run one, count it for all.
-    if sim.plans.iter().all(|p| p.trial_invariant()) && !trials.is_empty() {
+    if invariant && !trials.is_empty() {
         let a = match engines.first_mut() {
             Some(engine) => sim.accuracy(work, engine.as_mut(), trials.start)?,
             None => sim.accuracy(work, &mut CpuEngine::new(), trials.start)?,

@@ -2,6 +2,7 @@
 //! from and written to result files.
 
 pub mod accuracy;
+pub mod device;
 pub mod memory;
 pub mod output;
 pub mod resume;
