@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One prepared benchmark run for a machine with a real GPU (e.g. the device
-# tool's H100): lists adapters, measures both engines on the standard
-# workloads in one run so the CPU/GPU ratio is like for like, then runs the
-# accuracy sweeps on the GPU (and the sigma sweep on the CPU) for images/s.
+# One prepared benchmark run for a machine with a real GPU: lists adapters,
+# measures both engines (and both GPU kernel sets) on the matrix-vector
+# workloads S and D and on the shipped CNN and ResNet in one run, so every
+# ratio is like for like, then runs the CNN's accuracy sweep on each engine
+# and counts the chips whose accuracies differ. About 8 minutes on a 16-core
+# host; every step has its own time limit.
 # The device machine has no network: build a portable binary here first and
 # carry it, e.g.
 #   RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release --target-dir target/portable
@@ -15,7 +17,8 @@
 #   mkdir -p .gl /tmp/amd64/partial; apt-get $o update
 #   (cd .gl && apt-get $o download libvulkan1 libfontconfig1 libfreetype6 \
 #       libpng16-16 libbrotli1 libexpat1 fontconfig-config)
-# Usage: bash benches/device_bench.sh [trials]   (writes to $OUT if set)
+# Usage: bash benches/device_bench.sh [trials]   (writes to $OUT if set;
+# NET_CHIPS chips per network repeat, ACC_LIMIT seconds per sweep)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 trials="${1:-1000}"
@@ -38,19 +41,26 @@ export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}" XDG_RUNTIME_DIR=/tmp
     echo "== $(date -u) $(uname -m) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo)"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
     "$bin" devices
-    "$bin" bench --workload S --engine auto --trials "$trials" --repeats 5
-    "$bin" bench --workload D --engine auto --trials "$trials" --repeats 5
-    # Each sweep is cut off after its time limit; rows finished by then are
-    # kept, and every row carries its own images/s.
-    for exp in "accuracy_sigma ${ACC_LIMIT:-150} 8" "accuracy_sigma ${ACC_LIMIT_16:-60} 16" "accuracy_parallelism ${ACC_LIMIT_P:-90} 8"; do
-        set -- $exp
-        echo "== $1 on the GPU, $3 streams (limit $2 s)"
+    # Matrix-vector workloads: the CPU, then the GPU with each kernel set
+    # (plain and tiled) in one call, so every ratio is like for like.
+    timeout 150 "$bin" bench --workload S --engine auto --trials "$trials" --repeats 5
+    timeout 120 "$bin" bench --workload D --engine auto --trials "$trials" --repeats 5
+    # Networks, chip-images/s: the CPU's parallel chips, the GPU resident
+    # (each kernel set) and layer by layer through the host.
+    timeout 100 "$bin" bench --workload cnn --engine auto --trials "${NET_CHIPS:-32}" --repeats 3
+    timeout 100 "$bin" bench --workload resnet --engine auto --trials "${NET_CHIPS:-32}" --repeats 3
+    # The CNN's whole accuracy sweep on each engine (rows finished within
+    # the limit are kept; each row carries its own images/s), then how many
+    # chips' accuracies differ between the two.
+    for engine in gpu cpu; do
+        echo "== accuracy_sigma on the $engine (limit ${ACC_LIMIT:-90} s)"
         start=$(date +%s%N)
-        ZEBRA_GPU_STREAMS=$3 timeout "$2" "$bin" run "experiments/$1.toml" --engine gpu --out "$out/gpu$3" --quiet --fresh
+        timeout "${ACC_LIMIT:-90}" "$bin" run experiments/accuracy_sigma.toml --engine $engine --out "$out/$engine" --quiet --fresh
         echo "exit $?, $(( ($(date +%s%N) - start) / 1000000 )) ms"
     done
-    echo "== accuracy_sigma on the CPU ($(nproc) threads, limit ${ACC_LIMIT_CPU:-100} s)"
-    start=$(date +%s%N)
-    timeout "${ACC_LIMIT_CPU:-100}" "$bin" run experiments/accuracy_sigma.toml --engine cpu --out "$out/cpu" --quiet --fresh
-    echo "exit $?, $(( ($(date +%s%N) - start) / 1000000 )) ms"
+    if [ -f "$out/gpu/accuracy_sigma_trials.csv" ] && [ -f "$out/cpu/accuracy_sigma_trials.csv" ]; then
+        join -t, <(tail -n +2 "$out/gpu/accuracy_sigma_trials.csv" | awk -F, '{print $2"/"$3"/"$4","$5}' | sort) \
+                 <(tail -n +2 "$out/cpu/accuracy_sigma_trials.csv" | awk -F, '{print $2"/"$3"/"$4","$5}' | sort) |
+            awk -F, '{n++; if ($2 != $3) d++} END {printf "chips in both: %d, accuracies that differ: %d\n", n, d}'
+    fi
 } 2>&1 | tee "$out/device_bench.txt"

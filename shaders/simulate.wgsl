@@ -1,6 +1,9 @@
 // The GPU engine's kernels:
 //   cells:    per-trial cell weights W[t][j][k][n] (faults, leak, static mismatch)
 //   simulate, simulate_dynamic: accumulation, noise, ADC, shift-and-add
+//   simulate_tiled, simulate_dynamic_stream: the same sums, for hardware
+//             GPUs: input bits staged in workgroup memory (no int-to-float
+//             conversions in the inner loop), and no per-thread arrays
 //             (the CPU sums each conversion over rows in the same order)
 //   reduce:   one workgroup per trial: error moments and histogram bins
 // Compiled after the prelude (engine::wgsl::prelude: stream ids, noise-path
@@ -279,6 +282,132 @@ fn simulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     if (b0 + 3u < P.b) { y[out + 3u * P.n] = y3; }
 }
 
+// Rows of input bits a `simulate_tiled` workgroup stages at a time.
+const TILE_ROWS: u32 = WORKGROUP_SIZE;
+// The staged bits: per row, the 0/1 floats of input planes g0..g0+3 and
+// g0+4..g0+7 of each of the four vectors ([row][vector][lo, hi]).
+var<workgroup> tile_bits: array<vec4<f32>, TILE_ROWS * 8u>;
+
+// The tiled variant of `simulate` (same sums in the same order): one
+// workgroup per (trial, block of four input vectors, WORKGROUP_SIZE
+// columns), one thread per column. The
+// workgroup stages the input bits of TILE_ROWS rows at a time in workgroup
+// memory as 0/1 floats (each thread unpacks one row), so a thread's inner
+// loop is one cell weight load and multiply-adds: the weight serves four
+// input vectors and a group of eight input planes (one group for up to
+// eight planes, two for sign-magnitude inputs of more). The four vectors
+// are unrolled by hand so they stay in registers. Each sum runs over its
+// rows in order, as on the CPU.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn simulate_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let group = wg.x + wg.y * nwg.x;
+    let bblocks = (P.b + 3u) / 4u;
+    let ctiles = (P.n + WORKGROUP_SIZE - 1u) / WORKGROUP_SIZE;
+    if (group >= P.trials * bblocks * ctiles) {
+        return;
+    }
+    let nn = (group % ctiles) * WORKGROUP_SIZE + lid;
+    let live = nn < P.n;
+    let b0 = ((group / ctiles) % bblocks) * 4u;
+    let tl = group / (ctiles * bblocks);
+    let xo = tl * P.x_stride;
+    // Vectors past the end repeat the last one and are not stored.
+    let b1 = min(b0 + 1u, P.b - 1u);
+    let b2 = min(b0 + 2u, P.b - 1u);
+    let b3 = min(b0 + 3u, P.b - 1u);
+    let agg = P.path == PATH_AGGREGATED;
+    let digit_sums = P.static_noise == 0u && P.leak != 0.0;
+    var y0 = 0.0;
+    var y1 = 0.0;
+    var y2 = 0.0;
+    var y3 = 0.0;
+    for (var c = 0u; c < P.chunks; c = c + 1u) {
+        let k0 = c * P.p;
+        let k1 = min(k0 + P.p, P.k);
+        for (var jj = 0u; jj < P.j; jj = jj + 1u) {
+            var grp = vec4<f32>(0.0);
+            if (live) {
+                grp = groups[(c * P.j + jj) * P.n + nn];
+            }
+            // Every thread stages and meets the barriers; only the columns
+            // of converted groups add.
+            let on = grp.z != 0.0;
+            let wbase = (tl * P.j + jj) * P.k;
+            for (var g0 = 0u; g0 < P.xbits; g0 = g0 + INPUT_GROUP) {
+                var l0 = vec4<f32>(0.0); var h0 = vec4<f32>(0.0);
+                var l1 = vec4<f32>(0.0); var h1 = vec4<f32>(0.0);
+                var l2 = vec4<f32>(0.0); var h2 = vec4<f32>(0.0);
+                var l3 = vec4<f32>(0.0); var h3 = vec4<f32>(0.0);
+                var sl0 = vec4<f32>(0.0); var sh0 = vec4<f32>(0.0);
+                var sl1 = vec4<f32>(0.0); var sh1 = vec4<f32>(0.0);
+                var sl2 = vec4<f32>(0.0); var sh2 = vec4<f32>(0.0);
+                var sl3 = vec4<f32>(0.0); var sh3 = vec4<f32>(0.0);
+                var zl0 = vec4<f32>(0.0); var zh0 = vec4<f32>(0.0);
+                var zl1 = vec4<f32>(0.0); var zh1 = vec4<f32>(0.0);
+                var zl2 = vec4<f32>(0.0); var zh2 = vec4<f32>(0.0);
+                var zl3 = vec4<f32>(0.0); var zh3 = vec4<f32>(0.0);
+                for (var kt = k0; kt < k1; kt = kt + TILE_ROWS) {
+                    let rows = min(TILE_ROWS, k1 - kt);
+                    workgroupBarrier();
+                    if (lid < rows) {
+                        let kk = kt + lid;
+                        let x0 = xin[xo + b0 * P.k + kk] >> g0; let x1 = xin[xo + b1 * P.k + kk] >> g0;
+                        let x2 = xin[xo + b2 * P.k + kk] >> g0; let x3 = xin[xo + b3 * P.k + kk] >> g0;
+                        let at = lid * 8u;
+                        tile_bits[at] = bits_lo(x0); tile_bits[at + 1u] = bits_hi(x0);
+                        tile_bits[at + 2u] = bits_lo(x1); tile_bits[at + 3u] = bits_hi(x1);
+                        tile_bits[at + 4u] = bits_lo(x2); tile_bits[at + 5u] = bits_hi(x2);
+                        tile_bits[at + 6u] = bits_lo(x3); tile_bits[at + 7u] = bits_hi(x3);
+                    }
+                    workgroupBarrier();
+                    for (var r = 0u; on && r < rows; r = r + 1u) {
+                        let w = weights[(wbase + kt + r) * P.n + nn];
+                        let at = r * 8u;
+                        let f0l = tile_bits[at]; let f0h = tile_bits[at + 1u];
+                        let f1l = tile_bits[at + 2u]; let f1h = tile_bits[at + 3u];
+                        let f2l = tile_bits[at + 4u]; let f2h = tile_bits[at + 5u];
+                        let f3l = tile_bits[at + 6u]; let f3h = tile_bits[at + 7u];
+                        if (digit_sums && w == P.leak) {
+                            // A zero level: counted, its leak added per conversion
+                            // (a level equal to the leak, 1, adds the same).
+                            zl0 = zl0 + f0l; zh0 = zh0 + f0h;
+                            zl1 = zl1 + f1l; zh1 = zh1 + f1h;
+                            zl2 = zl2 + f2l; zh2 = zh2 + f2h;
+                            zl3 = zl3 + f3l; zh3 = zh3 + f3h;
+                            continue;
+                        }
+                        l0 = l0 + w * f0l; h0 = h0 + w * f0h;
+                        l1 = l1 + w * f1l; h1 = h1 + w * f1h;
+                        l2 = l2 + w * f2l; h2 = h2 + w * f2h;
+                        l3 = l3 + w * f3l; h3 = h3 + w * f3h;
+                        if (agg) {
+                            let w2 = w * w;
+                            sl0 = sl0 + w2 * f0l; sh0 = sh0 + w2 * f0h;
+                            sl1 = sl1 + w2 * f1l; sh1 = sh1 + w2 * f1h;
+                            sl2 = sl2 + w2 * f2l; sh2 = sh2 + w2 * f2h;
+                            sl3 = sl3 + w2 * f3l; sh3 = sh3 + w2 * f3h;
+                        }
+                    }
+                }
+                if (on) {
+                    y0 = y0 + convert_vector(l0, h0, sl0, sh0, zl0, zh0, b0, c, jj, nn, tl, grp, g0);
+                    if (b0 + 1u < P.b) { y1 = y1 + convert_vector(l1, h1, sl1, sh1, zl1, zh1, b1, c, jj, nn, tl, grp, g0); }
+                    if (b0 + 2u < P.b) { y2 = y2 + convert_vector(l2, h2, sl2, sh2, zl2, zh2, b2, c, jj, nn, tl, grp, g0); }
+                    if (b0 + 3u < P.b) { y3 = y3 + convert_vector(l3, h3, sl3, sh3, zl3, zh3, b3, c, jj, nn, tl, grp, g0); }
+                }
+            }
+        }
+    }
+    if (!live) {
+        return;
+    }
+    let out = (tl * P.b + b0) * P.n + nn;
+    y[out] = y0;
+    if (b0 + 1u < P.b) { y[out + P.n] = y1; }
+    if (b0 + 2u < P.b) { y[out + 2u * P.n] = y2; }
+    if (b0 + 3u < P.b) { y[out + 3u * P.n] = y3; }
+}
+
 // Per-cell dynamic noise: one thread per (trial, input vector, column), one
 // Philox draw per read of a cell whose input bit is 1.
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -360,6 +489,75 @@ fn simulate_dynamic(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
                 for (var jj = 0u; jj < P.j; jj = jj + 1u) {
                     yv = yv + input_weight(g0 + li) * scales[jj] * vals[li * MAX_PLANES + jj];
                 }
+            }
+        }
+    }
+    y[(tl * P.b + bb) * P.n + nn] = yv;
+}
+
+// The streaming variant of `simulate_dynamic` (same draws, same order of
+// additions): each conversion's sum
+// runs over its chunk's rows on its own, and is converted and added at
+// once, in the CPU's (chunk, input plane, plane) order: no per-thread
+// arrays (which GPUs keep in slow local memory when indexed by loop
+// variables).
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn simulate_dynamic_stream(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let id = linear_id(gid, nwg);
+    if (id >= P.trials * P.b * P.n) {
+        return;
+    }
+    let nn = id % P.n;
+    let bb = (id / P.n) % P.b;
+    let tl = id / (P.n * P.b);
+    let t = P.trial0 + tl;
+    let lane = nn % 4u;
+    let blk = nn / 4u;
+    let xrow = tl * P.x_stride + bb * P.k;
+    var yv = 0.0;
+    for (var c = 0u; c < P.chunks; c = c + 1u) {
+        let k0 = c * P.p;
+        let k1 = min(k0 + P.p, P.k);
+        for (var i = 0u; i < P.xbits; i = i + 1u) {
+            if (row_active[tl * P.active_stride + (bb * P.chunks + c) * P.xbits + i] == 0u) {
+                continue;
+            }
+            for (var jj = 0u; jj < P.j; jj = jj + 1u) {
+                let grp = groups[(c * P.j + jj) * P.n + nn];
+                if (grp.z == 0.0) {
+                    continue;
+                }
+                let wrow = (tl * P.j + jj) * P.k;
+                var a = 0.0;
+                var var_ = 0.0;
+                for (var kk = k0; kk < k1; kk = kk + 1u) {
+                    if (((xin[xrow + kk] >> i) & 1u) == 0u) {
+                        continue;
+                    }
+                    let w = weights[(wrow + kk) * P.n + nn];
+                    if (P.path == PATH_DYNAMIC) {
+                        // A cell that does not conduct adds nothing and draws nothing.
+                        if (w == 0.0) {
+                            continue;
+                        }
+                        let r = draw_rank[(jj * P.k + kk) * P.n + nn];
+                        let index = dynamic_block(blocks(), P.b_offset + bb, i, kk, jj, r / 4u);
+                        let z = gaussian(seed(), t, STREAM_CELL_DYNAMIC, index.x, index.y, r % 4u);
+                        a = a + (w + w * P.sigma * z);
+                    } else {
+                        a = a + w;
+                        var_ = var_ + w * w;
+                    }
+                }
+                let index = read_block(blocks(), P.b_offset + bb, c, i, jj, blk);
+                let rs = read_sd(grp.x, grp.y);
+                if (P.path == PATH_AGGREGATED) {
+                    let sd = sqrt(P.sigma * P.sigma * var_ + rs * rs);
+                    a = a + sd * gaussian(seed(), t, STREAM_AGGREGATED, index.x, index.y, lane);
+                } else if (rs > 0.0) {
+                    a = a + rs * gaussian(seed(), t, STREAM_READ, index.x, index.y, lane);
+                }
+                yv = yv + input_weight(i) * scales[jj] * convert(a, grp.x, grp.y);
             }
         }
     }

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use zebra_cim::engine::cpu::CpuEngine;
 use zebra_cim::engine::gpu::net::NetParams;
-use zebra_cim::engine::gpu::{BlockProbe, GpuEngine, Params};
+use zebra_cim::engine::gpu::{BlockProbe, GpuEngine, KernelSet, Params};
 use zebra_cim::engine::wgsl::{self, Access, BINDINGS, NET_BINDINGS};
 use zebra_cim::engine::{stats, Engine};
 use zebra_cim::experiment::plan::{NoisePath, Plan};
@@ -177,6 +177,14 @@ fn bindings_match(src: &str, table: &[wgsl::Binding]) {
         .map(|b| (b.slot, b.name.to_string(), b.access))
         .collect();
     assert_eq!(declared, table);
+}
+
+/// The kernel set that is not `k`.
+fn other_kernels(k: KernelSet) -> KernelSet {
+    match k {
+        KernelSet::Plain => KernelSet::Tiled,
+        KernelSet::Tiled => KernelSet::Plain,
+    }
 }
 
 /// An adapter, or None (with a note) where there is none and none is required.
@@ -521,8 +529,14 @@ fn gpu_matches_cpu(mappings: &[MappingSpec]) {
             assert_eq!(plan.path, path, "{what}");
             let trials = 0..24;
             let c = cpu.run(&plan, trials.clone(), true).unwrap();
-            let gb = g.run(&plan, trials, true).unwrap();
+            let gb = g.run(&plan, trials.clone(), true).unwrap();
             let label = format!("{what} / {}", m.name);
+            // The other kernel set sums the same values in the same order.
+            let default = g.kernels();
+            g.set_kernels(other_kernels(default));
+            let go = g.run(&plan, trials, true).unwrap();
+            g.set_kernels(default);
+            assert_eq!(go.raw, gb.raw, "{label}: kernel sets differ");
             common::compare_within_steps(
                 &plan,
                 c.raw.as_ref().unwrap(),

@@ -702,8 +702,9 @@ fn network_cost_counts_the_clean_activations() {
     assert!(conv("zebra") < conv("dense"), "{per_mac:?}");
 }
 
-/// Chip `trial` resident on the GPU against the same chip through the
-/// host layer by layer, on the GPU engine and on the CPU engine: the
+/// Chip `trial` resident on the GPU (with `both_kernels`, the same under
+/// both kernel sets) against the same chip through the host layer by layer, on the GPU
+/// engine and on the CPU engine: the
 /// images whose prediction differs from each, and the largest logit
 /// difference from the GPU's.
 fn resident_against(
@@ -711,6 +712,7 @@ fn resident_against(
     sim: &zebra_cim::sweep::accuracy::SimNetwork,
     gpu: &mut zebra_cim::engine::gpu::GpuEngine,
     trial: u32,
+    both_kernels: bool,
 ) -> (usize, usize, f32) {
     use zebra_cim::sweep::accuracy::argmax;
     let size = work.net.image_size();
@@ -729,6 +731,18 @@ fn resident_against(
         .unwrap();
     let device = zebra_cim::sweep::device::chip_logits(sim, work, trial, gpu).unwrap();
     assert_eq!(device.len(), work.count);
+    // Both kernel sets give the same chip.
+    if both_kernels {
+        use zebra_cim::engine::gpu::KernelSet;
+        let default = gpu.kernels();
+        gpu.set_kernels(match default {
+            KernelSet::Plain => KernelSet::Tiled,
+            KernelSet::Tiled => KernelSet::Plain,
+        });
+        let other = zebra_cim::sweep::device::chip_logits(sim, work, trial, gpu).unwrap();
+        gpu.set_kernels(default);
+        assert_eq!(other, device, "kernel sets differ");
+    }
     let flips = |host: &[Vec<f32>]| {
         host.iter()
             .zip(&device)
@@ -769,7 +783,8 @@ fn resident_gpu_networks_are_exact_without_noise() {
     let exps = [
         shipped_experiment(lossless),
         shipped_experiment(&quantised),
-        model_experiment("models/fmnist_resnet/model.toml", lossless),
+        // The ResNet on 4 images (slow on lavapipe).
+        model_images_experiment("models/fmnist_resnet/model.toml", 4, lossless),
         signed_exp("twos-complement"),
         signed_exp("sign-magnitude"),
     ];
@@ -815,7 +830,8 @@ fn resident_gpu_networks_match_the_cpu_with_noise() {
     ];
     let mut flips_total = 0;
     let mut images_total = 0;
-    let mut check = |exp: &zebra_cim::experiment::Experiment, mappings: usize| {
+    // The ResNet runs under the default kernel set only (slow on lavapipe).
+    let mut check = |exp: &zebra_cim::experiment::Experiment, mappings: usize, both: bool| {
         let work = Workload::load(exp.network.as_ref().unwrap()).unwrap();
         let what = format!(
             "{} {:?}",
@@ -824,7 +840,7 @@ fn resident_gpu_networks_match_the_cpu_with_noise() {
         );
         for m in &exp.mappings[..mappings] {
             let sim = SimNetwork::new(&work, &exp.points[0].params, m, 4).unwrap();
-            let (flips, layered, diff) = resident_against(&work, &sim, &mut gpu, 1);
+            let (flips, layered, diff) = resident_against(&work, &sim, &mut gpu, 1, both);
             eprintln!(
                 "{what} {}: {flips} of {} predictions differ from the CPU's; logits within {diff} of the GPU's through the host",
                 m.name, work.count
@@ -839,11 +855,12 @@ fn resident_gpu_networks_match_the_cpu_with_noise() {
         check(
             &model_images_experiment(SHIPPED, 24, &format!("[adc]\nbits = 6\n{noise}")),
             3,
+            true,
         );
     }
     let resnet = "models/fmnist_resnet/model.toml";
     let exp = model_images_experiment(resnet, 8, &format!("[adc]\nbits = 6\n{}", noises[0]));
-    check(&exp, 2);
+    check(&exp, 2, false);
     // Per-cell dynamic draws on the small signed network, both codings.
     let dir = tempfile::tempdir().unwrap();
     let signed = signed_network(dir.path());
@@ -858,7 +875,7 @@ fn resident_gpu_networks_match_the_cpu_with_noise() {
             Default::default(),
         )
         .unwrap();
-        check(&exp, 5);
+        check(&exp, 5, true);
     }
     eprintln!("{flips_total} of {images_total} predictions differ from the CPU's");
     assert!(flips_total * 100 <= images_total);

@@ -216,6 +216,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 threads,
                 max_memory,
             };
+            if how.engine != EngineChoice::Cpu {
+                let env = crate::engine::gpu::check_env().and(crate::sweep::device::resident());
+                if let Err(e) = env {
+                    return bad_input(e);
+                }
+            }
             match shard {
                 Some(s) => run::run_shard(&file, overrides, &s, how),
                 None => run::run_experiment_file(&file, overrides, how),
@@ -251,7 +257,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             adapter,
             trials,
             repeats,
-        } => match crate::engine::gpu::backends_from_env() {
+        } => match crate::engine::gpu::check_env() {
             Ok(_) => bench::run_bench(workload, engine, adapter.as_deref(), trials, repeats),
             Err(e) => bad_input(e),
         },

@@ -121,9 +121,11 @@ fn run_accuracy(exp: &Experiment, how: &RunArgs) -> Result<ExitCode> {
     let Some(engine) = open_engine(how) else {
         return Ok(ExitCode::FAILURE);
     };
-    // The CPU runs chips in parallel, each on one thread. A hardware GPU gets
-    // several engines (queues), each fed chips by its own host thread, so
-    // lowering and requantising on the host overlap with the device.
+    // The CPU runs chips in parallel, each on one thread. A GPU runs whole
+    // networks on the device, many chips at once, on one engine; layer by
+    // layer (ZEBRA_GPU_RESIDENT=0) a hardware GPU gets several engines
+    // (queues), each fed chips by its own host thread, so lowering and
+    // requantising on the host overlap with the device.
     // No threads are started when every row is resumed (nothing to compute).
     let nothing_to_do = prep.finished() >= exp.points.len() * exp.mappings.len();
     let pool = rayon::ThreadPoolBuilder::new()
@@ -138,7 +140,12 @@ fn run_accuracy(exp: &Experiment, how: &RunArgs) -> Result<ExitCode> {
     let mut engines: Vec<Box<dyn Engine + Send>> = Vec::new();
     if engine.name() == "gpu" {
         engines.push(engine);
-        for _ in 1..gpu_streams()? {
+        let streams = if crate::sweep::device::resident()? {
+            1
+        } else {
+            gpu_streams()?
+        };
+        for _ in 1..streams {
             match GpuEngine::new(how.adapter.as_deref(), true) {
                 Ok(g) if !g.adapter().software => engines.push(Box::new(g)),
                 _ => break,

@@ -120,6 +120,16 @@ pub fn backends_from_env() -> Result<wgpu::Backends> {
     Ok(wgpu::Backends::from_comma_list(&text))
 }
 
+/// Checks every environment variable the GPU engine reads
+/// (`WGPU_BACKEND`, `ZEBRA_GPU_KERNELS`, `ZEBRA_GPU_MEMORY_MIB`), so a bad
+/// value is refused before any work starts.
+pub fn check_env() -> Result<()> {
+    backends_from_env()?;
+    KernelSet::from_env(false)?;
+    net::memory_budget(false)?;
+    Ok(())
+}
+
 fn instance() -> wgpu::Instance {
     // Checked by `backends_from_env` before any engine is built.
     let backends = backends_from_env().unwrap_or(wgpu::Backends::PRIMARY);
@@ -248,6 +258,46 @@ fn bind_group_layout(device: &wgpu::Device, table: &[Binding]) -> wgpu::BindGrou
     })
 }
 
+/// Which simulation kernels the engine runs. Both give the same sums in
+/// the same order (the parity tests run both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelSet {
+    /// One thread per (block of four vectors, column) unpacking input bits
+    /// itself (`simulate`), and per-thread conversion arrays
+    /// (`simulate_dynamic`): the faster on software adapters.
+    Plain,
+    /// Input bits staged in workgroup memory (`simulate_tiled`) and
+    /// conversions summed one at a time (`simulate_dynamic_stream`): for
+    /// hardware GPUs, where int-to-float conversions and per-thread arrays
+    /// are slow.
+    Tiled,
+}
+
+impl KernelSet {
+    /// The name `ZEBRA_GPU_KERNELS` takes.
+    pub fn label(&self) -> &'static str {
+        match self {
+            KernelSet::Plain => "plain",
+            KernelSet::Tiled => "tiled",
+        }
+    }
+
+    /// `ZEBRA_GPU_KERNELS` if set (`plain` or `tiled`), else tiled on a
+    /// hardware adapter and plain on a software one.
+    pub fn from_env(software: bool) -> Result<KernelSet> {
+        match std::env::var("ZEBRA_GPU_KERNELS") {
+            Err(_) if software => Ok(KernelSet::Plain),
+            Err(_) => Ok(KernelSet::Tiled),
+            Ok(v) if v.trim() == "plain" => Ok(KernelSet::Plain),
+            Ok(v) if v.trim() == "tiled" => Ok(KernelSet::Tiled),
+            Ok(v) => Err(Error::Config {
+                file: "ZEBRA_GPU_KERNELS".into(),
+                msg: format!("{v:?} names no kernel set; accepted: plain or tiled (default: tiled on a hardware GPU, plain on a software one)"),
+            }),
+        }
+    }
+}
+
 /// The GPU engine: device, pipelines and work buffers built once, reused across plans.
 pub struct GpuEngine {
     device: wgpu::Device,
@@ -257,6 +307,9 @@ pub struct GpuEngine {
     cells: wgpu::ComputePipeline,
     simulate: wgpu::ComputePipeline,
     simulate_dynamic: wgpu::ComputePipeline,
+    simulate_tiled: wgpu::ComputePipeline,
+    simulate_dynamic_stream: wgpu::ComputePipeline,
+    kernels: KernelSet,
     reduce: wgpu::ComputePipeline,
     params: wgpu::Buffer,
     work: Option<Work>,
@@ -334,6 +387,9 @@ impl GpuEngine {
         let (cells, simulate, reduce) =
             (pipeline("cells"), pipeline("simulate"), pipeline("reduce"));
         let simulate_dynamic = pipeline("simulate_dynamic");
+        let simulate_tiled = pipeline("simulate_tiled");
+        let simulate_dynamic_stream = pipeline("simulate_dynamic_stream");
+        let kernels = KernelSet::from_env(info.software)?;
         let params = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
             size: std::mem::size_of::<Params>() as u64,
@@ -348,6 +404,9 @@ impl GpuEngine {
             cells,
             simulate,
             simulate_dynamic,
+            simulate_tiled,
+            simulate_dynamic_stream,
+            kernels,
             reduce,
             params,
             work: None,
@@ -361,6 +420,16 @@ impl GpuEngine {
     /// The adapter in use.
     pub fn adapter(&self) -> &AdapterSummary {
         &self.info
+    }
+
+    /// The simulation kernels in use.
+    pub fn kernels(&self) -> KernelSet {
+        self.kernels
+    }
+
+    /// Runs `kernels` from now on (the results do not change).
+    pub fn set_kernels(&mut self, kernels: KernelSet) {
+        self.kernels = kernels;
     }
 
     /// Evaluates the WGSL generator at `(address, block index)` pairs and the
@@ -752,6 +821,28 @@ impl GpuEngine {
     }
 }
 
+/// The simulation kernel of `plan` in the engine's kernel set and its
+/// threads per trial for `b` input vectors: the dynamic kernels have one
+/// per (vector, column), `simulate` one per (block of four vectors,
+/// column), `simulate_tiled` a workgroup per (block of four vectors,
+/// WORKGROUP_SIZE columns).
+fn simulate_threads<'a>(
+    gpu: &'a GpuEngine,
+    plan: &Plan,
+    b: usize,
+) -> (&'a wgpu::ComputePipeline, u64) {
+    let dynamic = plan.path == NoisePath::PerCellDynamic;
+    match (gpu.kernels, dynamic) {
+        (KernelSet::Plain, true) => (&gpu.simulate_dynamic, (b * plan.n) as u64),
+        (KernelSet::Tiled, true) => (&gpu.simulate_dynamic_stream, (b * plan.n) as u64),
+        (KernelSet::Plain, false) => (&gpu.simulate, (b.div_ceil(4) * plan.n) as u64),
+        (KernelSet::Tiled, false) => {
+            let tiles = plan.n.div_ceil(WORKGROUP_SIZE as usize) * WORKGROUP_SIZE as usize;
+            (&gpu.simulate_tiled, (b.div_ceil(4) * tiles) as u64)
+        }
+    }
+}
+
 /// The input plane weights as the kernels' `Params::xweight` (exact in
 /// f32: signed powers of two below 2^8).
 fn input_weights(plan: &Plan) -> [[f32; 4]; MAX_INPUT_PLANES / 4] {
@@ -896,13 +987,9 @@ impl GpuEngine {
             pass.set_pipeline(&self.cells);
             let (x, y) = self.grid(count as u64 * (plan.j * plan.k * plan.nb()) as u64);
             pass.dispatch_workgroups(x, y, 1);
-            let (pipeline, vectors) = if plan.path == NoisePath::PerCellDynamic {
-                (&self.simulate_dynamic, plan.b)
-            } else {
-                (&self.simulate, plan.b.div_ceil(4))
-            };
+            let (pipeline, threads) = simulate_threads(self, plan, plan.b);
             pass.set_pipeline(pipeline);
-            let (x, y) = self.grid(count as u64 * (vectors * plan.n) as u64);
+            let (x, y) = self.grid(count as u64 * threads);
             pass.dispatch_workgroups(x, y, 1);
             if stats {
                 pass.set_pipeline(&self.reduce);

@@ -12,10 +12,10 @@
 //! in its own terms, and the network layer above translates a model into
 //! it (`sweep::device`).
 
-use super::{check_limits, GpuEngine, Params};
+use super::{check_limits, simulate_threads, GpuEngine, Params};
 use crate::engine::wgsl::{binding, net_binding, BINDINGS, NET_BINDINGS};
 use crate::error::{Error, Result};
-use crate::experiment::plan::{NoisePath, Plan};
+use crate::experiment::plan::Plan;
 use crate::model::InputCoding;
 use bytemuck::{Pod, Zeroable};
 use std::ops::Range;
@@ -834,14 +834,9 @@ impl<'a> DeviceNet<'a> {
                         pass.set_pipeline(&k.active);
                         dispatch(&mut pass, rows * plan.chunks as u64);
                         pass.set_bind_group(0, &layer.sim, &[]);
-                        let b = (bc * pos) as u64;
-                        if plan.path == NoisePath::PerCellDynamic {
-                            pass.set_pipeline(&gpu.simulate_dynamic);
-                            dispatch(&mut pass, tc as u64 * b * plan.n as u64);
-                        } else {
-                            pass.set_pipeline(&gpu.simulate);
-                            dispatch(&mut pass, tc as u64 * b.div_ceil(4) * plan.n as u64);
-                        }
+                        let (pipeline, threads) = simulate_threads(gpu, plan, bc * pos);
+                        pass.set_pipeline(pipeline);
+                        dispatch(&mut pass, tc as u64 * threads);
                         pass.set_bind_group(0, group, &[]);
                         pass.set_pipeline(&k.requant);
                         dispatch(&mut pass, rows * plan.n as u64);
