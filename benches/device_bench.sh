@@ -23,6 +23,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 trials="${1:-1000}"
 out="${OUT:-/tmp}"
+mkdir -p "$out"
 bin="${ZEBRA_BIN:-./target/release/zebra}"
 [ -x "$bin" ] || cargo build --release --offline 2>&1 | tail -1
 if [ -d .gl ]; then

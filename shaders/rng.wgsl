@@ -110,10 +110,19 @@ fn index_mad(a: u32, b: u32, c: u32) -> vec2<u32> {
     return vec2<u32>(lo, p.x + carry);
 }
 
+// `a * b + c` for a 64-bit `a` as (lo, hi) words, modulo 2^64.
+fn mad64(a: vec2<u32>, b: u32, c: u32) -> vec2<u32> {
+    let p = mulhilo(a.x, b);
+    let lo = p.y + c;
+    let carry = select(0u, 1u, lo < c);
+    return vec2<u32>(lo, a.y * b + p.x + carry);
+}
+
 // Where each row of random blocks starts: the twins of model::rng::BlockLayout
 // (docs/MODEL.md, "Random numbers"; tests/gpu.rs compares them with the Rust
-// functions). Row numbers are 32-bit (the engine refuses larger plans),
-// block indices 64-bit, as (lo, hi) words.
+// functions). Row numbers and block indices are 64-bit, as (lo, hi) words;
+// the first factor of each row (`jj * K + kk`, `bb * Bx + i`, `bb * C + c`)
+// is 32-bit (the engine refuses larger plans).
 struct BlockLayout {
     k: u32,      // array rows K
     j: u32,      // digit planes J
@@ -131,12 +140,14 @@ fn static_block(l: BlockLayout, jj: u32, kk: u32, blk: u32) -> vec2<u32> {
 // Block `blk` of the row of input vector `bb`, input bit `i`, array row `kk`,
 // plane `jj`: dynamic per-cell noise (STREAM_CELL_DYNAMIC).
 fn dynamic_block(l: BlockLayout, bb: u32, i: u32, kk: u32, jj: u32, blk: u32) -> vec2<u32> {
-    return index_mad(((bb * l.xbits + i) * l.k + kk) * l.j + jj, l.nb, blk);
+    let row = mad64(mad64(vec2<u32>(bb * l.xbits + i, 0u), l.k, kk), l.j, jj);
+    return mad64(row, l.nb, blk);
 }
 
 // Block `blk` of the row of conversions of input vector `bb`, chunk `c`,
 // input bit `i`, plane `jj`: read and aggregated noise (STREAM_READ,
 // STREAM_AGGREGATED).
 fn read_block(l: BlockLayout, bb: u32, c: u32, i: u32, jj: u32, blk: u32) -> vec2<u32> {
-    return index_mad(((bb * l.chunks + c) * l.xbits + i) * l.j + jj, l.nb, blk);
+    let row = mad64(mad64(vec2<u32>(bb * l.chunks + c, 0u), l.xbits, i), l.j, jj);
+    return mad64(row, l.nb, blk);
 }

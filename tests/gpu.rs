@@ -266,8 +266,9 @@ fn rng_words_match_exactly_and_gaussians_closely() {
 }
 
 /// Argument tuples for the block-index formulas: fixed corner cases and
-/// Philox-drawn ones of every magnitude, all with 32-bit row numbers (what
-/// the GPU engine accepts) and many with block indices past 2^32.
+/// Philox-drawn ones of every magnitude, all with 32-bit first factors
+/// (what the GPU engine accepts), many with rows and block indices past
+/// 2^32.
 fn block_probes() -> Vec<BlockProbe> {
     let at = |layout: (usize, usize, usize, usize, usize), a: [usize; 6]| BlockProbe {
         layout: BlockLayout {
@@ -284,17 +285,24 @@ fn block_probes() -> Vec<BlockProbe> {
         j: a[4],
         blk: a[5],
     };
-    // The first row of each formula, in 128 bits: the engine refuses plans
-    // whose rows pass 2^32 (block indices may reach about 2^64).
+    // In 128 bits: the engine refuses plans whose first factors pass 2^32;
+    // a block index stays below 2^64.
     let fits = |p: &BlockProbe| {
         let l = &p.layout;
         let w = |v: usize| v as u128;
-        let rows = [
+        let first = [
             w(p.j) * w(l.k) + w(p.k),
+            w(p.b) * w(l.xbits) + w(p.i),
+            w(p.b) * w(l.chunks) + w(p.c),
+        ];
+        let rows = [
             ((w(p.b) * w(l.xbits) + w(p.i)) * w(l.k) + w(p.k)) * w(l.j) + w(p.j),
             ((w(p.b) * w(l.chunks) + w(p.c)) * w(l.xbits) + w(p.i)) * w(l.j) + w(p.j),
         ];
-        rows.iter().all(|&r| r <= u32::MAX as u128)
+        first.iter().all(|&r| r <= u32::MAX as u128)
+            && rows
+                .iter()
+                .all(|&r| r * w(l.nb) + w(p.blk) <= u64::MAX as u128)
     };
     let max = u32::MAX as usize;
     let mut out = vec![
@@ -307,6 +315,9 @@ fn block_probes() -> Vec<BlockProbe> {
             (4096, 8, 8, 4096, 1 << 20),
             [16_383, 4095, 7, 4095, 7, (1 << 20) - 1],
         ),
+        // A network's rows: 10,000 images of 28 x 28 positions, K = 576,
+        // sign-magnitude inputs, P = 64.
+        at((576, 8, 14, 9, 16), [7_839_999, 8, 13, 575, 7, 15]),
     ];
     assert!(
         out.iter().all(fits),
@@ -337,7 +348,7 @@ fn block_probes() -> Vec<BlockProbe> {
         let p = at(
             layout,
             [
-                value(5, 16),
+                value(5, 28),
                 value(6, 16),
                 value(7, 4),
                 value(8, 20),
@@ -362,6 +373,14 @@ fn block_index_formulas_match_their_wgsl_twins() {
         .filter(|p| p.layout.read_block(p.b, p.c, p.i, p.j, p.blk) >> 32 != 0)
         .count();
     assert!(past_32_bits > 1000, "only {past_32_bits} indices past 2^32");
+    let rows_past_32_bits = probes
+        .iter()
+        .filter(|p| (p.layout.dynamic_block(p.b, p.i, p.k, p.j, 0) / p.layout.nb as u64) >> 32 != 0)
+        .count();
+    assert!(
+        rows_past_32_bits > 1000,
+        "only {rows_past_32_bits} dynamic rows past 2^32"
+    );
     let mut bad = Vec::new();
     for (n, (p, gpu)) in probes.iter().zip(&got).enumerate() {
         let l = &p.layout;

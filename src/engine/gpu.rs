@@ -855,7 +855,7 @@ fn input_weights(plan: &Plan) -> [[f32; 4]; MAX_INPUT_PLANES / 4] {
 
 /// Refuses a plan beyond what the kernels hold: more digit planes than
 /// their register arrays, more input planes than `Params` has weights for,
-/// or random rows of `b` input vectors numbered past 32 bits (the WGSL block-index formulas
+/// or random rows of `b` input vectors whose first factor passes 32 bits (the WGSL block-index formulas
 /// number rows in 32 bits).
 fn check_limits(plan: &Plan, b: usize) -> Result<()> {
     if plan.j > MAX_PLANES || plan.xbits > MAX_INPUT_PLANES {
@@ -864,18 +864,14 @@ fn check_limits(plan: &Plan, b: usize) -> Result<()> {
             plan.j, plan.xbits
         )));
     }
-    // Per-cell dynamic draws number rows by (vector, input bit, array row,
-    // plane); the other paths only by plane and row, or by conversion.
+    // The block-index formulas start from a 32-bit factor: `jj * K + kk`,
+    // `bb * Bx + i` and `bb * C + c`; the rest is 64-bit.
     let l = block_layout(plan);
-    let rows = if plan.path == NoisePath::PerCellDynamic {
-        l.rows(b)
-    } else {
-        let (b, j) = (b as u64, l.j as u64);
-        (j * l.k as u64).max(b * (l.chunks * l.xbits) as u64 * j)
-    };
-    if rows > 1 << 32 {
+    let first = (l.j * l.k) as u64;
+    let first = first.max(b as u64 * (l.xbits.max(l.chunks)) as u64);
+    if first > 1 << 32 {
         return Err(Error::Gpu(format!(
-            "this plan numbers {rows} rows of random blocks, more than the GPU kernels' 2^32; use --engine cpu"
+            "this plan numbers {first} rows of random blocks at its first step, more than the GPU kernels' 2^32; use --engine cpu"
         )));
     }
     Ok(())

@@ -86,7 +86,7 @@ impl BlockLayout {
     }
 
     /// The number of rows of each formula above for `inputs` input vectors,
-    /// the largest first row number plus one: the GPU needs it below 2^32.
+    /// the largest first row number plus one.
     pub fn rows(&self, inputs: usize) -> u64 {
         let (b, k, j) = (inputs as u64, self.k as u64, self.j as u64);
         let (xbits, chunks) = (self.xbits as u64, self.chunks as u64);
