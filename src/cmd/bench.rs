@@ -152,8 +152,8 @@ pub fn network_toml(w: Workload, chips: u32) -> String {
 
 /// Chip-images per second of a network workload: every chip of `trials` on
 /// every image, per engine: the CPU's chips in parallel; on a GPU the
-/// network resident on the device (per kernel set) and layer by layer
-/// through the host.
+/// network resident on the device (per kernel set, with its chips x images
+/// per dispatch) and layer by layer through the host.
 fn run_network(
     w: Workload,
     mut engines: Vec<Box<dyn Engine>>,
@@ -226,7 +226,8 @@ fn run_network(
             let rate = median(Box::new(|| {
                 crate::sweep::device::chip_accuracies(&sim, &work, 0..chips, gpu, &none).map(drop)
             }))?;
-            report(&who, &device, "resident", rate);
+            let (t, b) = crate::sweep::device::dispatch_size(&sim, &work, chips, gpu)?;
+            report(&who, &device, &format!("resident {t}x{b}"), rate);
         }
         let gpu = engine.as_gpu().expect("a GPU engine");
         let rate = median(Box::new(|| {

@@ -218,6 +218,21 @@ pub fn chip_accuracies(
         .collect())
 }
 
+/// Chips and images per dispatch for `chips` chips of the workload on `gpu`.
+pub fn dispatch_size(
+    sim: &SimNetwork,
+    work: &Workload,
+    chips: u32,
+    gpu: &mut GpuEngine,
+) -> Result<(u32, u32)> {
+    let program = program(&work.net, sim);
+    let size = work.net.image_size();
+    let images = &work.data.pixels[..work.count * size];
+    Ok(gpu
+        .network(&program, &sim.plans, images, work.count, chips)?
+        .dispatch_size())
+}
+
 /// Chip `trial`'s logits `[image][logit]` for the workload's images with
 /// the whole network on `gpu` (for checks against the other engines).
 pub fn chip_logits(
