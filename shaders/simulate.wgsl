@@ -21,7 +21,9 @@ struct Params {
     // Row of the first input vector in the random-number addresses (a
     // network's batch of images starts past the rows of the images before
     // it); words of `xin` and `row_active` per trial (0: shared by all).
-    b_offset: u32, x_stride: u32, active_stride: u32, pad0: u32,
+    // simulate_tiled: columns per workgroup (a power of two dividing
+    // WORKGROUP_SIZE; the rest of the workgroup takes more input vectors).
+    b_offset: u32, x_stride: u32, active_stride: u32, tile_cols: u32,
     // The digital weight of each input plane (plan.input_weights), four per vec4.
     xweight: array<vec4<f32>, MAX_INPUT_PLANES / 4u>,
 }
@@ -282,39 +284,48 @@ fn simulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     if (b0 + 3u < P.b) { y[out + 3u * P.n] = y3; }
 }
 
-// Rows of input bits a `simulate_tiled` workgroup stages at a time.
-const TILE_ROWS: u32 = WORKGROUP_SIZE;
-// The staged bits: per row, the 0/1 floats of input planes g0..g0+3 and
-// g0+4..g0+7 of each of the four vectors ([row][vector][lo, hi]).
-var<workgroup> tile_bits: array<vec4<f32>, TILE_ROWS * 8u>;
+// The input bits a `simulate_tiled` workgroup stages: per (block of four
+// vectors, row), the 0/1 floats of input planes g0..g0+3 and g0+4..g0+7 of
+// each of the four vectors ([vector block][row][vector][lo, hi]); a
+// workgroup of `tile_cols` columns stages `tile_cols` rows of each of its
+// WORKGROUP_SIZE / tile_cols blocks.
+var<workgroup> tile_bits: array<vec4<f32>, WORKGROUP_SIZE * 8u>;
 
 // The tiled variant of `simulate` (same sums in the same order): one
-// workgroup per (trial, block of four input vectors, WORKGROUP_SIZE
-// columns), one thread per column. The
-// workgroup stages the input bits of TILE_ROWS rows at a time in workgroup
-// memory as 0/1 floats (each thread unpacks one row), so a thread's inner
-// loop is one cell weight load and multiply-adds: the weight serves four
-// input vectors and a group of eight input planes (one group for up to
-// eight planes, two for sign-magnitude inputs of more). The four vectors
-// are unrolled by hand so they stay in registers. Each sum runs over its
-// rows in order, as on the CPU.
+// workgroup per (trial, WORKGROUP_SIZE / tile_cols blocks of four input
+// vectors, tile_cols columns), one thread per (block, column), so narrow
+// layers fill their workgroups too. The workgroup stages the input bits of
+// `tile_cols` rows at a time in workgroup memory as 0/1 floats (each
+// thread unpacks one row of its block), so a thread's inner loop is one
+// cell weight load and multiply-adds: the weight serves four input vectors
+// and a group of eight input planes (one group for up to eight planes, two
+// for sign-magnitude inputs of more). The four vectors are unrolled by
+// hand so they stay in registers. Each sum runs over its rows in order, as
+// on the CPU.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn simulate_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let group = wg.x + wg.y * nwg.x;
+    let cols = P.tile_cols;
+    let vblocks = WORKGROUP_SIZE / cols;
+    let col = lid % cols;
+    let vb = lid / cols;
     let bblocks = (P.b + 3u) / 4u;
-    let ctiles = (P.n + WORKGROUP_SIZE - 1u) / WORKGROUP_SIZE;
-    if (group >= P.trials * bblocks * ctiles) {
+    let ctiles = (P.n + cols - 1u) / cols;
+    let vgroups = (bblocks + vblocks - 1u) / vblocks;
+    if (group >= P.trials * vgroups * ctiles) {
         return;
     }
-    let nn = (group % ctiles) * WORKGROUP_SIZE + lid;
-    let live = nn < P.n;
-    let b0 = ((group / ctiles) % bblocks) * 4u;
-    let tl = group / (ctiles * bblocks);
+    let nn = (group % ctiles) * cols + col;
+    let blk4 = ((group / ctiles) % vgroups) * vblocks + vb;
+    let live = nn < P.n && blk4 < bblocks;
+    let tl = group / (ctiles * vgroups);
     let xo = tl * P.x_stride;
     // Vectors past the end repeat the last one and are not stored.
+    let b0 = min(blk4 * 4u, P.b - 1u);
     let b1 = min(b0 + 1u, P.b - 1u);
     let b2 = min(b0 + 2u, P.b - 1u);
     let b3 = min(b0 + 3u, P.b - 1u);
+    let tile = vb * cols;
     let agg = P.path == PATH_AGGREGATED;
     let digit_sums = P.static_noise == 0u && P.leak != 0.0;
     var y0 = 0.0;
@@ -346,14 +357,14 @@ fn simulate_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
                 var zl1 = vec4<f32>(0.0); var zh1 = vec4<f32>(0.0);
                 var zl2 = vec4<f32>(0.0); var zh2 = vec4<f32>(0.0);
                 var zl3 = vec4<f32>(0.0); var zh3 = vec4<f32>(0.0);
-                for (var kt = k0; kt < k1; kt = kt + TILE_ROWS) {
-                    let rows = min(TILE_ROWS, k1 - kt);
+                for (var kt = k0; kt < k1; kt = kt + cols) {
+                    let rows = min(cols, k1 - kt);
                     workgroupBarrier();
-                    if (lid < rows) {
-                        let kk = kt + lid;
+                    if (col < rows) {
+                        let kk = kt + col;
                         let x0 = xin[xo + b0 * P.k + kk] >> g0; let x1 = xin[xo + b1 * P.k + kk] >> g0;
                         let x2 = xin[xo + b2 * P.k + kk] >> g0; let x3 = xin[xo + b3 * P.k + kk] >> g0;
-                        let at = lid * 8u;
+                        let at = (tile + col) * 8u;
                         tile_bits[at] = bits_lo(x0); tile_bits[at + 1u] = bits_hi(x0);
                         tile_bits[at + 2u] = bits_lo(x1); tile_bits[at + 3u] = bits_hi(x1);
                         tile_bits[at + 4u] = bits_lo(x2); tile_bits[at + 5u] = bits_hi(x2);
@@ -362,7 +373,7 @@ fn simulate_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
                     workgroupBarrier();
                     for (var r = 0u; on && r < rows; r = r + 1u) {
                         let w = weights[(wbase + kt + r) * P.n + nn];
-                        let at = r * 8u;
+                        let at = (tile + r) * 8u;
                         let f0l = tile_bits[at]; let f0h = tile_bits[at + 1u];
                         let f1l = tile_bits[at + 2u]; let f1h = tile_bits[at + 3u];
                         let f2l = tile_bits[at + 4u]; let f2h = tile_bits[at + 5u];

@@ -52,7 +52,8 @@ pub struct Params {
     pub x_stride: u32,
     /// Words of `row_active` per trial (0: shared).
     pub active_stride: u32,
-    pub pad0: u32,
+    /// Columns per workgroup of `simulate_tiled` ([`tile_cols`]).
+    pub tile_cols: u32,
     /// The digital weight of each input plane (`plan.input_weights`), zero
     /// past the plan's planes.
     pub xweight: [[f32; 4]; MAX_INPUT_PLANES / 4],
@@ -794,6 +795,7 @@ impl GpuEngine {
             fs_sigma: plan.noise.fs_sigma,
             adc_sigma_lsb: plan.noise.adc_sigma_lsb,
             xweight: input_weights(plan),
+            tile_cols: tile_cols(plan.n),
             ..Params::default()
         }
     }
@@ -821,11 +823,18 @@ impl GpuEngine {
     }
 }
 
+/// Columns per workgroup of `simulate_tiled` for `n` columns: `n` rounded up
+/// to a power of two, from 8 to WORKGROUP_SIZE (the rest of a workgroup
+/// takes more input vectors).
+fn tile_cols(n: usize) -> u32 {
+    (n.next_power_of_two() as u32).clamp(8, WORKGROUP_SIZE)
+}
+
 /// The simulation kernel of `plan` in the engine's kernel set and its
 /// threads per trial for `b` input vectors: the dynamic kernels have one
 /// per (vector, column), `simulate` one per (block of four vectors,
-/// column), `simulate_tiled` a workgroup per (block of four vectors,
-/// WORKGROUP_SIZE columns).
+/// column), `simulate_tiled` a workgroup per (WORKGROUP_SIZE / tile_cols
+/// blocks of four vectors, tile_cols columns).
 fn simulate_threads<'a>(
     gpu: &'a GpuEngine,
     plan: &Plan,
@@ -837,8 +846,13 @@ fn simulate_threads<'a>(
         (KernelSet::Tiled, true) => (&gpu.simulate_dynamic_stream, (b * plan.n) as u64),
         (KernelSet::Plain, false) => (&gpu.simulate, (b.div_ceil(4) * plan.n) as u64),
         (KernelSet::Tiled, false) => {
-            let tiles = plan.n.div_ceil(WORKGROUP_SIZE as usize) * WORKGROUP_SIZE as usize;
-            (&gpu.simulate_tiled, (b.div_ceil(4) * tiles) as u64)
+            let cols = tile_cols(plan.n) as usize;
+            let vblocks = WORKGROUP_SIZE as usize / cols;
+            let groups = b.div_ceil(4).div_ceil(vblocks) * plan.n.div_ceil(cols);
+            (
+                &gpu.simulate_tiled,
+                (groups * WORKGROUP_SIZE as usize) as u64,
+            )
         }
     }
 }
