@@ -1038,6 +1038,36 @@ fn unknown_wgpu_backend_is_refused_naming_the_accepted_ones() {
         );
         assert!(!err.contains("install"), "{err}");
     }
+    // The GPU engine's other variables: a bad value is one line naming the
+    // variable and what it accepts, before anything runs, exit 2.
+    for (var, value, accepted) in [
+        ("ZEBRA_GPU_KERNELS", "fast", "accepted: plain or tiled"),
+        (
+            "ZEBRA_GPU_MEMORY_MIB",
+            "lots",
+            "accepted: whole MiB from 16",
+        ),
+        ("ZEBRA_GPU_RESIDENT", "yes", "accepted: 1 (whole networks"),
+    ] {
+        let assert = zebra()
+            .env(var, value)
+            .args([
+                "run",
+                "tests/configs/good/tiny.toml",
+                "--engine",
+                "gpu",
+                "--out",
+                out,
+            ])
+            .assert()
+            .code(2);
+        let err = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+        assert!(
+            err.contains(&format!("{var}: \"{value}\"")) && err.contains(accepted),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
     // Comma lists as wgpu reads them stay accepted.
     zebra()
         .env("WGPU_BACKEND", "vulkan,gl")

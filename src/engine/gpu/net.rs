@@ -13,7 +13,7 @@
 //! it (`sweep::device`).
 
 use super::{check_limits, simulate_threads, GpuEngine, Params};
-use crate::engine::wgsl::{binding, net_binding, BINDINGS, NET_BINDINGS};
+use crate::engine::wgsl::{binding, net_binding, Binding, BINDINGS, NET_BINDINGS};
 use crate::error::{Error, Result};
 use crate::experiment::plan::Plan;
 use crate::model::InputCoding;
@@ -350,6 +350,35 @@ fn assign_slots(program: &Program) -> (Vec<usize>, usize) {
     (slot_of, holder.len().max(1))
 }
 
+/// A bind group of `table`'s slots: the buffers of `pairs` (slot, buffer),
+/// and `dummies[slot]` for the slots they leave out.
+fn bind_group(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    table: &[Binding],
+    pairs: &[(u32, &wgpu::Buffer)],
+    dummies: &[wgpu::Buffer],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = table
+        .iter()
+        .map(|b| {
+            let buf = pairs
+                .iter()
+                .find(|(s, _)| *s == b.slot)
+                .map_or(&dummies[b.slot as usize], |(_, buf)| *buf);
+            wgpu::BindGroupEntry {
+                binding: b.slot,
+                resource: buf.as_entire_binding(),
+            }
+        })
+        .collect();
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("network"),
+        layout,
+        entries: &entries,
+    })
+}
+
 impl GpuEngine {
     /// Uploads `program` (its matrix layers' `plans`) and `count` images
     /// (`[count][c][h][w]` bytes; kept on the device for later programs
@@ -491,26 +520,8 @@ impl<'a> DeviceNet<'a> {
             Src::Image => None,
             Src::Value(v) => Some(&slots[slot_of[v]]),
         };
-        // A network bind group from (slot, buffer) pairs, dummies elsewhere.
         let net_group = |pairs: &[(u32, &wgpu::Buffer)]| {
-            let entries: Vec<wgpu::BindGroupEntry> = NET_BINDINGS
-                .iter()
-                .map(|b| {
-                    let buf = pairs
-                        .iter()
-                        .find(|(s, _)| *s == b.slot)
-                        .map_or(&net_dummies[b.slot as usize], |(_, buf)| *buf);
-                    wgpu::BindGroupEntry {
-                        binding: b.slot,
-                        resource: buf.as_entire_binding(),
-                    }
-                })
-                .collect();
-            device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("network step"),
-                layout: &gpu.net.layout,
-                entries: &entries,
-            })
+            bind_group(device, &gpu.net.layout, &NET_BINDINGS, pairs, &net_dummies)
         };
         use net_binding as nb;
         let mut steps = Vec::new();
@@ -565,24 +576,7 @@ impl<'a> DeviceNet<'a> {
                         (binding::WEIGHTS, &cell_weights),
                         (binding::Y, &y),
                     ]);
-                    let entries: Vec<wgpu::BindGroupEntry> = BINDINGS
-                        .iter()
-                        .map(|b| {
-                            let buf = pairs
-                                .iter()
-                                .find(|(s, _)| *s == b.slot)
-                                .map_or(&sim_dummies[b.slot as usize], |(_, buf)| *buf);
-                            wgpu::BindGroupEntry {
-                                binding: b.slot,
-                                resource: buf.as_entire_binding(),
-                            }
-                        })
-                        .collect();
-                    let sim = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some("network layer"),
-                        layout: &gpu.layout,
-                        entries: &entries,
-                    });
+                    let sim = bind_group(device, &gpu.layout, &BINDINGS, &pairs, &sim_dummies);
                     let mut keep: Vec<wgpu::Buffer> = own.into_iter().map(|(_, b)| b).collect();
                     keep.extend([perm, chan, cell_weights]);
                     (
