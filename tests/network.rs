@@ -815,7 +815,8 @@ fn resident_gpu_networks_are_exact_without_noise() {
 /// and dynamic mismatch, read noise, aggregated draws, stuck-at faults):
 /// the same predictions, logits equal within float rounding. Against the
 /// CPU engine predictions differ only where float rounding moves an ADC
-/// code: at most one image in a hundred over all cases.
+/// code: at most one image in a hundred over all cases. Splitting the
+/// images into small dispatches changes nothing.
 #[test]
 fn resident_gpu_networks_match_the_cpu_with_noise() {
     use zebra_cim::sweep::accuracy::{SimNetwork, Workload};
@@ -828,6 +829,21 @@ fn resident_gpu_networks_match_the_cpu_with_noise() {
         "[noise]\ncell_sigma = 0.05\nmode = \"dynamic\"\nsampling = \"aggregated\"\n",
         "[noise]\np_sa0 = 0.01\np_sa1 = 0.01\nread_sigma = 0.2\n",
     ];
+    // A budget of a few images per dispatch gives the same chips: each
+    // batch's random-number rows start after the images before it.
+    let exp = model_images_experiment(SHIPPED, 24, &format!("[adc]\nbits = 6\n{}", noises[1]));
+    let work = Workload::load(exp.network.as_ref().unwrap()).unwrap();
+    let sim = SimNetwork::new(&work, &exp.points[0].params, &exp.mappings[0], 4).unwrap();
+    let whole = zebra_cim::sweep::device::chip_logits(&sim, &work, 2, &mut gpu).unwrap();
+    gpu.set_memory_budget(3 << 20);
+    let (chips, batch) = zebra_cim::sweep::device::dispatch_size(&sim, &work, 4, &mut gpu).unwrap();
+    assert!(
+        batch < 24 && chips >= 1,
+        "{chips} chips x {batch} images per dispatch"
+    );
+    let batched = zebra_cim::sweep::device::chip_logits(&sim, &work, 2, &mut gpu).unwrap();
+    assert_eq!(batched, whole, "{batch} images per dispatch");
+    gpu.set_memory_budget(512 << 20);
     let mut flips_total = 0;
     let mut images_total = 0;
     // The ResNet runs under the default kernel set only (slow on lavapipe).

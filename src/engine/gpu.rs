@@ -321,6 +321,9 @@ pub struct GpuEngine {
     images: Option<(u64, wgpu::Buffer)>,
     /// The adapter's largest buffer.
     max_buffer: u64,
+    /// Device memory a network run may use, if set here rather than by
+    /// `ZEBRA_GPU_MEMORY_MIB`.
+    memory_budget: Option<u64>,
 }
 
 /// Buffers sized for a trial batch; grown when a plan needs more.
@@ -415,6 +418,7 @@ impl GpuEngine {
             net,
             images: None,
             max_buffer: chosen.limits().max_buffer_size,
+            memory_budget: None,
         })
     }
 
@@ -426,6 +430,12 @@ impl GpuEngine {
     /// The simulation kernels in use.
     pub fn kernels(&self) -> KernelSet {
         self.kernels
+    }
+
+    /// Lets network runs use `bytes` of device memory from now on (instead
+    /// of `ZEBRA_GPU_MEMORY_MIB` or its default); the results do not change.
+    pub fn set_memory_budget(&mut self, bytes: u64) {
+        self.memory_budget = Some(bytes);
     }
 
     /// Runs `kernels` from now on (the results do not change).

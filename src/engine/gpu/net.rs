@@ -917,7 +917,10 @@ impl<'a> DeviceNet<'a> {
 fn sizes(gpu: &GpuEngine, foot: &Footprint, wanted: u32, count: usize) -> Result<(u32, u32)> {
     let limit = gpu.binding_limit();
     let software = gpu.info.software;
-    let budget = memory_budget(software)?;
+    let budget = match gpu.memory_budget {
+        Some(b) => b,
+        None => memory_budget(software)?,
+    };
     let cap = if software { MAX_CHIPS.1 } else { MAX_CHIPS.0 };
     let mut chips = (wanted.max(1))
         .min(cap)
