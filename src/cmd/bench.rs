@@ -229,16 +229,14 @@ fn run_network(
             let (t, b) = crate::sweep::device::dispatch_size(&sim, &work, chips, gpu)?;
             report(&who, &device, &format!("resident {t}x{b}"), rate);
         }
+        // Layer by layer with the adapter's default kernel set.
+        let software = engine.as_gpu().expect("a GPU engine").adapter().software;
+        let who = label(engine.as_mut(), Some(KernelSet::from_env(software)?));
         let gpu = engine.as_gpu().expect("a GPU engine");
         let rate = median(Box::new(|| {
             (0..chips).try_for_each(|t| sim.accuracy(&work, gpu, t).map(drop))
         }))?;
-        report(
-            &label(engine.as_mut(), None),
-            &device,
-            "layer by layer",
-            rate,
-        );
+        report(&who, &device, "layer by layer", rate);
     }
     Ok(())
 }
