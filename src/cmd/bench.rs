@@ -76,8 +76,9 @@ fn kernel_sets(engine: &mut dyn Engine) -> Vec<Option<KernelSet>> {
     }
 }
 
-/// An engine's label: its name, and on a GPU the kernel set.
-fn label(engine: &mut dyn Engine, set: Option<KernelSet>) -> String {
+/// Switches a GPU engine to kernel set `set` and returns the engine's
+/// label: its name, and on a GPU the kernel set.
+fn use_kernels(engine: &mut dyn Engine, set: Option<KernelSet>) -> String {
     if let (Some(g), Some(k)) = (engine.as_gpu(), set) {
         g.set_kernels(k);
         return format!("gpu-{}", k.label());
@@ -108,7 +109,7 @@ pub fn run(
     let mut first: Vec<f64> = Vec::new();
     for (ei, engine) in engines.iter_mut().enumerate() {
         for set in kernel_sets(engine.as_mut()) {
-            let who = label(engine.as_mut(), set);
+            let who = use_kernels(engine.as_mut(), set);
             for (vi, v) in variants.iter().enumerate() {
                 let plan = workload_plan(w, v, trials);
                 // One untimed warm-up call (thread pools, GPU pipelines).
@@ -219,7 +220,7 @@ fn run_network(
             continue;
         }
         for set in kernel_sets(engine.as_mut()) {
-            let who = label(engine.as_mut(), set);
+            let who = use_kernels(engine.as_mut(), set);
             let gpu = engine.as_gpu().expect("a GPU engine");
             // Warm-up: pipelines, image upload.
             crate::sweep::device::chip_accuracies(&sim, &work, 0..1, gpu, &none)?;
@@ -231,7 +232,7 @@ fn run_network(
         }
         // Layer by layer with the adapter's default kernel set.
         let software = engine.as_gpu().expect("a GPU engine").adapter().software;
-        let who = label(engine.as_mut(), Some(KernelSet::from_env(software)?));
+        let who = use_kernels(engine.as_mut(), Some(KernelSet::from_env(software)?));
         let gpu = engine.as_gpu().expect("a GPU engine");
         let rate = median(Box::new(|| {
             (0..chips).try_for_each(|t| sim.accuracy(&work, gpu, t).map(drop))

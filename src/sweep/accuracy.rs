@@ -200,7 +200,7 @@ impl Workload {
         })
     }
 
-    fn images(&self) -> &[u8] {
+    pub(crate) fn images(&self) -> &[u8] {
         &self.data.pixels[..self.count * self.net.image_size()]
     }
 }
@@ -742,32 +742,17 @@ pub(crate) fn chip_accuracies(
     engines: &mut [Box<dyn Engine + Send>],
     tick: &(dyn Fn() + Sync),
 ) -> Result<Vec<f64>> {
-    let invariant = sim.plans.iter().all(|p| p.trial_invariant());
+    // Without draws every chip is the same chip: run one, count it for all.
+    if sim.plans.iter().all(|p| p.trial_invariant()) && trials.len() > 1 {
+        let one = chip_accuracies(sim, work, trials.start..trials.start + 1, engines, &|| {})?;
+        trials.clone().for_each(|_| tick());
+        return Ok(vec![one[0]; trials.len()]);
+    }
     // On a GPU the whole network stays on the device, many chips at once.
     if crate::sweep::device::resident()? {
         if let Some(gpu) = engines.first_mut().and_then(|e| e.as_gpu()) {
-            if invariant && !trials.is_empty() {
-                let a = crate::sweep::device::chip_accuracies(
-                    sim,
-                    work,
-                    trials.start..trials.start + 1,
-                    gpu,
-                    &|| {},
-                )?;
-                trials.clone().for_each(|_| tick());
-                return Ok(vec![a[0]; trials.len()]);
-            }
             return crate::sweep::device::chip_accuracies(sim, work, trials, gpu, tick);
         }
-    }
-    // Without draws every chip is the same chip: run one, count it for all.
-    if invariant && !trials.is_empty() {
-        let a = match engines.first_mut() {
-            Some(engine) => sim.accuracy(work, engine.as_mut(), trials.start)?,
-            None => sim.accuracy(work, &mut CpuEngine::new(), trials.start)?,
-        };
-        trials.clone().for_each(|_| tick());
-        return Ok(vec![a; trials.len()]);
     }
     if engines.is_empty() {
         return trials

@@ -2,7 +2,7 @@
 //! arrays translated into the engine's device program
 //! (`engine::gpu::net`), and the accuracies of many chips from it.
 
-use crate::engine::gpu::net::{Matrix, Program, Shape, Src, Step};
+use crate::engine::gpu::net::{DeviceNet, Matrix, Program, Shape, Src, Step};
 use crate::engine::gpu::GpuEngine;
 use crate::error::{Error, Result};
 use crate::network::{MatrixLayer, Network, Op, Source};
@@ -184,6 +184,20 @@ pub fn program(net: &Network, sim: &SimNetwork) -> Program {
     }
 }
 
+/// Uploads the workload's network (on the arrays of `sim`) and images to
+/// `gpu` for runs of up to `chips` chips, and hands the device to `f`.
+fn with_device<T>(
+    sim: &SimNetwork,
+    work: &Workload,
+    chips: u32,
+    gpu: &mut GpuEngine,
+    f: impl FnOnce(&DeviceNet, &Program) -> Result<T>,
+) -> Result<T> {
+    let program = program(&work.net, sim);
+    let device = gpu.network(&program, &sim.plans, work.images(), work.count, chips)?;
+    f(&device, &program)
+}
+
 /// The accuracy of every chip of `trials` with the whole network on `gpu`,
 /// in trial order; `tick` once per chip.
 pub fn chip_accuracies(
@@ -193,17 +207,9 @@ pub fn chip_accuracies(
     gpu: &mut GpuEngine,
     tick: &(dyn Fn() + Sync),
 ) -> Result<Vec<f64>> {
-    let program = program(&work.net, sim);
-    let size = work.net.image_size();
-    let images = &work.data.pixels[..work.count * size];
-    let device = gpu.network(
-        &program,
-        &sim.plans,
-        images,
-        work.count,
-        trials.len() as u32,
-    )?;
-    let chips = device.run(trials, false, &|k| (0..k).for_each(|_| tick()))?;
+    let chips = with_device(sim, work, trials.len() as u32, gpu, |device, _| {
+        device.run(trials, false, &|k| (0..k).for_each(|_| tick()))
+    })?;
     Ok(chips
         .iter()
         .map(|c| {
@@ -225,12 +231,13 @@ pub fn dispatch_size(
     chips: u32,
     gpu: &mut GpuEngine,
 ) -> Result<(u32, u32)> {
-    let program = program(&work.net, sim);
-    let size = work.net.image_size();
-    let images = &work.data.pixels[..work.count * size];
-    Ok(gpu
-        .network(&program, &sim.plans, images, work.count, chips)?
-        .dispatch_size())
+    with_device(
+        sim,
+        work,
+        chips,
+        gpu,
+        |device, _| Ok(device.dispatch_size()),
+    )
 }
 
 /// Chip `trial`'s logits `[image][logit]` for the workload's images with
@@ -241,11 +248,9 @@ pub fn chip_logits(
     trial: u32,
     gpu: &mut GpuEngine,
 ) -> Result<Vec<Vec<f32>>> {
-    let program = program(&work.net, sim);
-    let n = program.logits_per_image()?;
-    let size = work.net.image_size();
-    let images = &work.data.pixels[..work.count * size];
-    let device = gpu.network(&program, &sim.plans, images, work.count, 1)?;
-    let chip = device.run(trial..trial + 1, true, &|_| {})?.remove(0);
-    Ok(chip.logits.chunks(n).map(<[f32]>::to_vec).collect())
+    with_device(sim, work, 1, gpu, |device, program| {
+        let n = program.logits_per_image()?;
+        let chip = device.run(trial..trial + 1, true, &|_| {})?.remove(0);
+        Ok(chip.logits.chunks(n).map(<[f32]>::to_vec).collect())
+    })
 }

@@ -770,6 +770,8 @@ impl<'a> DeviceNet<'a> {
             image0: i0 as u32,
             ..NetParams::default()
         };
+        // (chip, image) pairs of this dispatch.
+        let per = tc as u64 * bc as u64;
         let mut enc = gpu
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -784,7 +786,6 @@ impl<'a> DeviceNet<'a> {
                 let (x, y) = gpu.grid(threads);
                 pass.dispatch_workgroups(x, y, 1);
             };
-            let per = (tc as usize * bc) as u64;
             for (step, (params, group, layer)) in self.program.steps.iter().zip(&self.steps) {
                 match step {
                     Step::Matrix(m) => {
@@ -900,7 +901,6 @@ impl<'a> DeviceNet<'a> {
             pass.set_pipeline(&k.argmax);
             dispatch(&mut pass, per);
         }
-        let per = tc as u64 * bc as u64;
         enc.copy_buffer_to_buffer(&self.preds, 0, &self.read_preds, 0, per * 4);
         if logits {
             let bytes = per * self.nlogits as u64 * 4;
